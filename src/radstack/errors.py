@@ -1,0 +1,122 @@
+"""One error tree for the whole platform.
+
+Every failure a client can cause is a :class:`RadstackError` subclass that carries the HTTP status of
+its problem response (RFC 9457) and the DICOM status used in a STOW-RS FailedSOPSequence
+(PS3.18 §10.5.3) or a DIMSE response (PS3.7 Annex C). Messages quote the bad value and say what
+would be accepted.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BadRequest",
+    "CannotUnderstand",
+    "Conflict",
+    "DataSetMismatch",
+    "NotAcceptable",
+    "NotFound",
+    "OutOfResources",
+    "PayloadTooLarge",
+    "ProcessingFailure",
+    "RadstackError",
+    "StudyMismatch",
+    "TransferSyntaxNotSupported",
+    "UnsupportedMediaType",
+]
+
+
+class RadstackError(Exception):
+    """Base of every error radstack reports to a client."""
+
+    http_status: ClassVar[int] = 400
+    #: PS3.4 / PS3.18 status for a stored instance that fails with this error.
+    dicom_status: ClassVar[int] = 0xC000
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def problem(self) -> dict[str, object]:
+        """The RFC 9457 problem document for this error."""
+        return {
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.http_status,
+            "detail": self.message,
+        }
+
+
+class BadRequest(RadstackError):
+    title = "Bad request"
+
+
+class CannotUnderstand(RadstackError):
+    """0xC000: the object could not be parsed as DICOM (PS3.4 Annex B.2.3)."""
+
+    title = "Cannot understand"
+    dicom_status = 0xC000
+
+
+class DataSetMismatch(RadstackError):
+    """0xA900: the data set violates its IOD (missing or malformed required attributes)."""
+
+    title = "Data set does not match SOP class"
+    dicom_status = 0xA900
+
+
+class StudyMismatch(DataSetMismatch):
+    """The instance belongs to another study than the one named in the STOW-RS URL (PS3.18 §10.5.1)."""
+
+    title = "Study Instance UID does not match the request"
+    http_status = 409
+
+
+class TransferSyntaxNotSupported(RadstackError):
+    """0xC122: the transfer syntax cannot be decoded here (PS3.18 Table 10.5.3-3)."""
+
+    title = "Transfer syntax not supported"
+    dicom_status = 0xC122
+
+
+class ProcessingFailure(RadstackError):
+    """0x0110: an internal failure while storing; nothing partial is visible."""
+
+    title = "Processing failure"
+    http_status = 500
+    dicom_status = 0x0110
+
+
+class OutOfResources(RadstackError):
+    """0xA700: storage is full or otherwise unavailable; nothing partial is visible."""
+
+    title = "Out of resources"
+    http_status = 507
+    dicom_status = 0xA700
+
+
+class NotFound(RadstackError):
+    title = "Not found"
+    http_status = 404
+
+
+class Conflict(RadstackError):
+    title = "Conflict"
+    http_status = 409
+
+
+class NotAcceptable(RadstackError):
+    title = "Not acceptable"
+    http_status = 406
+
+
+class UnsupportedMediaType(RadstackError):
+    title = "Unsupported media type"
+    http_status = 415
+
+
+class PayloadTooLarge(RadstackError):
+    title = "Payload too large"
+    http_status = 413

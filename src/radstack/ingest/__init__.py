@@ -1,0 +1,3 @@
+"""Every way data comes in goes through :mod:`radstack.ingest.pipeline`."""
+
+__all__: list[str] = []

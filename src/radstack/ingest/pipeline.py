@@ -1,0 +1,344 @@
+"""The one ingest pipeline: STOW-RS today, C-STORE, import jobs and drop folders later.
+
+parse → validate → dedupe → split frames → encode → write blobs → commit the index row last.
+
+Frames of native or lossless input are re-encoded as HTJ2K lossless RPCL (PS3.5 §8.2.14); lossy
+frames are kept byte for byte; a CRC32 of each frame's decoded samples is stored with the instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+
+from radstack.dicom.codecs import (
+    PixelInfo,
+    array_to_native_frame,
+    decode_frame,
+    encode_htj2k,
+    native_frame_to_array,
+)
+from radstack.dicom.frames import encapsulated_frames, native_frames, pixel_info
+from radstack.dicom.json_model import dataset_to_json
+from radstack.dicom.transfer_syntax import HTJ2K_RPCL, SyntaxKindValues, kind_of, name_of
+from radstack.dicom.uids import check_uid
+from radstack.errors import (
+    CannotUnderstand,
+    ProcessingFailure,
+    RadstackError,
+    StudyMismatch,
+    TransferSyntaxNotSupported,
+)
+from radstack.store.blobs import content_key
+from radstack.store.studies import Batch, NewInstance, StoreOutcomeValues, StudyStore
+
+__all__ = ["IngestResult", "ingest_dataset", "ingest_file", "instance_bulk_base"]
+
+log = logging.getLogger(__name__)
+
+_PIXEL_DATA = 0x7FE00010
+_EXPLICIT_LE = str(ExplicitVRLittleEndian)
+#: Photometric interpretations whose samples HTJ2K may carry (with the reversible colour transform
+#: for RGB); other colour spaces are kept as native samples.
+_HTJ2K_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"})
+
+
+@dataclass
+class IngestResult:
+    """What happened to one object: the UIDs that could be read, and the outcome or the error."""
+
+    sop_class_uid: str | None = None
+    sop_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    outcome: StoreOutcomeValues | None = None
+    error: RadstackError | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def instance_bulk_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """Path prefix of an instance's bulk data (PS3.18 §10.4.1.1.5) used in BulkDataURIs."""
+    return f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
+
+
+def ingest_file(
+    store: StudyStore,
+    source: BinaryIO | Path | bytes,
+    batch: Batch,
+    *,
+    expected_study: str | None = None,
+    encode: bool = True,
+) -> IngestResult:
+    """Ingest one DICOM Part-10 file (PS3.10 §7). Never raises for a client's mistake."""
+    result = IngestResult()
+    try:
+        ds = _read_part10(source)
+        size = _size_of(source)
+        return ingest_dataset(store, ds, batch, expected_study=expected_study, encode=encode, size=size)
+    except RadstackError as exc:
+        result.error = exc
+    return result
+
+
+def ingest_dataset(
+    store: StudyStore,
+    ds: Dataset,
+    batch: Batch,
+    *,
+    expected_study: str | None = None,
+    encode: bool = True,
+    size: int = 0,
+) -> IngestResult:
+    """Ingest a parsed data set whose ``file_meta`` names its transfer syntax."""
+    result = IngestResult(
+        sop_class_uid=_str_or_none(ds.get("SOPClassUID")),
+        sop_uid=_str_or_none(ds.get("SOPInstanceUID")),
+        study_uid=_str_or_none(ds.get("StudyInstanceUID")),
+        series_uid=_str_or_none(ds.get("SeriesInstanceUID")),
+    )
+    try:
+        new = prepare(
+            ds, expected_study=expected_study, encode=encode, size=size, store=store, warnings=result.warnings
+        )
+        if new is None:
+            result.outcome = StoreOutcomeValues.DUPLICATE
+            return result
+        result.outcome = store.commit_instance(new, batch).outcome
+        if result.outcome is StoreOutcomeValues.REPLACED:
+            result.warnings.append(
+                f"SOPInstanceUID {new.sop_uid} was stored before with other content; the new content is "
+                "current and the old one stays readable in the previous study version"
+            )
+    except RadstackError as exc:
+        result.error = exc
+    except Exception as exc:  # a bug or an I/O failure: report it as a processing failure, keep serving
+        log.exception("ingest of SOP instance %s failed", result.sop_uid)
+        result.error = ProcessingFailure(f"internal error while storing: {type(exc).__name__}")
+    return result
+
+
+def prepare(
+    ds: Dataset,
+    *,
+    expected_study: str | None,
+    encode: bool,
+    size: int,
+    store: StudyStore,
+    warnings: list[str],
+) -> NewInstance | None:
+    """Validate, dedupe, encode and write the blobs of one instance; return what waits for its row.
+
+    Returns ``None`` when the same content is already the current instance (nothing is written).
+    """
+    sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+    study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+    series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    if expected_study is not None and study_uid != expected_study:
+        raise StudyMismatch(
+            f"StudyInstanceUID {study_uid} of SOP instance {sop_uid} differs from study {expected_study} "
+            "named in the request URL (PS3.18 §10.5.1)"
+        )
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if not transfer_syntax:
+        raise CannotUnderstand(f"SOP instance {sop_uid} has no TransferSyntaxUID (0002,0010)")
+    header = _header_dataset(ds)
+    media_uid = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
+    if media_uid and str(media_uid) != sop_uid:
+        # The data set is authoritative; its file meta is rewritten to match (PS3.10 §7.1).
+        warnings.append(
+            f"MediaStorageSOPInstanceUID {media_uid} differed from SOPInstanceUID; file meta corrected"
+        )
+    header.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    header.file_meta.MediaStorageSOPClassUID = sop_class
+    encoded: Callable[[], list[bytes]] = list
+    frame_identity: list[bytes] = []
+    crcs: list[int] = []
+    frame_syntax: str | None = None
+    info: PixelInfo | None = None
+    if _PIXEL_DATA in ds:
+        info = pixel_info(ds)
+        frame_syntax, encoded, frame_identity, crcs, photometric = _frames_of(
+            ds, info, transfer_syntax, encode
+        )
+        if photometric != info.photometric_interpretation:
+            header.PhotometricInterpretation = photometric
+            info = PixelInfo(**{**_fields(info), "photometric_interpretation": photometric})
+
+    header_bytes = _encode_header(header)
+    digest = hashlib.sha256(header_bytes)
+    for identity in frame_identity:
+        digest.update(identity)
+    content_hash = digest.hexdigest()
+
+    attrs = dataset_to_json(header, instance_bulk_base(study_uid, series_uid, sop_uid))
+    if info is not None:
+        attrs[f"{_PIXEL_DATA:08X}"] = {
+            "vr": "OW" if info.bits_allocated > 8 else "OB",
+            "BulkDataURI": f"{instance_bulk_base(study_uid, series_uid, sop_uid)}/{_PIXEL_DATA:08X}",
+        }
+    json_bytes = json.dumps(attrs, separators=(",", ":")).encode()
+
+    new = NewInstance(
+        attrs=attrs,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=transfer_syntax,
+        frame_syntax=frame_syntax,
+        pixel=info,
+        frames=[],
+        frame_crcs=crcs,
+        content_hash=content_hash,
+        header_key=content_key("h", header_bytes),
+        json_key=content_key("j", json_bytes),
+        size_bytes=size,
+    )
+    store.check_consistency(new)
+    if store.find_duplicate(sop_uid, content_hash):
+        return None
+
+    # Blobs first; the index row that makes them visible is committed last by the caller.
+    frame_keys = []
+    for frame in encoded():
+        key = content_key("f", frame)
+        store.blobs.put(key, frame)
+        frame_keys.append(key)
+    store.blobs.put(new.header_key, header_bytes)
+    store.blobs.put(new.json_key, json_bytes)
+    return NewInstance(**{**_fields(new), "frames": frame_keys})
+
+
+def _frames_of(
+    ds: Dataset, info: PixelInfo, transfer_syntax: str, encode: bool
+) -> tuple[str, Callable[[], list[bytes]], list[bytes], list[int], str]:
+    """Split the frames of ``ds`` and decode them as far as needed to identify their content.
+
+    Returns the stored frame syntax, a function that produces the frames to store (encoding is
+    deferred until dedupe has passed), the bytes that identify each frame's content (decoded
+    samples, or the encoded bytes of lossy frames), their CRC32s, and the photometric
+    interpretation of the decoded samples.
+    """
+    kind = kind_of(transfer_syntax)
+    if kind is None:
+        raise TransferSyntaxNotSupported(
+            f"transfer syntax {name_of(transfer_syntax)} is not supported; send it as explicit VR little "
+            "endian or in a JPEG, JPEG-LS, JPEG 2000, HTJ2K or RLE syntax"
+        )
+    pixel_data: bytes = ds.PixelData
+    photometric = info.photometric_interpretation
+    if kind is SyntaxKindValues.LOSSY:
+        frames = encapsulated_frames(pixel_data, info)
+        crcs = [_crc(decode_frame(f, transfer_syntax, info)) for f in frames]
+        return transfer_syntax, lambda: frames, frames, crcs, photometric
+
+    if kind is SyntaxKindValues.NATIVE:
+        big_endian = transfer_syntax == str(ExplicitVRBigEndian)
+        raw = list(native_frames(pixel_data, info, big_endian=big_endian))
+        if info.bits_allocated == 1 or not encode or not _htj2k_fits(info, photometric):
+            return _EXPLICIT_LE, lambda: raw, raw, [zlib.crc32(r) for r in raw], photometric
+        arrays = [native_frame_to_array(r, info) for r in raw]
+    else:
+        arrays = [decode_frame(f, transfer_syntax, info) for f in encapsulated_frames(pixel_data, info)]
+        if photometric in ("YBR_RCT", "YBR_ICT"):
+            photometric = "RGB"  # the JPEG 2000 decoder undoes the colour transform
+        arrays = [a.astype(info.dtype, copy=False).reshape(info.shape) for a in arrays]
+        if not encode or not _htj2k_fits(info, photometric):
+            raw = [array_to_native_frame(a, info) for a in arrays]
+            return _EXPLICIT_LE, lambda: raw, raw, [zlib.crc32(r) for r in raw], photometric
+    identity = [np.ascontiguousarray(a).tobytes() for a in arrays]
+    return (
+        HTJ2K_RPCL,
+        lambda: [encode_htj2k(a) for a in arrays],
+        identity,
+        [zlib.crc32(i) for i in identity],
+        photometric,
+    )
+
+
+def _htj2k_fits(info: PixelInfo, photometric: str) -> bool:
+    return photometric in _HTJ2K_PHOTOMETRIC and info.bits_allocated in (8, 16, 32)
+
+
+def _crc(array: NDArray[np.integer]) -> int:
+    return zlib.crc32(np.ascontiguousarray(array).tobytes())
+
+
+def _header_dataset(ds: Dataset) -> Dataset:
+    """``ds`` without its pixel data, with its file meta kept (except the transfer syntax)."""
+    header = Dataset()
+    for elem in ds:
+        if elem.tag != _PIXEL_DATA:
+            header.add(elem)
+    meta = FileMetaDataset()
+    for elem in getattr(ds, "file_meta", FileMetaDataset()):
+        if elem.tag.element != 0:
+            meta.add(elem)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    header.file_meta = meta
+    return header
+
+
+def _encode_header(header: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        header.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    except (ValueError, TypeError, OverflowError, AttributeError) as exc:
+        raise CannotUnderstand(
+            f"the data set cannot be re-encoded as explicit VR little endian: {exc}"
+        ) from exc
+    return buffer.getvalue()
+
+
+def _read_part10(source: BinaryIO | Path | bytes) -> Dataset:
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        ds = pydicom.dcmread(source, force=False)
+        # Touch every element so that a truncated or malformed value fails here, not later.
+        for elem in ds.iterall():
+            _ = elem.value
+    except InvalidDicomError as exc:
+        raise CannotUnderstand(f"not a DICOM Part-10 file: {exc}") from exc
+    except (EOFError, ValueError, KeyError, TypeError, OSError, IndexError, NotImplementedError) as exc:
+        raise CannotUnderstand(f"the DICOM file is truncated or malformed: {exc}") from exc
+    return ds
+
+
+def _size_of(source: BinaryIO | Path | bytes) -> int:
+    if isinstance(source, bytes):
+        return len(source)
+    if isinstance(source, Path):
+        return source.stat().st_size
+    try:
+        return int(source.seek(0, io.SEEK_END))
+    except (OSError, ValueError):
+        return 0
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _fields(obj: object) -> dict[str, object]:
+    return {name: getattr(obj, name) for name in obj.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,124 @@
+"""SQL index tables (SQLAlchemy 2). The schema itself is owned by the Alembic migrations.
+
+Instances are immutable rows with a version interval: a row belongs to study version ``v`` when
+``version_added <= v`` and (``version_removed`` is null or ``version_removed > v``); the current
+rows are those with ``version_removed`` null. Study and series rows are the current aggregate view
+that QIDO searches.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "InstanceRow", "SeriesRow", "StudyRow", "StudyVersionRow"]
+
+UID = String(64)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(324), index=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(16))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_time: Mapped[str | None] = mapped_column(String(32))
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_id: Mapped[str | None] = mapped_column(String(64))
+    study_description: Mapped[str | None] = mapped_column(String(256))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(324))
+    institution_name: Mapped[str | None] = mapped_column(String(256))
+    modalities: Mapped[str] = mapped_column(String(256), default="")
+    num_series: Mapped[int] = mapped_column(Integer, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    #: Latest user-visible study version (ingest batch, update, delete, revert).
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    #: Bumped by every committed change; keys the cached metadata documents.
+    change_seq: Mapped[int] = mapped_column(Integer, default=0)
+    attrs: Mapped[str] = mapped_column(Text, default="{}")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(256))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    series_date: Mapped[str | None] = mapped_column(String(16))
+    series_time: Mapped[str | None] = mapped_column(String(32))
+    pps_start_date: Mapped[str | None] = mapped_column(String(16))
+    pps_start_time: Mapped[str | None] = mapped_column(String(32))
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    attrs: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    __table_args__ = (
+        Index("ix_instances_study_current", "study_uid", "version_removed"),
+        Index("ix_instances_series_current", "series_uid", "version_removed"),
+        Index("ix_instances_sop_current", "sop_uid", "version_removed"),
+        # At most one current row per SOP Instance UID, even with concurrent writers.
+        Index(
+            "ux_instances_sop_live",
+            "sop_uid",
+            unique=True,
+            sqlite_where=text("version_removed IS NULL"),
+            postgresql_where=text("version_removed IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID)
+    series_uid: Mapped[str] = mapped_column(UID)
+    sop_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    version_added: Mapped[int] = mapped_column(Integer)
+    version_removed: Mapped[int | None] = mapped_column(Integer)
+    #: Transfer syntax the instance arrived in.
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    #: Transfer syntax of the stored frame blobs (HTJ2K lossless RPCL, the lossy original, or native).
+    frame_syntax: Mapped[str | None] = mapped_column(UID)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    bits_allocated: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    #: JSON: the PixelInfo needed to decode a frame without reading the header.
+    pixel: Mapped[str | None] = mapped_column(Text)
+    #: JSON list of frame blob keys and of CRC32s of each frame's decoded samples.
+    frames: Mapped[str] = mapped_column(Text, default="[]")
+    frame_crcs: Mapped[str] = mapped_column(Text, default="[]")
+    content_hash: Mapped[str] = mapped_column(String(64))
+    header_key: Mapped[str] = mapped_column(String(128))
+    json_key: Mapped[str] = mapped_column(String(128))
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StudyVersionRow(Base):
+    __tablename__ = "study_versions"
+    __table_args__ = (UniqueConstraint("study_uid", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,604 @@
+"""Studies, series and instances in the index: committing ingested instances and reading them back.
+
+Write order makes crashes safe: the ingest pipeline writes every blob first, then
+:meth:`StudyStore.commit_instance` makes the instance visible in one index transaction. A crash
+before the commit leaves only unreferenced blobs (collected later), never a half-stored instance.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from radstack.dicom.codecs import PixelInfo
+from radstack.dicom.json_model import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS, pick
+from radstack.errors import DataSetMismatch, NotFound
+from radstack.store.blobs import BlobStore
+from radstack.store.models import InstanceRow, SeriesRow, StudyRow, StudyVersionRow
+
+__all__ = [
+    "Batch",
+    "CommitOutcome",
+    "InstanceRecord",
+    "NewInstance",
+    "StoreOutcomeValues",
+    "StudyStore",
+]
+
+T = TypeVar("T")
+JsonDict = dict[str, Any]
+
+
+class StoreOutcomeValues(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  #: same SOP instance, same content: stored once, reported as success
+    REPLACED = "replaced"  #: same SOP Instance UID, new content: the old one stays in earlier versions
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """An instance whose blobs are written and that waits for its index row."""
+
+    attrs: JsonDict  #: the instance's DICOM JSON (bulk values by BulkDataURI)
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    frame_syntax: str | None
+    pixel: PixelInfo | None
+    frames: list[str]
+    frame_crcs: list[int]
+    content_hash: str
+    header_key: str
+    json_key: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
+    outcome: StoreOutcomeValues
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """A stored instance as the read paths need it."""
+
+    id: int
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    frame_syntax: str | None
+    pixel: PixelInfo | None
+    frames: list[str]
+    frame_crcs: list[int]
+    header_key: str
+    json_key: str
+    version_added: int
+
+    @classmethod
+    def from_row(cls, row: InstanceRow) -> InstanceRecord:
+        return cls(
+            id=row.id,
+            study_uid=row.study_uid,
+            series_uid=row.series_uid,
+            sop_uid=row.sop_uid,
+            sop_class_uid=row.sop_class_uid,
+            transfer_syntax_uid=row.transfer_syntax_uid,
+            frame_syntax=row.frame_syntax,
+            pixel=PixelInfo(**json.loads(row.pixel)) if row.pixel else None,
+            frames=json.loads(row.frames),
+            frame_crcs=json.loads(row.frame_crcs),
+            header_key=row.header_key,
+            json_key=row.json_key,
+            version_added=row.version_added,
+        )
+
+
+@dataclass
+class Batch:
+    """One user-visible change (a STOW request, an import, an update): one new version per study."""
+
+    reason: str
+    detail: str = ""
+    versions: dict[str, int] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)
+
+
+def _text(attrs: JsonDict, tag: str) -> str | None:
+    """First value of an attribute in DICOM JSON as text (person names by their alphabetic group)."""
+    element = attrs.get(tag)
+    if not element or not element.get("Value"):
+        return None
+    value = element["Value"][0]
+    if isinstance(value, dict):
+        value = value.get("Alphabetic")
+    return None if value is None else str(value)
+
+
+def _int(attrs: JsonDict, tag: str) -> int | None:
+    text = _text(attrs, tag)
+    try:
+        return None if text is None else int(float(text))
+    except ValueError:
+        return None
+
+
+def study_columns(attrs: JsonDict) -> dict[str, Any]:
+    """Study row columns derived from an instance's DICOM JSON."""
+    return {
+        "patient_id": _text(attrs, "00100020"),
+        "patient_name": _text(attrs, "00100010"),
+        "patient_birth_date": _text(attrs, "00100030"),
+        "patient_sex": _text(attrs, "00100040"),
+        "study_date": _text(attrs, "00080020"),
+        "study_time": _text(attrs, "00080030"),
+        "accession_number": _text(attrs, "00080050"),
+        "study_id": _text(attrs, "00200010"),
+        "study_description": _text(attrs, "00081030"),
+        "referring_physician_name": _text(attrs, "00080090"),
+        "institution_name": _text(attrs, "00080080"),
+        "attrs": json.dumps(pick(attrs, STUDY_LEVEL_TAGS)),
+    }
+
+
+def series_columns(attrs: JsonDict) -> dict[str, Any]:
+    """Series row columns derived from an instance's DICOM JSON."""
+    return {
+        "modality": _text(attrs, "00080060"),
+        "series_number": _int(attrs, "00200011"),
+        "series_description": _text(attrs, "0008103E"),
+        "body_part": _text(attrs, "00180015"),
+        "series_date": _text(attrs, "00080021"),
+        "series_time": _text(attrs, "00080031"),
+        "pps_start_date": _text(attrs, "00400244"),
+        "pps_start_time": _text(attrs, "00400245"),
+        "attrs": json.dumps(pick(attrs, SERIES_LEVEL_TAGS)),
+    }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StudyStore:
+    """The index and blob store together: the one place that changes or reads stored instances."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self._sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer; serialising writers in-process avoids lock-upgrade deadlocks.
+        self._write_lock = threading.Lock()
+        self._doc_locks: dict[str, threading.Lock] = {}
+        self._doc_locks_guard = threading.Lock()
+        self._doc_builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docs")
+
+    def close(self) -> None:
+        self._doc_builder.shutdown(wait=True)
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one write transaction, retrying on a unique-key race or a busy database."""
+        for attempt in range(5):
+            try:
+                if self._sqlite:
+                    with self._write_lock, self._session() as session, session.begin():
+                        return work(session)
+                with self._session() as session, session.begin():
+                    return work(session)
+            except (IntegrityError, OperationalError):
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ ingest
+    def check_consistency(self, new: NewInstance) -> None:
+        """Refuse an instance that contradicts what is stored (cheap pre-check before blob writes)."""
+        with self._session() as session:
+            self._check_consistency(session, new)
+
+    def _check_consistency(self, session: Session, new: NewInstance) -> None:
+        series_study = session.scalar(
+            select(SeriesRow.study_uid).where(SeriesRow.series_uid == new.series_uid)
+        )
+        if series_study is not None and series_study != new.study_uid:
+            raise DataSetMismatch(
+                f"SeriesInstanceUID {new.series_uid} already belongs to study {series_study}, "
+                f"not to StudyInstanceUID {new.study_uid}"
+            )
+        existing_study = session.scalar(
+            select(InstanceRow.study_uid).where(
+                InstanceRow.sop_uid == new.sop_uid, InstanceRow.version_removed.is_(None)
+            )
+        )
+        if existing_study is not None and existing_study != new.study_uid:
+            raise DataSetMismatch(
+                f"SOPInstanceUID {new.sop_uid} is already stored in study {existing_study}, "
+                f"not in StudyInstanceUID {new.study_uid}"
+            )
+        patient_id = _text(new.attrs, "00100020")
+        stored_patient = session.scalar(
+            select(StudyRow.patient_id).where(StudyRow.study_uid == new.study_uid, StudyRow.num_instances > 0)
+        )
+        if stored_patient and patient_id and stored_patient != patient_id:
+            raise DataSetMismatch(
+                f"study {new.study_uid} belongs to another patient: PatientID differs from the stored one"
+            )
+
+    def find_duplicate(self, sop_uid: str, content_hash: str) -> bool:
+        """True when this exact content is already the current instance ``sop_uid``."""
+        with self._session() as session:
+            stored = session.scalar(
+                select(InstanceRow.content_hash).where(
+                    InstanceRow.sop_uid == sop_uid, InstanceRow.version_removed.is_(None)
+                )
+            )
+        return stored == content_hash
+
+    def commit_instance(self, new: NewInstance, batch: Batch) -> CommitOutcome:
+        """Make ``new`` visible: the last step of ingest, one transaction.
+
+        Same SOP instance and content as the current one: nothing changes (DUPLICATE). Same SOP
+        Instance UID with other content: the new content becomes current in a new study version and
+        the old content stays readable in the earlier versions (REPLACED).
+        """
+
+        def work(session: Session) -> CommitOutcome:
+            self._check_consistency(session, new)
+            current = session.scalar(
+                select(InstanceRow).where(
+                    InstanceRow.sop_uid == new.sop_uid, InstanceRow.version_removed.is_(None)
+                )
+            )
+            if current is not None and current.content_hash == new.content_hash:
+                return CommitOutcome(StoreOutcomeValues.DUPLICATE, current.version_added)
+            study = self._study_for_update(session, new.study_uid, new.attrs)
+            version = self._version_for(session, study, batch)
+            if current is not None:
+                current.version_removed = version
+            session.add(_instance_row(new, version))
+            series = self._series_for_update(session, study, new.series_uid, new.attrs)
+            if current is None:
+                series.num_instances += 1
+                study.num_instances += 1
+            study.change_seq += 1
+            study.updated_at = _now()
+            session.flush()
+            self._refresh_study_aggregates(session, study)
+            return CommitOutcome(
+                StoreOutcomeValues.REPLACED if current is not None else StoreOutcomeValues.STORED, version
+            )
+
+        outcome = self._write(work)
+        if outcome.outcome is not StoreOutcomeValues.DUPLICATE:
+            batch.versions.setdefault(new.study_uid, outcome.version)
+            batch.touched.add(new.study_uid)
+        return outcome
+
+    def _study_for_update(self, session: Session, study_uid: str, attrs: JsonDict) -> StudyRow:
+        query = select(StudyRow).where(StudyRow.study_uid == study_uid)
+        if not self._sqlite:
+            query = query.with_for_update()
+        study = session.scalar(query)
+        if study is None:
+            study = StudyRow(study_uid=study_uid, version=0, change_seq=0, num_series=0, num_instances=0)
+            study.updated_at = _now()
+            for key, value in study_columns(attrs).items():
+                setattr(study, key, value)
+            session.add(study)
+            session.flush()
+        elif study.num_instances == 0:
+            for key, value in study_columns(attrs).items():
+                setattr(study, key, value)
+        return study
+
+    def _version_for(self, session: Session, study: StudyRow, batch: Batch) -> int:
+        version = batch.versions.get(study.study_uid)
+        if version is not None and study.version == version:
+            return version
+        study.version += 1
+        session.add(
+            StudyVersionRow(
+                study_uid=study.study_uid,
+                version=study.version,
+                reason=batch.reason,
+                detail=batch.detail,
+                created_at=_now(),
+            )
+        )
+        batch.versions[study.study_uid] = study.version
+        return study.version
+
+    def _series_for_update(
+        self, session: Session, study: StudyRow, series_uid: str, attrs: JsonDict
+    ) -> SeriesRow:
+        series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == series_uid))
+        if series is None:
+            series = SeriesRow(
+                study_pk=study.id, series_uid=series_uid, study_uid=study.study_uid, num_instances=0
+            )
+            for key, value in series_columns(attrs).items():
+                setattr(series, key, value)
+            session.add(series)
+            session.flush()
+        return series
+
+    def _refresh_study_aggregates(self, session: Session, study: StudyRow) -> None:
+        rows = session.execute(
+            select(SeriesRow.modality, SeriesRow.num_instances).where(
+                SeriesRow.study_pk == study.id, SeriesRow.num_instances > 0
+            )
+        ).all()
+        study.num_series = len(rows)
+        study.num_instances = sum(n for _m, n in rows)
+        study.modalities = "\\".join(sorted({m for m, _n in rows if m}))
+
+    # ------------------------------------------------------------------ reads
+    def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str) -> InstanceRecord:
+        """The current instance ``sop_uid`` of the given study (and series); :class:`NotFound` otherwise."""
+        query = select(InstanceRow).where(
+            InstanceRow.sop_uid == sop_uid,
+            InstanceRow.study_uid == study_uid,
+            InstanceRow.version_removed.is_(None),
+        )
+        if series_uid is not None:
+            query = query.where(InstanceRow.series_uid == series_uid)
+        with self._session() as session:
+            row = session.scalar(query)
+        if row is None:
+            raise NotFound(f"instance {sop_uid} is not stored in study {study_uid}")
+        return InstanceRecord.from_row(row)
+
+    def list_instances(
+        self, study_uid: str, series_uid: str | None = None, *, version: int | None = None
+    ) -> list[InstanceRecord]:
+        """Instances of a study (or series), current or as of ``version``, in series/instance order."""
+        query = select(InstanceRow).where(InstanceRow.study_uid == study_uid)
+        if series_uid is not None:
+            query = query.where(InstanceRow.series_uid == series_uid)
+        if version is None:
+            query = query.where(InstanceRow.version_removed.is_(None))
+        else:
+            query = query.where(
+                InstanceRow.version_added <= version,
+                (InstanceRow.version_removed.is_(None)) | (InstanceRow.version_removed > version),
+            )
+        query = query.order_by(InstanceRow.series_uid, InstanceRow.instance_number, InstanceRow.sop_uid)
+        with self._session() as session:
+            rows = session.scalars(query).all()
+        return [InstanceRecord.from_row(r) for r in rows]
+
+    def require_study(self, study_uid: str) -> StudyRow:
+        with self._session() as session:
+            study = session.scalar(select(StudyRow).where(StudyRow.study_uid == study_uid))
+        if study is None or (study.num_instances == 0 and study.version == 0):
+            raise NotFound(f"study {study_uid} is not stored")
+        return study
+
+    def require_series(self, study_uid: str, series_uid: str) -> None:
+        with self._session() as session:
+            found = session.scalar(
+                select(SeriesRow.id).where(
+                    SeriesRow.series_uid == series_uid,
+                    SeriesRow.study_uid == study_uid,
+                    SeriesRow.num_instances > 0,
+                )
+            )
+        if found is None:
+            raise NotFound(f"series {series_uid} is not stored in study {study_uid}")
+
+    # ------------------------------------------------------------------ metadata documents
+    def instance_json(self, record: InstanceRecord) -> bytes:
+        return self.blobs.get(record.json_key)
+
+    def metadata_document(self, study_uid: str, series_uid: str | None = None) -> bytes:
+        """The gzipped DICOM JSON array of a study's (or series') current instances.
+
+        Documents are precomputed after every change (see :meth:`schedule_documents`) and cached
+        in the blob store under the study's change sequence, so a read is one blob fetch.
+        """
+        study = self.require_study(study_uid)
+        if series_uid is not None:
+            self.require_series(study_uid, series_uid)
+        key = self._document_key(study_uid, study.change_seq, series_uid)
+        if not self.blobs.exists(key):
+            self._build_documents(study_uid)
+            study = self.require_study(study_uid)
+            key = self._document_key(study_uid, study.change_seq, series_uid)
+            if not self.blobs.exists(key):  # changed again meanwhile: build for the latest
+                self._build_documents(study_uid)
+        try:
+            return self.blobs.get(key)
+        except NotFound:
+            return self._document(self.list_instances(study_uid, series_uid))
+
+    def version_document(self, study_uid: str, version: int) -> bytes:
+        """The gzipped metadata document of a past (or the current) study version."""
+        study = self.require_study(study_uid)
+        if not 0 < version <= study.version:
+            raise NotFound(f"study {study_uid} has no version {version} (latest is {study.version})")
+        return self._document(self.list_instances(study_uid, version=version))
+
+    @staticmethod
+    def _document_key(study_uid: str, change_seq: int, series_uid: str | None) -> str:
+        return f"docs/{study_uid}/{change_seq}/{series_uid or 'study'}.json.gz"
+
+    def _document(self, records: Sequence[InstanceRecord]) -> bytes:
+        body = b"[" + b",".join(self.blobs.get(r.json_key) for r in records) + b"]"
+        return gzip.compress(body, compresslevel=5)
+
+    def _doc_lock(self, study_uid: str) -> threading.Lock:
+        with self._doc_locks_guard:
+            return self._doc_locks.setdefault(study_uid, threading.Lock())
+
+    def _build_documents(self, study_uid: str) -> None:
+        with self._doc_lock(study_uid):
+            with self._session() as session:
+                change_seq = session.scalar(
+                    select(StudyRow.change_seq).where(StudyRow.study_uid == study_uid)
+                )
+            if change_seq is None or self.blobs.exists(self._document_key(study_uid, change_seq, None)):
+                return
+            records = self.list_instances(study_uid)
+            by_series: dict[str, list[InstanceRecord]] = {}
+            for record in records:
+                by_series.setdefault(record.series_uid, []).append(record)
+            for series_uid, members in by_series.items():
+                self.blobs.put(self._document_key(study_uid, change_seq, series_uid), self._document(members))
+            # The study document last: its presence marks the set complete.
+            self.blobs.put(self._document_key(study_uid, change_seq, None), self._document(records))
+
+    def schedule_documents(self, study_uids: set[str]) -> None:
+        """Rebuild the metadata documents of changed studies in the background."""
+        for study_uid in sorted(study_uids):
+            self._doc_builder.submit(self._build_documents, study_uid)
+
+    # ------------------------------------------------------------------ versions
+    def list_versions(self, study_uid: str) -> list[StudyVersionRow]:
+        self.require_study(study_uid)
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(StudyVersionRow)
+                    .where(StudyVersionRow.study_uid == study_uid)
+                    .order_by(StudyVersionRow.version)
+                ).all()
+            )
+
+    def replace_instances(
+        self,
+        study_uid: str,
+        batch: Batch,
+        *,
+        remove: Sequence[InstanceRecord],
+        add: Sequence[NewInstance | InstanceRecord],
+    ) -> int:
+        """Make a new study version that drops ``remove`` and adds ``add`` (update, delete, revert).
+
+        Returns the new version number.
+        """
+
+        def work(session: Session) -> int:
+            study = session.scalar(select(StudyRow).where(StudyRow.study_uid == study_uid))
+            if study is None:
+                raise NotFound(f"study {study_uid} is not stored")
+            version = self._version_for(session, study, batch)
+            removed_ids = [r.id for r in remove]
+            for row in session.scalars(select(InstanceRow).where(InstanceRow.id.in_(removed_ids))):
+                if row.version_removed is None:
+                    row.version_removed = version
+            session.flush()
+            for item in add:
+                if isinstance(item, NewInstance):
+                    session.add(_instance_row(item, version))
+                else:
+                    session.add(_copy_row(session, item, version))
+            session.flush()
+            self._rebuild_series(session, study)
+            study.change_seq += 1
+            study.updated_at = _now()
+            return version
+
+        version = self._write(work)
+        batch.touched.add(study_uid)
+        return version
+
+    def _rebuild_series(self, session: Session, study: StudyRow) -> None:
+        """Recompute the series rows and study aggregates of ``study`` from its current instances."""
+        counts = dict(
+            session.execute(
+                select(InstanceRow.series_uid, func.count())
+                .where(InstanceRow.study_uid == study.study_uid, InstanceRow.version_removed.is_(None))
+                .group_by(InstanceRow.series_uid)
+            ).all()
+        )
+        existing = {
+            s.series_uid: s for s in session.scalars(select(SeriesRow).where(SeriesRow.study_pk == study.id))
+        }
+        first_attrs: JsonDict | None = None
+        for series_uid, count in counts.items():
+            first = session.scalar(
+                select(InstanceRow)
+                .where(InstanceRow.series_uid == series_uid, InstanceRow.version_removed.is_(None))
+                .order_by(InstanceRow.instance_number)
+                .limit(1)
+            )
+            assert first is not None
+            attrs: JsonDict = json.loads(self.blobs.get(first.json_key))
+            first_attrs = first_attrs or attrs
+            series = existing.pop(series_uid, None) or self._series_for_update(
+                session, study, series_uid, attrs
+            )
+            for key, value in series_columns(attrs).items():
+                setattr(series, key, value)
+            series.num_instances = count
+        for stale in existing.values():
+            session.delete(stale)
+        if first_attrs is not None:
+            for key, value in study_columns(first_attrs).items():
+                setattr(study, key, value)
+        session.flush()
+        self._refresh_study_aggregates(session, study)
+
+
+def _instance_row(new: NewInstance, version: int) -> InstanceRow:
+    pixel = new.pixel
+    return InstanceRow(
+        study_uid=new.study_uid,
+        series_uid=new.series_uid,
+        sop_uid=new.sop_uid,
+        sop_class_uid=new.sop_class_uid,
+        instance_number=_int(new.attrs, "00200013"),
+        version_added=version,
+        version_removed=None,
+        transfer_syntax_uid=new.transfer_syntax_uid,
+        frame_syntax=new.frame_syntax,
+        rows=pixel.rows if pixel else None,
+        columns=pixel.columns if pixel else None,
+        bits_allocated=pixel.bits_allocated if pixel else None,
+        number_of_frames=pixel.number_of_frames if pixel else None,
+        pixel=json.dumps(_pixel_dict(pixel)) if pixel else None,
+        frames=json.dumps(new.frames),
+        frame_crcs=json.dumps(new.frame_crcs),
+        content_hash=new.content_hash,
+        header_key=new.header_key,
+        json_key=new.json_key,
+        size_bytes=new.size_bytes,
+        created_at=_now(),
+    )
+
+
+def _copy_row(session: Session, record: InstanceRecord, version: int) -> InstanceRow:
+    """A copy of a past row that becomes current again in ``version`` (revert); blobs are shared."""
+    source = session.get(InstanceRow, record.id)
+    if source is None:
+        raise NotFound(f"instance row {record.id} vanished")
+    columns = {c.key: getattr(source, c.key) for c in InstanceRow.__table__.columns if c.key != "id"}
+    columns.update(version_added=version, version_removed=None, created_at=_now())
+    return InstanceRow(**columns)
+
+
+def _pixel_dict(pixel: PixelInfo) -> dict[str, Any]:
+    return {name: getattr(pixel, name) for name in PixelInfo.__slots__}
