@@ -1,0 +1,159 @@
+"""STOW-RS: Store Instances (PS3.18 §10.5).
+
+The request body is read as a stream of multipart/related parts; each part goes through the ingest
+pipeline as soon as it is complete, so a large body is never held whole in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import to_thread
+
+from radstack.dicomweb.multipart import iter_multipart, parse_media_type
+from radstack.errors import BadRequest, CannotUnderstand, PayloadTooLarge, RadstackError, UnsupportedMediaType
+from radstack.ingest.pipeline import IngestResult, ingest_file
+from radstack.store.studies import Batch, StudyStore
+
+__all__ = ["StowResponse", "store_instances"]
+
+_DICOM = "application/dicom"
+#: WarningReason 0xB000, Coercion of Data Elements (PS3.18 Table 10.5.3-2).
+_COERCION = 0xB000
+
+
+@dataclass
+class StowResponse:
+    """Status code, DICOM JSON body and Warning header texts of a STOW-RS response."""
+
+    status: int
+    body: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_request(content_type: str | None, content_length: str | None, max_bytes: int) -> str:
+    """Validate the request's media type and size before any byte of the body is read.
+
+    Returns the multipart boundary.
+    """
+    media_type, params = parse_media_type(content_type or "")
+    if media_type != "multipart/related":
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type or '(none)'!r} is not supported; STOW-RS takes "
+            'multipart/related; type="application/dicom" (PS3.18 §10.5.1.2)'
+        )
+    part_type = params.get("type", _DICOM).lower()
+    if part_type != _DICOM:
+        raise UnsupportedMediaType(
+            f"multipart/related type {part_type!r} is not supported; send Part-10 instances as "
+            'type="application/dicom"'
+        )
+    boundary = params.get("boundary", "")
+    if not boundary:
+        raise BadRequest("Content-Type multipart/related has no boundary parameter (RFC 2046 §5.1.1)")
+    if content_length is not None:
+        try:
+            length = int(content_length)
+        except ValueError:
+            raise BadRequest(f"Content-Length {content_length!r} is not a number") from None
+        if length > max_bytes:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {max_bytes} bytes")
+    return boundary
+
+
+async def store_instances(
+    store: StudyStore,
+    chunks: AsyncIterator[bytes],
+    *,
+    boundary: str,
+    max_bytes: int,
+    base_url: str,
+    expected_study: str | None = None,
+    encode: bool = True,
+) -> StowResponse:
+    """Store every part of a STOW-RS request body and build the response (PS3.18 §10.5.3)."""
+    batch = Batch(reason="stow")
+    results: list[IngestResult] = []
+    try:
+        index = 0
+        async for part in iter_multipart(chunks, boundary, max_bytes=max_bytes):
+            index += 1
+            try:
+                if part.content_type not in ("", _DICOM):
+                    results.append(
+                        _failed(
+                            CannotUnderstand(
+                                f"part {index} has Content-Type {part.content_type!r}; expected application/dicom"
+                            )
+                        )
+                    )
+                elif not part.complete:
+                    results.append(
+                        _failed(
+                            BadRequest(f"part {index} ends before the closing multipart boundary; not stored")
+                        )
+                    )
+                else:
+                    result = await to_thread.run_sync(
+                        lambda p=part: ingest_file(
+                            store, p.body, batch, expected_study=expected_study, encode=encode
+                        )
+                    )
+                    results.append(result)
+            finally:
+                part.close()
+    finally:
+        store.schedule_documents(batch.touched)
+    if not results:
+        raise BadRequest("the multipart body holds no parts")
+    return build_response(results, base_url, expected_study)
+
+
+def _failed(error: RadstackError) -> IngestResult:
+    return IngestResult(error=error)
+
+
+def build_response(results: list[IngestResult], base_url: str, expected_study: str | None) -> StowResponse:
+    """The Store Instances response module (PS3.18 Table 10.5.3-1) and its status code."""
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for result in results:
+        item: dict[str, Any] = {}
+        if result.sop_class_uid:
+            item["00081150"] = {"vr": "UI", "Value": [result.sop_class_uid]}
+        if result.sop_uid:
+            item["00081155"] = {"vr": "UI", "Value": [result.sop_uid]}
+        if result.error is not None:
+            item["00081197"] = {"vr": "US", "Value": [result.error.dicom_status]}
+            failed.append(item)
+            warnings.append(f"{result.sop_uid or 'unidentified part'}: {result.error.message}")
+            continue
+        item["00081190"] = {
+            "vr": "UR",
+            "Value": [
+                f"{base_url}/studies/{result.study_uid}/series/{result.series_uid}/instances/{result.sop_uid}"
+            ],
+        }
+        if result.warnings:
+            item["00081196"] = {"vr": "US", "Value": [_COERCION]}
+            warnings.extend(f"{result.sop_uid}: {w}" for w in result.warnings)
+        referenced.append(item)
+    body: dict[str, Any] = {}
+    studies = {r.study_uid for r in results if r.ok and r.study_uid}
+    study = expected_study or (next(iter(studies)) if len(studies) == 1 else None)
+    if study:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base_url}/studies/{study}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if not referenced:
+        status = 409
+    elif failed or any("00081196" in r for r in referenced):
+        status = 202
+    else:
+        status = 200
+    return StowResponse(status=status, body=body, warnings=warnings)

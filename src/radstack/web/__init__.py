@@ -1,0 +1,3 @@
+"""HTTP: the FastAPI application factory and its thin routes."""
+
+__all__: list[str] = []

@@ -1,0 +1,82 @@
+"""Shared fixtures: a real radstack server on a free loopback port, over SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from radstack.config import Settings
+from radstack.platform import Platform
+from radstack.web.app import create_app
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_binary(name: str) -> str:
+    """Path of a real binary; in CI a missing one fails the test instead of skipping it."""
+    path = shutil.which(name)
+    if path is None:
+        for directory in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+            if (directory / name).exists():
+                return str(directory / name)
+        if IN_CI:
+            pytest.fail(f"required binary {name!r} is not installed")
+        pytest.skip(f"binary {name!r} is not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningServer:
+    url: str
+    platform: Platform
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicomweb"
+
+
+def start_server(settings: Settings) -> Iterator[RunningServer]:
+    """Run ``create_app(settings)`` under uvicorn in a thread until the generator is closed."""
+    platform = Platform.open(settings)
+    app = create_app(settings, platform)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("radstack server did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(url=f"http://127.0.0.1:{settings.http_port}", platform=platform)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        platform.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", http_port=free_port())
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[RunningServer]:
+    yield from start_server(settings)
