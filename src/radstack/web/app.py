@@ -29,7 +29,7 @@ def problem_response(error: RadstackError) -> JSONResponse:
 
 def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     """Build the radstack HTTP application for ``settings``."""
-    from radstack.web import api_v1, dicomweb
+    from radstack.web import api_v1, dicomweb, dicomweb_qido
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,6 +106,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(dicomweb_qido.router, prefix="/dicomweb")
     app.include_router(dicomweb.router, prefix="/dicomweb")
     app.include_router(api_v1.router, prefix="/api/v1")
     return app
