@@ -21,6 +21,7 @@ __all__ = [
     "PayloadTooLarge",
     "ProcessingFailure",
     "RadstackError",
+    "RangeNotSatisfiable",
     "StudyMismatch",
     "TransferSyntaxNotSupported",
     "UnsupportedMediaType",
@@ -110,6 +111,11 @@ class Conflict(RadstackError):
 class NotAcceptable(RadstackError):
     title = "Not acceptable"
     http_status = 406
+
+
+class RangeNotSatisfiable(RadstackError):
+    title = "Range not satisfiable"
+    http_status = 416
 
 
 class UnsupportedMediaType(RadstackError):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import imagecodecs
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.encaps import encapsulate
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 
 from radstack.dicom.transfer_syntax import HTJ2K_RPCL, NATIVE_SYNTAXES, name_of
 from radstack.errors import CannotUnderstand, TransferSyntaxNotSupported
@@ -72,7 +73,7 @@ class PixelInfo:
             return (self.rows, self.columns)
         return (self.rows, self.columns, self.samples_per_pixel)
 
-    def decoder_options(self) -> dict[str, object]:
+    def decoder_options(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "columns": self.columns,

@@ -56,7 +56,9 @@ def parse_accept(header: str | None) -> list[AcceptItem]:
 
 
 def _split_commas(value: str) -> list[str]:
-    pieces, current, quoted = [], [], False
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in value:
         if char == '"':
             quoted = not quoted

@@ -46,7 +46,9 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
 
 def _split_params(value: str) -> list[str]:
     """Split on ``;`` outside quoted strings."""
-    pieces, current, quoted, escaped = [], [], False, False
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted, escaped = False, False
     for char in value:
         if escaped:
             escaped = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from anyio import to_thread
@@ -97,8 +98,8 @@ async def store_instances(
                     )
                 else:
                     result = await to_thread.run_sync(
-                        lambda p=part: ingest_file(
-                            store, p.body, batch, expected_study=expected_study, encode=encode
+                        partial(
+                            ingest_file, store, part.body, batch, expected_study=expected_study, encode=encode
                         )
                     )
                     results.append(result)

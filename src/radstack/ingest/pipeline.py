@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from radstack.dicom.codecs import (
     PixelInfo,
@@ -33,7 +33,7 @@ from radstack.dicom.codecs import (
     native_frame_to_array,
 )
 from radstack.dicom.frames import encapsulated_frames, native_frames, pixel_info
-from radstack.dicom.json_model import dataset_to_json
+from radstack.dicom.header import encode_header, header_of, instance_json
 from radstack.dicom.transfer_syntax import HTJ2K_RPCL, SyntaxKindValues, kind_of, name_of
 from radstack.dicom.uids import check_uid
 from radstack.errors import (
@@ -46,7 +46,7 @@ from radstack.errors import (
 from radstack.store.blobs import content_key
 from radstack.store.studies import Batch, NewInstance, StoreOutcomeValues, StudyStore
 
-__all__ = ["IngestResult", "ingest_dataset", "ingest_file", "instance_bulk_base"]
+__all__ = ["IngestResult", "ingest_dataset", "ingest_file", "render_defaults"]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ class IngestResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def instance_bulk_base(study_uid: str, series_uid: str, sop_uid: str) -> str:
-    """Path prefix of an instance's bulk data (PS3.18 §10.4.1.1.5) used in BulkDataURIs."""
-    return f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
 
 
 def ingest_file(
@@ -161,15 +156,15 @@ def prepare(
     transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if not transfer_syntax:
         raise CannotUnderstand(f"SOP instance {sop_uid} has no TransferSyntaxUID (0002,0010)")
-    header = _header_dataset(ds)
+    header = header_of(ds)
     media_uid = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
     if media_uid and str(media_uid) != sop_uid:
         # The data set is authoritative; its file meta is rewritten to match (PS3.10 §7.1).
         warnings.append(
             f"MediaStorageSOPInstanceUID {media_uid} differed from SOPInstanceUID; file meta corrected"
         )
-    header.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    header.file_meta.MediaStorageSOPClassUID = sop_class
+    header.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    header.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     encoded: Callable[[], list[bytes]] = list
     frame_identity: list[bytes] = []
     crcs: list[int] = []
@@ -182,21 +177,14 @@ def prepare(
         )
         if photometric != info.photometric_interpretation:
             header.PhotometricInterpretation = photometric
-            info = PixelInfo(**{**_fields(info), "photometric_interpretation": photometric})
+            info = replace(info, photometric_interpretation=photometric)
 
-    header_bytes = _encode_header(header)
+    header_bytes = encode_header(header)
     digest = hashlib.sha256(header_bytes)
     for identity in frame_identity:
         digest.update(identity)
     content_hash = digest.hexdigest()
-
-    attrs = dataset_to_json(header, instance_bulk_base(study_uid, series_uid, sop_uid))
-    if info is not None:
-        attrs[f"{_PIXEL_DATA:08X}"] = {
-            "vr": "OW" if info.bits_allocated > 8 else "OB",
-            "BulkDataURI": f"{instance_bulk_base(study_uid, series_uid, sop_uid)}/{_PIXEL_DATA:08X}",
-        }
-    json_bytes = json.dumps(attrs, separators=(",", ":")).encode()
+    attrs, json_bytes = instance_json(header, info)
 
     new = NewInstance(
         attrs=attrs,
@@ -213,6 +201,7 @@ def prepare(
         header_key=content_key("h", header_bytes),
         json_key=content_key("j", json_bytes),
         size_bytes=size,
+        render=render_defaults(header) if info is not None else None,
     )
     store.check_consistency(new)
     if store.find_duplicate(sop_uid, content_hash):
@@ -226,7 +215,7 @@ def prepare(
         frame_keys.append(key)
     store.blobs.put(new.header_key, header_bytes)
     store.blobs.put(new.json_key, json_bytes)
-    return NewInstance(**{**_fields(new), "frames": frame_keys})
+    return replace(new, frames=frame_keys)
 
 
 def _frames_of(
@@ -276,38 +265,35 @@ def _frames_of(
     )
 
 
+def render_defaults(ds: Dataset) -> dict[str, object]:
+    """Modality and VOI LUT defaults a preview needs (PS3.3 §C.11.1, §C.11.2), first values only."""
+
+    def first(keyword: str) -> object:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, MultiValue):
+            value = value[0] if len(value) else None
+        try:
+            return None if value is None else float(value)
+        except (TypeError, ValueError):
+            return None
+
+    return {
+        "slope": first("RescaleSlope") or 1.0,
+        "intercept": first("RescaleIntercept") or 0.0,
+        "center": first("WindowCenter"),
+        "width": first("WindowWidth"),
+        "function": str(ds.get("VOILUTFunction", "") or "LINEAR").upper(),
+    }
+
+
 def _htj2k_fits(info: PixelInfo, photometric: str) -> bool:
     return photometric in _HTJ2K_PHOTOMETRIC and info.bits_allocated in (8, 16, 32)
 
 
 def _crc(array: NDArray[np.integer]) -> int:
     return zlib.crc32(np.ascontiguousarray(array).tobytes())
-
-
-def _header_dataset(ds: Dataset) -> Dataset:
-    """``ds`` without its pixel data, with its file meta kept (except the transfer syntax)."""
-    header = Dataset()
-    for elem in ds:
-        if elem.tag != _PIXEL_DATA:
-            header.add(elem)
-    meta = FileMetaDataset()
-    for elem in getattr(ds, "file_meta", FileMetaDataset()):
-        if elem.tag.element != 0:
-            meta.add(elem)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    header.file_meta = meta
-    return header
-
-
-def _encode_header(header: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        header.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    except (ValueError, TypeError, OverflowError, AttributeError) as exc:
-        raise CannotUnderstand(
-            f"the data set cannot be re-encoded as explicit VR little endian: {exc}"
-        ) from exc
-    return buffer.getvalue()
 
 
 def _read_part10(source: BinaryIO | Path | bytes) -> Dataset:
@@ -338,7 +324,3 @@ def _size_of(source: BinaryIO | Path | bytes) -> int:
 
 def _str_or_none(value: object) -> str | None:
     return None if value is None or value == "" else str(value)
-
-
-def _fields(obj: object) -> dict[str, object]:
-    return {name: getattr(obj, name) for name in obj.__slots__}  # type: ignore[attr-defined]

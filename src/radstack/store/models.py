@@ -105,6 +105,8 @@ class InstanceRow(Base):
     #: JSON list of frame blob keys and of CRC32s of each frame's decoded samples.
     frames: Mapped[str] = mapped_column(Text, default="[]")
     frame_crcs: Mapped[str] = mapped_column(Text, default="[]")
+    #: JSON: presentation defaults for rendering (rescale, window) so a preview needs no header read.
+    render: Mapped[str | None] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64))
     header_key: Mapped[str] = mapped_column(String(128))
     json_key: Mapped[str] = mapped_column(String(128))

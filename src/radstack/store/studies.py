@@ -65,6 +65,7 @@ class NewInstance:
     header_key: str
     json_key: str
     size_bytes: int
+    render: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ class InstanceRecord:
     header_key: str
     json_key: str
     version_added: int
+    render: dict[str, Any] | None
 
     @classmethod
     def from_row(cls, row: InstanceRow) -> InstanceRecord:
@@ -107,6 +109,7 @@ class InstanceRecord:
             header_key=row.header_key,
             json_key=row.json_key,
             version_added=row.version_added,
+            render=json.loads(row.render) if row.render else None,
         )
 
 
@@ -586,6 +589,7 @@ def _instance_row(new: NewInstance, version: int) -> InstanceRow:
         header_key=new.header_key,
         json_key=new.json_key,
         size_bytes=new.size_bytes,
+        render=json.dumps(new.render) if new.render else None,
         created_at=_now(),
     )
 

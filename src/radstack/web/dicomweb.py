@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
+from radstack.dicom.render import RenderParams, parse_viewport, parse_window
+from radstack.dicom.transfer_syntax import media_type_for
 from radstack.dicom.uids import check_uid
-from radstack.dicomweb import stow
+from radstack.dicomweb import stow, wado
+from radstack.dicomweb.accept import parse_accept
+from radstack.dicomweb.multipart import multipart_body, new_boundary
+from radstack.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
 from radstack.platform import Platform
+from radstack.store import versions
+from radstack.store.studies import InstanceRecord
 
 __all__ = ["router"]
 
@@ -69,3 +78,296 @@ async def stow_studies(request: Request) -> Response:
 @router.post("/studies/{study}", summary="STOW-RS: store instances of one study (PS3.18 §10.5)")
 async def stow_study(request: Request, study: str) -> Response:
     return await _stow(request, study)
+
+
+# ----------------------------------------------------------------------------- WADO-RS
+def _uids(study: str, series: str | None = None, instance: str | None = None) -> None:
+    check_uid(study, "StudyInstanceUID", in_request=True)
+    if series is not None:
+        check_uid(series, "SeriesInstanceUID", in_request=True)
+    if instance is not None:
+        check_uid(instance, "SOPInstanceUID", in_request=True)
+
+
+def _multipart(
+    parts: Iterable[tuple[str, bytes]], part_type: str, syntax: str | None = None
+) -> StreamingResponse:
+    boundary = new_boundary()
+    media_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+    if syntax:
+        media_type += f"; transfer-syntax={syntax}"
+    return StreamingResponse(multipart_body(parts, boundary), media_type=media_type)
+
+
+def _records(
+    platform: Platform, study: str, series: str | None, instance: str | None
+) -> list[InstanceRecord]:
+    store = platform.store
+    if instance is not None:
+        return [store.get_instance(study, series, instance)]
+    if series is not None:
+        store.require_series(study, series)
+    else:
+        store.require_study(study)
+    records = store.list_instances(study, series)
+    if not records:
+        raise NotFound(f"{'series ' + series if series else 'study ' + study} holds no instances")
+    return records
+
+
+def _retrieve(
+    request: Request, study: str, series: str | None = None, instance: str | None = None
+) -> Response:
+    _uids(study, series, instance)
+    platform = platform_of(request)
+    records = _records(platform, study, series, instance)
+    syntax = wado.instance_syntax(parse_accept(request.headers.get("accept")), records)
+    store = platform.store
+
+    def parts() -> Iterator[tuple[str, bytes]]:
+        for record in records:
+            chosen = syntax or wado.stored_syntax(record)
+            yield f"application/dicom; transfer-syntax={chosen}", wado.part10(store, record, chosen)
+
+    return _multipart(parts(), "application/dicom", syntax)
+
+
+@router.get("/studies/{study}", summary="WADO-RS: retrieve a study (PS3.18 §10.4)")
+def retrieve_study(request: Request, study: str) -> Response:
+    return _retrieve(request, study)
+
+
+@router.get("/studies/{study}/series/{series}", summary="WADO-RS: retrieve a series")
+def retrieve_series(request: Request, study: str, series: str) -> Response:
+    return _retrieve(request, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}", summary="WADO-RS: retrieve an instance")
+def retrieve_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return _retrieve(request, study, series, instance)
+
+
+def _check_json_accept(request: Request) -> None:
+    for item in parse_accept(request.headers.get("accept")):
+        if item.media_type in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return
+    raise NotAcceptable("metadata is available as application/dicom+json only")
+
+
+def _metadata(request: Request, study: str, series: str | None = None) -> Response:
+    _uids(study, series)
+    _check_json_accept(request)
+    document = platform_of(request).store.metadata_document(study, series)
+    return gzip_json(request, document)
+
+
+def gzip_json(request: Request, document: bytes) -> Response:
+    """Send a precomputed gzipped JSON document as is when the client accepts gzip."""
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(
+            document, media_type=DICOM_JSON, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        )
+    return Response(gzip.decompress(document), media_type=DICOM_JSON, headers={"Vary": "Accept-Encoding"})
+
+
+@router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata (PS3.18 §10.4.1.1.2)")
+def study_metadata(request: Request, study: str) -> Response:
+    return _metadata(request, study)
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="WADO-RS: series metadata")
+def series_metadata(request: Request, study: str, series: str) -> Response:
+    return _metadata(request, study, series)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/metadata", summary="WADO-RS: instance metadata"
+)
+def instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
+    _uids(study, series, instance)
+    _check_json_accept(request)
+    store = platform_of(request).store
+    record = store.get_instance(study, series, instance)
+    return Response(b"[" + store.instance_json(record) + b"]", media_type=DICOM_JSON)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}", summary="WADO-RS: frames"
+)
+def retrieve_frames(request: Request, study: str, series: str, instance: str, frame_list: str) -> Response:
+    _uids(study, series, instance)
+    store = platform_of(request).store
+    record = store.get_instance(study, series, instance)
+    numbers = wado.parse_frame_list(frame_list, record)
+    syntax, multipart = wado.frame_syntax_for(parse_accept(request.headers.get("accept")), record)
+    if not multipart:
+        if len(numbers) != 1:
+            raise NotAcceptable(
+                "a single-part response holds one frame; ask for multipart/related for several"
+            )
+        part = next(wado.frames(store, record, numbers, syntax))
+        return _single_part(request, part)
+    parts = ((p.content_type, p.data) for p in wado.frames(store, record, numbers, syntax))
+    return _multipart(parts, media_type_for(syntax), syntax)
+
+
+def _single_part(request: Request, part: wado.FramePart) -> Response:
+    """One frame as the whole body, honouring a ``Range: bytes=a-b`` request (progressive HTJ2K)."""
+    headers = {"Accept-Ranges": "bytes"}
+    range_header = request.headers.get("range")
+    if range_header:
+        start, end = parse_byte_range(range_header, len(part.data))
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(part.data)}"
+        return Response(
+            part.data[start : end + 1], status_code=206, media_type=part.content_type, headers=headers
+        )
+    return Response(part.data, media_type=part.content_type, headers=headers)
+
+
+def parse_byte_range(value: str, size: int) -> tuple[int, int]:
+    """One ``bytes=a-b`` range (RFC 9110 §14.1.2) clipped to ``size``."""
+    unit, _, spec = value.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if unit.strip() != "bytes" or not dash or "," in spec:
+            raise ValueError
+        if first == "":
+            start, end = max(0, size - int(last)), size - 1
+        else:
+            start, end = int(first), (int(last) if last else size - 1)
+    except ValueError:
+        raise BadRequest(f"Range {value!r} must be a single bytes=first-last range") from None
+    end = min(end, size - 1)
+    if start > end:
+        raise RangeNotSatisfiable(f"Range {value!r} is outside the {size} bytes of the frame")
+    return start, end
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:path}", summary="WADO-RS: bulk data"
+)
+def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, path: str) -> Response:
+    _uids(study, series, instance)
+    store = platform_of(request).store
+    record = store.get_instance(study, series, instance)
+    data = wado.bulkdata(store, record, path)
+    for item in parse_accept(request.headers.get("accept")):
+        if not item.multipart and item.media_type == "application/octet-stream":
+            return Response(data, media_type="application/octet-stream")
+    return _multipart([("application/octet-stream", data)], "application/octet-stream")
+
+
+def _render_params(request: Request, *, thumbnail: bool) -> RenderParams:
+    query = request.query_params
+    try:
+        window = parse_window(query.get("window"))
+        viewport = parse_viewport(query.get("viewport")) or ((128, 128) if thumbnail else None)
+        quality = int(query.get("quality", "75"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if not 1 <= quality <= 100:
+        raise BadRequest(f"quality {quality} must be between 1 and 100")
+    media_type = "image/jpeg"
+    for item in parse_accept(request.headers.get("accept")):
+        if item.media_type in ("image/jpeg", "image/png"):
+            media_type = item.media_type
+            break
+        if item.media_type in ("*/*", "image/*"):
+            break
+    else:
+        raise NotAcceptable("rendered images are available as image/jpeg or image/png")
+    return RenderParams(media_type=media_type, quality=quality, window=window, viewport=viewport)
+
+
+def _rendered(
+    request: Request, study: str, series: str | None, instance: str | None, frame: int, *, thumbnail: bool
+) -> Response:
+    _uids(study, series, instance)
+    params = _render_params(request, thumbnail=thumbnail)
+    platform = platform_of(request)
+    if instance is None:
+        # A study or series is represented by the middle image of its first series with pixels.
+        candidates = [r for r in _records(platform, study, series, None) if r.pixel is not None]
+        if not candidates:
+            raise NotFound(f"{'series ' + series if series else 'study ' + study} has no image to render")
+        first_series = [r for r in candidates if r.series_uid == candidates[0].series_uid]
+        record = first_series[len(first_series) // 2]
+    else:
+        record = platform.store.get_instance(study, series, instance)
+    image = wado.render(platform.store, record, frame, params)
+    return Response(image, media_type=params.media_type)
+
+
+@router.get("/studies/{study}/rendered", summary="WADO-RS: rendered study (PS3.18 §10.4.1.1.3)")
+def rendered_study(request: Request, study: str) -> Response:
+    return _rendered(request, study, None, None, 1, thumbnail=False)
+
+
+@router.get("/studies/{study}/series/{series}/rendered", summary="WADO-RS: rendered series")
+def rendered_series(request: Request, study: str, series: str) -> Response:
+    return _rendered(request, study, series, None, 1, thumbnail=False)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/rendered", summary="WADO-RS: rendered instance"
+)
+def rendered_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return _rendered(request, study, series, instance, 1, thumbnail=False)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered",
+    summary="WADO-RS: rendered frame",
+)
+def rendered_frame(request: Request, study: str, series: str, instance: str, frame: int) -> Response:
+    return _rendered(request, study, series, instance, frame, thumbnail=False)
+
+
+@router.get("/studies/{study}/thumbnail", summary="WADO-RS: study thumbnail (PS3.18 §10.4.1.1.4)")
+def thumbnail_study(request: Request, study: str) -> Response:
+    return _rendered(request, study, None, None, 1, thumbnail=True)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail", summary="WADO-RS: series thumbnail")
+def thumbnail_series(request: Request, study: str, series: str) -> Response:
+    return _rendered(request, study, series, None, 1, thumbnail=True)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/thumbnail", summary="WADO-RS: instance thumbnail"
+)
+def thumbnail_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return _rendered(request, study, series, instance, 1, thumbnail=True)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/thumbnail",
+    summary="WADO-RS: frame thumbnail",
+)
+def thumbnail_frame(request: Request, study: str, series: str, instance: str, frame: int) -> Response:
+    return _rendered(request, study, series, instance, frame, thumbnail=True)
+
+
+# ----------------------------------------------------------------------------- DELETE
+def _delete(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
+    _uids(study, series, instance)
+    platform = platform_of(request)
+    version = versions.delete(platform.store, study, series, instance)
+    return Response(status_code=204, headers={"X-Radstack-Study-Version": str(version)})
+
+
+@router.delete("/studies/{study}", status_code=204, summary="Delete a study (a new study version without it)")
+def delete_study(request: Request, study: str) -> Response:
+    return _delete(request, study)
+
+
+@router.delete("/studies/{study}/series/{series}", status_code=204, summary="Delete a series")
+def delete_series(request: Request, study: str, series: str) -> Response:
+    return _delete(request, study, series)
+
+
+@router.delete(
+    "/studies/{study}/series/{series}/instances/{instance}", status_code=204, summary="Delete an instance"
+)
+def delete_instance(request: Request, study: str, series: str, instance: str) -> Response:
+    return _delete(request, study, series, instance)

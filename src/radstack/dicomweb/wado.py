@@ -1,0 +1,415 @@
+"""WADO-RS: retrieve instances, metadata, frames, bulk data, rendered images (PS3.18 §10.4).
+
+Instances are rebuilt as Part-10 files from the stored header and frames in the transfer syntax
+the client negotiated; frames are served as stored whenever the client accepts that syntax, so
+the common path of a viewer is one blob read.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import imagecodecs
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels.processing import apply_color_lut, convert_color_space
+from pydicom.pixels.utils import unpack_bits
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+)
+
+from radstack.dicom.codecs import (
+    PixelInfo,
+    array_to_native_frame,
+    decode_frame,
+    encode_htj2k,
+    htj2k_prefix,
+    htj2k_resolution_prefixes,
+)
+from radstack.dicom.json_model import element_path
+from radstack.dicom.render import RenderParams, encode_image, fit_size, to_display
+from radstack.dicom.transfer_syntax import (
+    HTJ2K_RPCL,
+    NATIVE_SYNTAXES,
+    SyntaxKindValues,
+    kind_of,
+    media_type_for,
+    name_of,
+    syntax_for_media_type,
+)
+from radstack.dicomweb.accept import AcceptItem
+from radstack.errors import BadRequest, NotAcceptable, NotFound
+from radstack.store.studies import InstanceRecord, StudyStore
+
+__all__ = [
+    "FramePart",
+    "bulkdata",
+    "frames",
+    "instance_syntax",
+    "parse_frame_list",
+    "part10",
+    "render",
+]
+
+_EXPLICIT_LE = str(ExplicitVRLittleEndian)
+_IMPLICIT_LE = str(ImplicitVRLittleEndian)
+_HTJ2K_FAMILY = frozenset({HTJ2K_RPCL, str(HTJ2KLossless), str(HTJ2K)})
+_J2K_FAMILY = frozenset({str(JPEG2000Lossless), str(JPEG2000)})
+_PIXEL_DATA = 0x7FE00010
+#: What the samples of a decoded lossy frame are, given the stored photometric interpretation.
+_DECODED_PHOTOMETRIC = {"YBR_FULL_422": "YBR_FULL", "YBR_ICT": "RGB", "YBR_RCT": "RGB"}
+
+
+@dataclass(frozen=True, slots=True)
+class FramePart:
+    """One frame as sent: its media type (with transfer-syntax parameter) and bytes."""
+
+    content_type: str
+    data: bytes
+
+
+# --------------------------------------------------------------------------- negotiation
+def can_produce(record: InstanceRecord, syntax: str) -> bool:
+    """True when frames of ``record`` can be delivered in ``syntax`` without lossy re-encoding."""
+    stored = record.frame_syntax
+    if stored is None:  # no pixel data: the whole object is served in a native syntax
+        return syntax in NATIVE_SYNTAXES and syntax != "1.2.840.10008.1.2.1.99"
+    if syntax == stored:
+        return True
+    if syntax in (_EXPLICIT_LE, _IMPLICIT_LE):
+        return True
+    pixel = record.pixel
+    assert pixel is not None
+    lossless_source = kind_of(stored) is not SyntaxKindValues.LOSSY and pixel.bits_allocated in (8, 16, 32)
+    if syntax in _HTJ2K_FAMILY:
+        return stored == HTJ2K_RPCL or (lossless_source and pixel.photometric_interpretation in _HTJ2K_PI)
+    if syntax in _J2K_FAMILY:
+        return lossless_source and pixel.samples_per_pixel == 1 and pixel.bits_allocated in (8, 16)
+    return False
+
+
+_HTJ2K_PI = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"})
+
+
+def stored_syntax(record: InstanceRecord) -> str:
+    """The syntax the frames are stored in (explicit VR little endian for objects without pixels)."""
+    return record.frame_syntax or _EXPLICIT_LE
+
+
+def instance_syntax(accept: Sequence[AcceptItem], records: Sequence[InstanceRecord]) -> str | None:
+    """Negotiate the transfer syntax of retrieved instances (PS3.18 §8.7.3.5).
+
+    Returns the syntax, or ``None`` for "each instance in its stored syntax" (``transfer-syntax=*``).
+    """
+    tried: list[str] = []
+    for item in accept:
+        if item.media_type in ("*/*", "multipart/*") or (item.multipart and item.part_type in ("", "*/*")):
+            return _EXPLICIT_LE
+        if item.part_type != "application/dicom":
+            tried.append(
+                item.media_type if not item.multipart else f"multipart/related; type={item.part_type}"
+            )
+            continue
+        syntax = item.transfer_syntax
+        if syntax is None:
+            return _EXPLICIT_LE  # PS3.18 Table 8.7.3-5: the default for application/dicom
+        if syntax == "*":
+            return None
+        if all(can_produce(r, syntax) for r in records):
+            return syntax
+        tried.append(f"transfer-syntax={syntax}")
+    raise NotAcceptable(
+        f"none of the acceptable representations ({', '.join(tried) or 'none'}) can be produced; instances are "
+        'available as multipart/related; type="application/dicom" with transfer-syntax '
+        f"{_EXPLICIT_LE}, * (as stored) or a lossless syntax"
+    )
+
+
+def frame_syntax_for(accept: Sequence[AcceptItem], record: InstanceRecord) -> tuple[str, bool]:
+    """Negotiate the syntax of frames or bulk pixel data; returns (syntax, multipart)."""
+    tried: list[str] = []
+    for item in accept:
+        part_type = item.part_type
+        if item.media_type in ("*/*", "multipart/*") or part_type in ("", "*/*"):
+            return _EXPLICIT_LE, True
+        syntax: str | None
+        if item.transfer_syntax == "*":
+            syntax = stored_syntax(record)
+        else:
+            syntax = syntax_for_media_type(part_type, item.transfer_syntax)
+        if syntax is not None and can_produce(record, syntax):
+            return syntax, item.multipart
+        tried.append(
+            f"{part_type}{'; transfer-syntax=' + item.transfer_syntax if item.transfer_syntax else ''}"
+        )
+    raise NotAcceptable(
+        f"frames cannot be produced as {', '.join(tried) or 'requested'}; they are stored as "
+        f"{media_type_for(stored_syntax(record))} ({name_of(stored_syntax(record))}) and available "
+        "uncompressed (application/octet-stream) or as HTJ2K (image/jphc)"
+    )
+
+
+# --------------------------------------------------------------------------- frames
+def parse_frame_list(value: str, record: InstanceRecord) -> list[int]:
+    """``1,3,5`` → [1, 3, 5], checked against NumberOfFrames (PS3.18 §10.4.1.1.7)."""
+    if record.pixel is None:
+        raise NotFound(f"instance {record.sop_uid} has no pixel data, so no frames")
+    numbers: list[int] = []
+    for piece in value.split(","):
+        piece = piece.strip()
+        if not piece.isdigit() or int(piece) < 1:
+            raise BadRequest(f"frame number {piece!r} in {value!r} is not a positive integer")
+        number = int(piece)
+        if number > record.pixel.number_of_frames:
+            raise NotFound(
+                f"frame {number} does not exist: instance {record.sop_uid} has {record.pixel.number_of_frames} frame(s)"
+            )
+        numbers.append(number)
+    return numbers
+
+
+def stored_frame(store: StudyStore, record: InstanceRecord, number: int) -> bytes:
+    """Frame ``number`` (1-based) exactly as stored; bit-packed data is cut out of its single blob."""
+    pixel = record.pixel
+    assert pixel is not None
+    if pixel.bits_allocated == 1:
+        bits = np.asarray(unpack_bits(store.blobs.get(record.frames[0])))
+        size = pixel.rows * pixel.columns * pixel.samples_per_pixel
+        frame = bits[(number - 1) * size : number * size]
+        packed: bytes = np.packbits(frame.astype(np.uint8), bitorder="little").tobytes()
+        return packed
+    return store.blobs.get(record.frames[number - 1])
+
+
+def decoded_frame(
+    store: StudyStore, record: InstanceRecord, number: int, *, skipres: int = 0
+) -> NDArray[np.integer]:
+    """Samples of frame ``number`` (optionally at a reduced HTJ2K resolution)."""
+    pixel = record.pixel
+    assert pixel is not None
+    syntax = stored_syntax(record)
+    info = _decode_info(record)
+    return decode_frame(
+        stored_frame(store, record, number), syntax, info, skipres=skipres if syntax == HTJ2K_RPCL else 0
+    )
+
+
+def _decode_info(record: InstanceRecord) -> PixelInfo:
+    """PixelInfo with one frame, for decoding a single stored frame."""
+    pixel = record.pixel
+    assert pixel is not None
+    return replace(pixel, number_of_frames=1)
+
+
+def frame_in(store: StudyStore, record: InstanceRecord, number: int, syntax: str) -> bytes:
+    """Frame ``number`` in ``syntax`` (which :func:`can_produce` accepted)."""
+    stored = stored_syntax(record)
+    pixel = record.pixel
+    assert pixel is not None
+    if syntax == stored or (syntax in _HTJ2K_FAMILY and stored == HTJ2K_RPCL):
+        return stored_frame(store, record, number)
+    if syntax in (_EXPLICIT_LE, _IMPLICIT_LE):
+        if stored in NATIVE_SYNTAXES:
+            return stored_frame(store, record, number)
+        info = _native_info(record)
+        return array_to_native_frame(decoded_frame(store, record, number).reshape(info.shape), info)
+    array = decoded_frame(store, record, number)
+    if syntax in _HTJ2K_FAMILY:
+        return encode_htj2k(array.astype(pixel.dtype, copy=False))
+    return bytes(imagecodecs.jpeg2k_encode(array, level=0, codecformat="J2K", reversible=True))
+
+
+def _native_info(record: InstanceRecord) -> PixelInfo:
+    """How decoded samples of ``record`` are laid out as native frames."""
+    pixel = record.pixel
+    assert pixel is not None
+    photometric = pixel.photometric_interpretation
+    if kind_of(stored_syntax(record)) is SyntaxKindValues.LOSSY:
+        photometric = _DECODED_PHOTOMETRIC.get(photometric, photometric)
+    return replace(pixel, photometric_interpretation=photometric, number_of_frames=1)
+
+
+def frames(
+    store: StudyStore, record: InstanceRecord, numbers: Sequence[int], syntax: str
+) -> Iterator[FramePart]:
+    """The requested frames in ``syntax``, each with its part media type (PS3.18 §8.7.3.3)."""
+    media_type = media_type_for(syntax)
+    content_type = f"{media_type}; transfer-syntax={syntax}"
+    for number in numbers:
+        yield FramePart(content_type, frame_in(store, record, number, syntax))
+
+
+def resolution_levels(store: StudyStore, record: InstanceRecord, number: int) -> list[dict[str, int]]:
+    """Progressive access: each HTJ2K resolution level of a frame with its size and byte prefix.
+
+    Level 0 is the smallest; the last level is the full image. Fetching the first ``bytes`` of the
+    frame (``Range: bytes=0-{bytes-1}`` on the frame URL with ``Accept: image/jphc``) gives a
+    codestream that decodes to that level.
+    """
+    if record.frame_syntax != HTJ2K_RPCL or record.pixel is None:
+        raise NotFound(f"frames of instance {record.sop_uid} are not stored as HTJ2K; no resolution levels")
+    data = stored_frame(store, record, number)
+    prefixes = htj2k_resolution_prefixes(data)
+    count = len(prefixes)
+    levels = []
+    for level, prefix in enumerate(prefixes):
+        scale = 2 ** (count - 1 - level)
+        levels.append(
+            {
+                "level": level,
+                "columns": math.ceil(record.pixel.columns / scale),
+                "rows": math.ceil(record.pixel.rows / scale),
+                "bytes": prefix,
+            }
+        )
+    return levels
+
+
+def frame_at_level(store: StudyStore, record: InstanceRecord, number: int, level: int) -> bytes:
+    """A self-contained HTJ2K codestream of frame ``number`` at resolution ``level``."""
+    levels = resolution_levels(store, record, number)
+    if not 0 <= level < len(levels):
+        raise BadRequest(f"level {level} does not exist; levels 0 to {len(levels) - 1} are available")
+    return htj2k_prefix(stored_frame(store, record, number), level)
+
+
+# --------------------------------------------------------------------------- instances
+def header_dataset(store: StudyStore, record: InstanceRecord) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(store.blobs.get(record.header_key)))
+
+
+def part10(store: StudyStore, record: InstanceRecord, syntax: str | None) -> bytes:
+    """Rebuild the Part-10 file of ``record`` in ``syntax`` (``None``: as stored)."""
+    syntax = syntax or stored_syntax(record)
+    ds = header_dataset(store, record)
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    pixel = record.pixel
+    if pixel is not None:
+        numbers = range(1, pixel.number_of_frames + 1)
+        if syntax in NATIVE_SYNTAXES:
+            info = _native_info(record)
+            ds.PhotometricInterpretation = info.photometric_interpretation
+            if pixel.bits_allocated == 1:
+                data = store.blobs.get(record.frames[0])
+            else:
+                data = b"".join(frame_in(store, record, n, syntax) for n in numbers)
+            ds.PixelData = data + (b"\0" if len(data) % 2 else b"")
+            ds["PixelData"].VR = "OW" if pixel.bits_allocated > 8 else "OB"
+        else:
+            ds.PixelData = encapsulate([frame_in(store, record, n, syntax) for n in numbers], has_bot=True)
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True
+            rgb = pixel.samples_per_pixel == 3 and pixel.photometric_interpretation == "RGB"
+            if rgb and syntax in _HTJ2K_FAMILY:
+                ds.PhotometricInterpretation = "YBR_RCT"  # encode_htj2k applies the RCT (PS3.5 §8.2.14)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=syntax == _IMPLICIT_LE, little_endian=True, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- bulk data
+def bulkdata(store: StudyStore, record: InstanceRecord, path: str) -> bytes:
+    """The value of the (possibly nested) element named by a BulkDataURI suffix."""
+    pieces = [p for p in path.split("/") if p]
+    if pieces == [f"{_PIXEL_DATA:08X}"] and record.pixel is not None:
+        return b"".join(
+            frame_in(store, record, n, _EXPLICIT_LE) for n in range(1, record.pixel.number_of_frames + 1)
+        )
+    ds = header_dataset(store, record)
+    value: object = ds
+    for index, piece in enumerate(pieces):
+        if index % 2 == 0:
+            try:
+                tag = int(piece, 16)
+            except ValueError:
+                raise BadRequest(f"bulk data path element {piece!r} is not a tag") from None
+            if not isinstance(value, Dataset) or tag not in value:
+                raise NotFound(
+                    f"element {element_path(tuple(pieces[: index + 1]))} is not in instance {record.sop_uid}"
+                )
+            value = value[tag].value
+        else:
+            if not piece.isdigit() or not isinstance(value, Sequence) or int(piece) >= len(value):
+                raise NotFound(f"sequence item {piece!r} is not in instance {record.sop_uid}")
+            value = value[int(piece)]
+    if not isinstance(value, bytes | bytearray):
+        raise NotFound(f"element {path} of instance {record.sop_uid} holds no bulk data")
+    return bytes(value)
+
+
+# --------------------------------------------------------------------------- rendered
+def render(store: StudyStore, record: InstanceRecord, number: int, params: RenderParams) -> bytes:
+    """A frame rendered for display (PS3.18 §8.3.5), decoded at the smallest sufficient resolution."""
+    pixel = record.pixel
+    if pixel is None:
+        raise NotFound(f"instance {record.sop_uid} has no pixel data to render")
+    if not 1 <= number <= pixel.number_of_frames:
+        raise NotFound(
+            f"frame {number} does not exist: instance {record.sop_uid} has {pixel.number_of_frames}"
+        )
+    size = fit_size(pixel.columns, pixel.rows, params.viewport)
+    skipres = 0
+    if record.frame_syntax == HTJ2K_RPCL:
+        # Each skipped level halves both sides; stop while the result still covers the output size.
+        while (
+            skipres < 5
+            and math.ceil(pixel.columns / 2 ** (skipres + 1)) >= size[0]
+            and math.ceil(pixel.rows / 2 ** (skipres + 1)) >= size[1]
+        ):
+            skipres += 1
+    if pixel.photometric_interpretation == "PALETTE COLOR" or pixel.bits_allocated == 1:
+        samples = _rendered_via_pydicom(store, record, number)
+    else:
+        samples = decoded_frame(store, record, number, skipres=skipres)
+    photometric = _native_info(record).photometric_interpretation
+    if samples.ndim == 3 and photometric.startswith("YBR"):
+        samples = convert_color_space(samples, "YBR_FULL", "RGB")
+    defaults = record.render or {}
+    window = params.window
+    if window is None and defaults.get("center") is not None and defaults.get("width"):
+        from radstack.dicom.render import VoiFunctionValues
+
+        function = defaults.get("function", "LINEAR")
+        voi = (
+            VoiFunctionValues(function)
+            if function in VoiFunctionValues.__members__
+            else VoiFunctionValues.LINEAR
+        )
+        window = (float(defaults["center"]), float(defaults["width"]), voi)
+    display = to_display(
+        samples,
+        photometric=photometric,
+        slope=float(defaults.get("slope", 1.0)),
+        intercept=float(defaults.get("intercept", 0.0)),
+        window=window,
+    )
+    return encode_image(display, size, params.media_type, params.quality)
+
+
+def _rendered_via_pydicom(store: StudyStore, record: InstanceRecord, number: int) -> NDArray[np.integer]:
+    """Palette colour and bit-packed frames: let pydicom apply the colour LUT from the header."""
+    ds = header_dataset(store, record)
+    samples = (
+        decoded_frame(store, record, number) if record.pixel and record.pixel.bits_allocated > 1 else None
+    )
+    if samples is None:
+        ds.PixelData = stored_frame(store, record, number)
+        ds.NumberOfFrames = 1
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return np.asarray(ds.pixel_array).astype(np.uint8) * 255
+    result: NDArray[np.integer] = apply_color_lut(samples, ds)
+    if result.dtype != np.uint8:
+        result = (result >> 8).astype(np.uint8)
+    return result
