@@ -61,8 +61,13 @@ def pixel_info(ds: Dataset) -> PixelInfo:
     )
 
 
-def native_frames(pixel_data: bytes, info: PixelInfo, *, big_endian: bool) -> Iterator[bytes]:
+def native_frames(
+    pixel_data: bytes, info: PixelInfo, *, big_endian: bool, word_vr: bool = False
+) -> Iterator[bytes]:
     """Split native pixel data into little-endian frames of :attr:`PixelInfo.frame_length` bytes.
+
+    ``word_vr`` says the value was encoded as OW: in big endian, 8-bit samples in an OW value are
+    byte-swapped in 16-bit words (PS3.5 §A.3), so the pairs are swapped back first.
 
     Raises
     ------
@@ -80,6 +85,9 @@ def native_frames(pixel_data: bytes, info: PixelInfo, *, big_endian: bool) -> It
             f"SamplesPerPixel {info.samples_per_pixel} × NumberOfFrames {info.number_of_frames} × "
             f"BitsAllocated {info.bits_allocated} / 8 ({info.photometric_interpretation}) needs {needed}"
         )
+    if big_endian and word_vr and info.bits_allocated == 8:
+        even = bytes(pixel_data) + (b"\0" if len(pixel_data) % 2 else b"")
+        pixel_data = np.frombuffer(even, dtype=">u2").astype("<u2").tobytes()
     if info.bits_allocated == 1:
         # Bit-packed frames need not start on a byte boundary: keep the whole run as one blob.
         yield bytes(pixel_data[:needed])

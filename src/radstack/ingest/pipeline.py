@@ -243,7 +243,8 @@ def _frames_of(
 
     if kind is SyntaxKindValues.NATIVE:
         big_endian = transfer_syntax == str(ExplicitVRBigEndian)
-        raw = list(native_frames(pixel_data, info, big_endian=big_endian))
+        word_vr = ds["PixelData"].VR == "OW"
+        raw = list(native_frames(pixel_data, info, big_endian=big_endian, word_vr=word_vr))
         if info.bits_allocated == 1 or not encode or not _htj2k_fits(info, photometric):
             return _EXPLICIT_LE, lambda: raw, raw, [zlib.crc32(r) for r in raw], photometric
         arrays = [native_frame_to_array(r, info) for r in raw]

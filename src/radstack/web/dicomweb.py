@@ -46,7 +46,10 @@ def warning_header(texts: list[str]) -> dict[str, str]:
     """A Warning header (RFC 7234 §5.5, as PS3.18 §8.2.5 uses it) carrying human-readable reasons."""
     if not texts:
         return {}
-    cleaned = [t.replace('"', "'").encode("ascii", "replace").decode("ascii") for t in texts[:20]]
+    cleaned = [
+        "".join(c if " " <= c <= "~" and c != '"' else "'" if c == '"' else " " for c in text)[:400]
+        for text in texts[:20]
+    ]
     return {"Warning": ", ".join(f'299 radstack "{t}"' for t in cleaned)}
 
 
