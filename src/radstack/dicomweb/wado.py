@@ -213,16 +213,23 @@ def _decode_info(record: InstanceRecord) -> PixelInfo:
     return replace(pixel, number_of_frames=1)
 
 
+def served_as_stored(record: InstanceRecord, syntax: str) -> bool:
+    """True when frames in ``syntax`` are the stored bytes themselves (no decoding needed)."""
+    stored = stored_syntax(record)
+    return (
+        syntax == stored
+        or (syntax in _HTJ2K_FAMILY and stored == HTJ2K_RPCL)
+        or (syntax in (_EXPLICIT_LE, _IMPLICIT_LE) and stored in NATIVE_SYNTAXES)
+    )
+
+
 def frame_in(store: StudyStore, record: InstanceRecord, number: int, syntax: str) -> bytes:
     """Frame ``number`` in ``syntax`` (which :func:`can_produce` accepted)."""
-    stored = stored_syntax(record)
     pixel = record.pixel
     assert pixel is not None
-    if syntax == stored or (syntax in _HTJ2K_FAMILY and stored == HTJ2K_RPCL):
+    if served_as_stored(record, syntax):
         return stored_frame(store, record, number)
     if syntax in (_EXPLICIT_LE, _IMPLICIT_LE):
-        if stored in NATIVE_SYNTAXES:
-            return stored_frame(store, record, number)
         info = _native_info(record)
         return array_to_native_frame(decoded_frame(store, record, number).reshape(info.shape), info)
     array = decoded_frame(store, record, number)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radstack import __version__
 from radstack.config import Settings
@@ -25,6 +27,35 @@ log = logging.getLogger(__name__)
 def problem_response(error: RadstackError) -> JSONResponse:
     """An RFC 9457 problem document for ``error``."""
     return JSONResponse(error.problem(), status_code=error.http_status, media_type="application/problem+json")
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware counting requests and timing them by route template (no PHI in labels)."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+            self.requests.labels(scope["method"], route, str(status)).inc()
 
 
 def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
@@ -64,18 +95,6 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
     )
 
-    @app.middleware("http")
-    async def _metrics(request: Request, call_next):  # type: ignore[no-untyped-def]
-        import time
-
-        start = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        latency.labels(request.method, path).observe(time.perf_counter() - start)
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
     @app.exception_handler(RadstackError)
     async def _radstack_error(_request: Request, exc: RadstackError) -> JSONResponse:
         if exc.http_status >= 500:
@@ -92,7 +111,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         )
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> PlainTextResponse:
+    async def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok")
 
     @app.get("/readyz", include_in_schema=False)
@@ -103,9 +122,10 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         return PlainTextResponse("ready")
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)
     app.include_router(dicomweb_qido.router, prefix="/dicomweb")
     app.include_router(dicomweb.router, prefix="/dicomweb")
     app.include_router(api_v1.router, prefix="/api/v1")
