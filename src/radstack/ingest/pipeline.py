@@ -33,7 +33,7 @@ from radstack.dicom.codecs import (
     native_frame_to_array,
 )
 from radstack.dicom.frames import encapsulated_frames, native_frames, pixel_info
-from radstack.dicom.header import encode_header, header_of, instance_json
+from radstack.dicom.header import encode_header, header_of, instance_json, raw_dataset_bytes
 from radstack.dicom.transfer_syntax import HTJ2K_RPCL, SyntaxKindValues, kind_of, name_of
 from radstack.dicom.uids import check_uid
 from radstack.errors import (
@@ -85,9 +85,12 @@ def ingest_file(
     """Ingest one DICOM Part-10 file (PS3.10 §7). Never raises for a client's mistake."""
     result = IngestResult()
     try:
-        ds = _read_part10(source)
-        size = _size_of(source)
-        return ingest_dataset(store, ds, batch, expected_study=expected_study, encode=encode, size=size)
+        data = _read_bytes(source)
+        ds = _read_part10(data)
+        raw = raw_dataset_bytes(data, ds)
+        return ingest_dataset(
+            store, ds, batch, expected_study=expected_study, encode=encode, size=len(data), raw_dataset=raw
+        )
     except RadstackError as exc:
         result.error = exc
     return result
@@ -101,8 +104,13 @@ def ingest_dataset(
     expected_study: str | None = None,
     encode: bool = True,
     size: int = 0,
+    raw_dataset: bytes | None = None,
 ) -> IngestResult:
-    """Ingest a parsed data set whose ``file_meta`` names its transfer syntax."""
+    """Ingest a parsed data set whose ``file_meta`` names its transfer syntax.
+
+    ``raw_dataset`` is the data set's explicit VR little endian encoding without Pixel Data when
+    the caller has it (see :func:`radstack.dicom.header.raw_dataset_bytes`).
+    """
     result = IngestResult(
         sop_class_uid=_str_or_none(ds.get("SOPClassUID")),
         sop_uid=_str_or_none(ds.get("SOPInstanceUID")),
@@ -111,7 +119,13 @@ def ingest_dataset(
     )
     try:
         new = prepare(
-            ds, expected_study=expected_study, encode=encode, size=size, store=store, warnings=result.warnings
+            ds,
+            expected_study=expected_study,
+            encode=encode,
+            size=size,
+            store=store,
+            warnings=result.warnings,
+            raw_dataset=raw_dataset,
         )
         if new is None:
             result.outcome = StoreOutcomeValues.DUPLICATE
@@ -138,6 +152,7 @@ def prepare(
     size: int,
     store: StudyStore,
     warnings: list[str],
+    raw_dataset: bytes | None = None,
 ) -> NewInstance | None:
     """Validate, dedupe, encode and write the blobs of one instance; return what waits for its row.
 
@@ -178,13 +193,18 @@ def prepare(
         if photometric != info.photometric_interpretation:
             header.PhotometricInterpretation = photometric
             info = replace(info, photometric_interpretation=photometric)
+            raw_dataset = None
 
-    header_bytes = encode_header(header)
-    digest = hashlib.sha256(header_bytes)
+    header_bytes, dataset_bytes = encode_header(header, raw_dataset)
+    # The content is the data set (not the sender's file meta) and the decoded pixels.
+    digest = hashlib.sha256(dataset_bytes)
     for identity in frame_identity:
         digest.update(identity)
     content_hash = digest.hexdigest()
-    attrs, json_bytes = instance_json(header, info)
+    try:
+        attrs, json_bytes = instance_json(header, info)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CannotUnderstand(f"the data set is truncated or malformed: {exc}") from exc
 
     new = NewInstance(
         attrs=attrs,
@@ -297,30 +317,22 @@ def _crc(array: NDArray[np.integer]) -> int:
     return zlib.crc32(np.ascontiguousarray(array).tobytes())
 
 
-def _read_part10(source: BinaryIO | Path | bytes) -> Dataset:
+def _read_bytes(source: BinaryIO | Path | bytes) -> bytes:
     if isinstance(source, bytes):
-        source = io.BytesIO(source)
+        return source
+    if isinstance(source, Path):
+        return source.read_bytes()
+    source.seek(0)
+    return source.read()
+
+
+def _read_part10(data: bytes) -> Dataset:
     try:
-        ds = pydicom.dcmread(source, force=False)
-        # Touch every element so that a truncated or malformed value fails here, not later.
-        for elem in ds.iterall():
-            _ = elem.value
+        return pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError as exc:
         raise CannotUnderstand(f"not a DICOM Part-10 file: {exc}") from exc
     except (EOFError, ValueError, KeyError, TypeError, OSError, IndexError, NotImplementedError) as exc:
         raise CannotUnderstand(f"the DICOM file is truncated or malformed: {exc}") from exc
-    return ds
-
-
-def _size_of(source: BinaryIO | Path | bytes) -> int:
-    if isinstance(source, bytes):
-        return len(source)
-    if isinstance(source, Path):
-        return source.stat().st_size
-    try:
-        return int(source.seek(0, io.SEEK_END))
-    except (OSError, ValueError):
-        return 0
 
 
 def _str_or_none(value: object) -> str | None:

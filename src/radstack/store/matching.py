@@ -31,7 +31,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, select
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import Boolean
 
@@ -416,11 +416,13 @@ def _modalities(term: Term) -> ColumnElement[bool]:
     matches ``CTX``; wildcards test the study's series, since a LIKE pattern could span two entries.
     """
     if term.kind is MatchKindValues.WILDCARD:
+        # An alias, so a series-level search does not correlate this subquery with its own series.
+        member = aliased(SeriesRow)
         return exists(
-            select(SeriesRow.id).where(
-                SeriesRow.study_pk == StudyRow.id,
-                SeriesRow.num_instances > 0,
-                _CaseSensitiveLike(SeriesRow.modality.expression, term.value),
+            select(member.id).where(
+                member.study_pk == StudyRow.id,
+                member.num_instances > 0,
+                _CaseSensitiveLike(member.modality.expression, term.value),
             )
         )
     delimited = literal("\\") + StudyRow.modalities + literal("\\")

@@ -119,9 +119,9 @@ def update_attributes(
                     header.add_new(tag, dictionary_VR(tag), value)
                 except (ValueError, TypeError) as exc:
                     raise BadRequest(f"value {value!r} does not fit attribute {tag_text}: {exc}") from None
-        header_bytes = encode_header(header)
+        header_bytes, dataset_bytes = encode_header(header)
         attrs, json_bytes = instance_json(header, record.pixel)
-        digest = hashlib.sha256(header_bytes)
+        digest = hashlib.sha256(dataset_bytes)
         for key in record.frames:
             digest.update(key.encode())
         header_key = content_key("h", header_bytes)

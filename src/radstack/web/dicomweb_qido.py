@@ -1,9 +1,105 @@
-"""QIDO-RS routes (PS3.18 §10.6)."""
+"""QIDO-RS routes (PS3.18 §10.6): parse the query, call :mod:`radstack.dicomweb.qido`, serialise."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from radstack.dicom.uids import check_uid
+from radstack.dicomweb import qido
+from radstack.dicomweb.accept import parse_accept
+from radstack.errors import NotAcceptable
+from radstack.store.matching import Query, QueryLevelValues, parse_query
+from radstack.web.dicomweb import base_url, dicom_json, platform_of, warning_header
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["DICOMweb"])
+_JSON_TYPES = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
+
+
+def _query(request: Request, level: QueryLevelValues) -> Query:
+    """Check the Accept header (PS3.18 §8.7.3) and parse the query keys, repeated ones kept."""
+    if not any(item.media_type in _JSON_TYPES for item in parse_accept(request.headers.get("accept"))):
+        raise NotAcceptable(
+            f"QIDO-RS answers in application/dicom+json, not {request.headers.get('accept')!r} (PS3.18 §10.6.3)"
+        )
+    return parse_query(request.query_params.multi_items(), level)
+
+
+def _respond(result: qido.SearchResult) -> Response:
+    return dicom_json(list(result.matches), 200, warning_header(list(result.warnings)))
+
+
+@router.get("/studies", summary="QIDO-RS: search for studies (PS3.18 §10.6)")
+def search_studies(request: Request) -> Response:
+    query = _query(request, QueryLevelValues.STUDY)
+    platform = platform_of(request)
+    return _respond(
+        qido.search_studies(
+            platform.store, query, base_url=base_url(request), max_limit=platform.settings.qido_max_limit
+        )
+    )
+
+
+def _series(request: Request, study: str | None) -> Response:
+    if study is not None:
+        check_uid(study, "StudyInstanceUID", in_request=True)
+    query = _query(request, QueryLevelValues.SERIES)
+    platform = platform_of(request)
+    return _respond(
+        qido.search_series(
+            platform.store,
+            query,
+            study_uid=study,
+            base_url=base_url(request),
+            max_limit=platform.settings.qido_max_limit,
+        )
+    )
+
+
+@router.get("/series", summary="QIDO-RS: search for series of all studies (PS3.18 §10.6)")
+def search_all_series(request: Request) -> Response:
+    return _series(request, None)
+
+
+@router.get("/studies/{study}/series", summary="QIDO-RS: search for series of a study (PS3.18 §10.6)")
+def search_study_series(request: Request, study: str) -> Response:
+    return _series(request, study)
+
+
+def _instances(request: Request, study: str | None, series: str | None) -> Response:
+    if study is not None:
+        check_uid(study, "StudyInstanceUID", in_request=True)
+    if series is not None:
+        check_uid(series, "SeriesInstanceUID", in_request=True)
+    query = _query(request, QueryLevelValues.IMAGE)
+    platform = platform_of(request)
+    return _respond(
+        qido.search_instances(
+            platform.store,
+            query,
+            study_uid=study,
+            series_uid=series,
+            base_url=base_url(request),
+            max_limit=platform.settings.qido_max_limit,
+        )
+    )
+
+
+@router.get("/instances", summary="QIDO-RS: search for instances of all studies (PS3.18 §10.6)")
+def search_all_instances(request: Request) -> Response:
+    return _instances(request, None, None)
+
+
+@router.get("/studies/{study}/instances", summary="QIDO-RS: search for instances of a study (PS3.18 §10.6)")
+def search_study_instances(request: Request, study: str) -> Response:
+    return _instances(request, study, None)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances",
+    summary="QIDO-RS: search for instances of a series (PS3.18 §10.6)",
+)
+def search_series_instances(request: Request, study: str, series: str) -> Response:
+    return _instances(request, study, series)
