@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from pydicom.dataelem import DataElement
+import numpy as np
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -102,14 +103,99 @@ def dataset_to_json(ds: Dataset, bulk_base: str, *, _path: tuple[str, ...] = ())
     Binary values longer than :data:`BULK_THRESHOLD` become ``BulkDataURI``s of the form
     ``{bulk_base}/{tag}`` or ``{bulk_base}/{sequence tag}/{item index}/{tag}`` that the bulkdata
     endpoint resolves; group lengths are dropped (PS3.18 §F.2.1).
+
+    Elements pydicom has not parsed yet are encoded straight from their raw explicit VR little
+    endian bytes when their VR is a plain string or number (:func:`_raw_json`): parsing every
+    element through pydicom is the slowest step of ingest. Anything else goes through pydicom.
     """
     out: JsonDict = {}
-    for elem in ds:
-        if elem.tag.element == 0:
+    plain = _plain_charset(ds)
+    for tag in sorted(ds._dict):
+        if tag.element == 0:
             continue
-        key = f"{int(elem.tag):08X}"
-        out[key] = _element_json(elem, bulk_base, (*_path, key))
+        key = f"{int(tag):08X}"
+        raw = ds._dict[tag]
+        if isinstance(raw, RawDataElement) and raw.VR and not raw.is_implicit_VR and raw.is_little_endian:
+            fast = _raw_json(str(raw.VR), raw.value, plain, bulk_base, (*_path, key))
+            if fast is not None:
+                out[key] = fast
+                continue
+        out[key] = _element_json(ds[tag], bulk_base, (*_path, key))
     return out
+
+
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "SH", "LO", "UC", "ST", "LT", "UT", "UR"})
+_CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT"})
+_SINGLE_VALUE_VRS = frozenset({"ST", "LT", "UT", "UR"})
+_NUMBER_DTYPES = {
+    "US": "<u2",
+    "SS": "<i2",
+    "UL": "<u4",
+    "SL": "<i4",
+    "FL": "<f4",
+    "FD": "<f8",
+    "UV": "<u8",
+    "SV": "<i8",
+}
+
+
+def _plain_charset(ds: Dataset) -> str | None:
+    """The Python codec of a single-byte or UTF-8 SpecificCharacterSet, or ``None`` for others."""
+    raw = ds._dict.get(Tag(0x00080005))
+    if raw is None:
+        return "ascii"
+    value = raw.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    terms = [t.strip() for t in (value if isinstance(value, list | tuple) else str(value or "").split("\\"))]
+    if len(terms) != 1:
+        return None
+    return {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}.get(terms[0])
+
+
+def _raw_json(
+    vr: str, value: bytes | None, charset: str | None, bulk_base: str, path: tuple[str, ...]
+) -> JsonDict | None:
+    """DICOM JSON of one raw element, or ``None`` to let pydicom handle it."""
+    if vr in ("UN", "SQ"):
+        return None  # pydicom resolves UN to the dictionary VR and parses sequences
+    if value is None or len(value) == 0:
+        return {"vr": vr}
+    if vr in _BINARY_VRS:
+        if len(value) > BULK_THRESHOLD:
+            return {"vr": vr, "BulkDataURI": f"{bulk_base}/{element_path(path)}"}
+        return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+    dtype = _NUMBER_DTYPES.get(vr)
+    if dtype is not None:
+        if len(value) % np.dtype(dtype).itemsize:
+            return None
+        numbers = np.frombuffer(value, dtype=dtype)
+        if numbers.dtype.kind == "f" and not np.isfinite(numbers).all():
+            return None
+        return {"vr": vr, "Value": numbers.tolist()}
+    if vr not in _STRING_VRS and vr not in ("IS", "DS"):
+        return None
+    codec = charset if vr in _CHARSET_VRS else "ascii"
+    if codec is None:
+        return None
+    try:
+        text = value.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    # As pydicom reads them: trailing padding of the whole value goes, each value keeps its own.
+    text = text.rstrip(" \0")
+    parts = [text] if vr in _SINGLE_VALUE_VRS else text.split("\\")
+    if parts == [""]:
+        return {"vr": vr}
+    if vr in ("IS", "DS"):
+        try:
+            numbers_out: list[int | float] = [int(p) if vr == "IS" else float(p) for p in parts]
+        except ValueError:
+            return None
+        if vr == "DS" and not all(np.isfinite(numbers_out)):
+            return None
+        return {"vr": vr, "Value": numbers_out}
+    return {"vr": vr, "Value": parts}
 
 
 def _element_json(elem: DataElement, bulk_base: str, path: tuple[str, ...]) -> JsonDict:
