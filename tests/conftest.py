@@ -55,7 +55,9 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
     """Run ``create_app(settings)`` under uvicorn in a thread until the generator is closed."""
     platform = Platform.open(settings)
     app = create_app(settings, platform)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=settings.http_port, log_level="warning", access_log=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -80,3 +82,49 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def server(settings: Settings) -> Iterator[RunningServer]:
     yield from start_server(settings)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (Debian's binaries); yields its maintenance DB URL."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer(
+        initdb=require_binary("initdb"), pg_ctl=require_binary("pg_ctl"), port=free_port()
+    )
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL, dropped after the test."""
+    from tests.postgres import create_database, drop_database
+
+    url = create_database(postgres_url)
+    try:
+        yield url
+    finally:
+        drop_database(postgres_url, url)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for a fresh index on each backend: SQLite in the data dir, or a new PostgreSQL database."""
+    database_url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database_url"))
+    return Settings(data_dir=tmp_path / "data", http_port=free_port(), database_url=database_url)
+
+
+@pytest.fixture
+def backend_server(backend_settings: Settings) -> Iterator[RunningServer]:
+    """A running server over :func:`backend_settings` (one per backend)."""
+    yield from start_server(backend_settings)
