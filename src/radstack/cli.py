@@ -39,6 +39,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from radstack.platform import Platform
+    from radstack.store.gc import collect_garbage
+
+    settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    platform = Platform.open(settings)
+    try:
+        report = collect_garbage(platform.store, grace_seconds=args.grace_seconds)
+    finally:
+        platform.close()
+    print(f"examined {report.examined} blobs, removed {report.removed} unreferenced")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radstack", description="Open-source medical imaging platform.")
     parser.add_argument("--version", action="version", version=f"radstack {__version__}")
@@ -51,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ae-title", help="DICOM AE title (RADSTACK_AE_TITLE, default RADSTACK)")
     serve.add_argument("--no-workers", action="store_true", help="do not run queue workers in this process")
     serve.set_defaults(func=_serve)
+    gc = commands.add_parser(
+        "gc", help="remove blobs no index row refers to (left by crashes, old documents)"
+    )
+    gc.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    gc.add_argument("--grace-seconds", type=float, default=3600.0, help="keep blobs younger than this")
+    gc.set_defaults(func=_gc)
     return parser
 
 

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -39,6 +40,9 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
+
+    def list(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """Every key under ``prefix`` with the time it was written (seconds since the epoch)."""
 
 
 class LocalBlobStore:
@@ -86,6 +90,14 @@ class LocalBlobStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, float]]:
+        base = self._path(prefix)
+        if not base.exists():
+            return
+        for path in base.rglob("*"):
+            if path.is_file():
+                yield path.relative_to(self.root).as_posix(), path.stat().st_mtime
 
 
 def open_blob_store(url: str) -> BlobStore:
