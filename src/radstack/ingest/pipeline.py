@@ -223,7 +223,6 @@ def prepare(
         size_bytes=size,
         render=render_defaults(header) if info is not None else None,
     )
-    store.check_consistency(new)
     if store.find_duplicate(sop_uid, content_hash):
         return None
 

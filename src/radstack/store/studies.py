@@ -217,39 +217,6 @@ class StudyStore:
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ ingest
-    def check_consistency(self, new: NewInstance) -> None:
-        """Refuse an instance that contradicts what is stored (cheap pre-check before blob writes)."""
-        with self._session() as session:
-            self._check_consistency(session, new)
-
-    def _check_consistency(self, session: Session, new: NewInstance) -> None:
-        series_study = session.scalar(
-            select(SeriesRow.study_uid).where(SeriesRow.series_uid == new.series_uid)
-        )
-        if series_study is not None and series_study != new.study_uid:
-            raise DataSetMismatch(
-                f"SeriesInstanceUID {new.series_uid} already belongs to study {series_study}, "
-                f"not to StudyInstanceUID {new.study_uid}"
-            )
-        existing_study = session.scalar(
-            select(InstanceRow.study_uid).where(
-                InstanceRow.sop_uid == new.sop_uid, InstanceRow.version_removed.is_(None)
-            )
-        )
-        if existing_study is not None and existing_study != new.study_uid:
-            raise DataSetMismatch(
-                f"SOPInstanceUID {new.sop_uid} is already stored in study {existing_study}, "
-                f"not in StudyInstanceUID {new.study_uid}"
-            )
-        patient_id = _text(new.attrs, "00100020")
-        stored_patient = session.scalar(
-            select(StudyRow.patient_id).where(StudyRow.study_uid == new.study_uid, StudyRow.num_instances > 0)
-        )
-        if stored_patient and patient_id and stored_patient != patient_id:
-            raise DataSetMismatch(
-                f"study {new.study_uid} belongs to another patient: PatientID differs from the stored one"
-            )
-
     def find_duplicate(self, sop_uid: str, content_hash: str) -> bool:
         """True when this exact content is already the current instance ``sop_uid``."""
         with self._session() as session:
@@ -269,27 +236,50 @@ class StudyStore:
         """
 
         def work(session: Session) -> CommitOutcome:
-            self._check_consistency(session, new)
             current = session.scalar(
                 select(InstanceRow).where(
                     InstanceRow.sop_uid == new.sop_uid, InstanceRow.version_removed.is_(None)
                 )
             )
+            if current is not None and current.study_uid != new.study_uid:
+                raise DataSetMismatch(
+                    f"SOPInstanceUID {new.sop_uid} is already stored in study {current.study_uid}, "
+                    f"not in StudyInstanceUID {new.study_uid}"
+                )
             if current is not None and current.content_hash == new.content_hash:
                 return CommitOutcome(StoreOutcomeValues.DUPLICATE, current.version_added)
+            series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == new.series_uid))
+            if series is not None and series.study_uid != new.study_uid:
+                raise DataSetMismatch(
+                    f"SeriesInstanceUID {new.series_uid} already belongs to study {series.study_uid}, "
+                    f"not to StudyInstanceUID {new.study_uid}"
+                )
             study = self._study_for_update(session, new.study_uid, new.attrs)
+            patient_id = _text(new.attrs, "00100020")
+            if study.num_instances > 0 and study.patient_id and patient_id and study.patient_id != patient_id:
+                raise DataSetMismatch(
+                    f"study {new.study_uid} belongs to another patient: PatientID differs from the stored one"
+                )
             version = self._version_for(session, study, batch)
             if current is not None:
                 current.version_removed = version
             session.add(_instance_row(new, version))
-            series = self._series_for_update(session, study, new.series_uid, new.attrs)
-            if current is None:
+            if series is None:
+                series = self._series_for_update(session, study, new.series_uid, new.attrs)
+            if current is not None and current.series_uid != new.series_uid:
+                session.flush()
+                self._rebuild_series(session, study)  # the instance moved between series: recount
+            elif current is None:
+                if series.num_instances == 0:
+                    study.num_series += 1
+                    modality = _text(new.attrs, "00080060")
+                    modalities = set(filter(None, study.modalities.split("\\")))
+                    if modality and modality not in modalities:
+                        study.modalities = "\\".join(sorted({*modalities, modality}))
                 series.num_instances += 1
                 study.num_instances += 1
             study.change_seq += 1
             study.updated_at = _now()
-            session.flush()
-            self._refresh_study_aggregates(session, study)
             return CommitOutcome(
                 StoreOutcomeValues.REPLACED if current is not None else StoreOutcomeValues.STORED, version
             )
