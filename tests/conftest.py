@@ -76,7 +76,9 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", http_port=free_port())
+    # Ingest runs in the request thread here (starting worker processes costs a second per server);
+    # the corpus test runs the same pipeline through the process pool.
+    return Settings(data_dir=tmp_path / "data", http_port=free_port(), ingest_processes=0)
 
 
 @pytest.fixture
@@ -121,7 +123,9 @@ def pg_database_url(postgres_url: str) -> Iterator[str]:
 def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Settings for a fresh index on each backend: SQLite in the data dir, or a new PostgreSQL database."""
     database_url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database_url"))
-    return Settings(data_dir=tmp_path / "data", http_port=free_port(), database_url=database_url)
+    return Settings(
+        data_dir=tmp_path / "data", http_port=free_port(), database_url=database_url, ingest_processes=0
+    )
 
 
 @pytest.fixture

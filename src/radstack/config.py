@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     qido_max_limit: int = Field(default=1000, gt=0)
     #: Frames of native or lossless input are re-encoded as HTJ2K lossless; off keeps them as stored.
     encode_htj2k: bool = True
+    #: Worker processes that parse and encode incoming instances: -1 one per CPU core, 0 none (ingest
+    #: runs in the request's thread).
+    ingest_processes: int = Field(default=-1, ge=-1)
 
     @field_validator("ae_title")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from radstack.config import Settings
+from radstack.ingest.pool import IngestPool
 from radstack.store.blobs import open_blob_store
 from radstack.store.index import create_index_engine, migrate
 from radstack.store.studies import StudyStore
@@ -16,6 +17,7 @@ __all__ = ["Platform"]
 class Platform:
     settings: Settings
     store: StudyStore
+    analyser: IngestPool | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -24,7 +26,10 @@ class Platform:
         engine = create_index_engine(settings.resolved_database_url)
         migrate(engine)
         store = StudyStore(engine, open_blob_store(settings.resolved_blob_url))
-        return cls(settings=settings, store=store)
+        analyser = IngestPool(settings.ingest_processes) if settings.ingest_processes else None
+        return cls(settings=settings, store=store, analyser=analyser)
 
     def close(self) -> None:
+        if self.analyser is not None:
+            self.analyser.close()
         self.store.close()

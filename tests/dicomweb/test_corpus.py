@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,10 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 
+from radstack.config import Settings
 from radstack.dicom.transfer_syntax import SyntaxKindValues, kind_of
 from radstack.dicom.uids import is_valid_uid
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -71,7 +73,14 @@ def breaks_store_rules(ds: pydicom.Dataset) -> bool:
     return False
 
 
-def test_every_corpus_image_round_trips(server: RunningServer) -> None:
+@pytest.fixture
+def pooled_server(settings: Settings) -> Iterator[RunningServer]:
+    """The server as deployed: ingest analysis in two worker processes."""
+    yield from start_server(settings.model_copy(update={"ingest_processes": 2}))
+
+
+def test_every_corpus_image_round_trips(pooled_server: RunningServer) -> None:
+    server = pooled_server
     files = corpus()
     assert len(files) > 100, "pydicom test data and pydicom-data should provide over 100 image files"
     client = DICOMwebClient(server.dicomweb)

@@ -20,7 +20,7 @@ from radstack.store.studies import Batch
 
 
 def test_gc_removes_orphans_and_keeps_every_version(tmp_path: Path) -> None:
-    platform = Platform.open(Settings(data_dir=tmp_path))
+    platform = Platform.open(Settings(data_dir=tmp_path, ingest_processes=0))
     store = platform.store
     try:
         path = Path(get_testdata_file("CT_small.dcm") or "")

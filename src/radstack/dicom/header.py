@@ -109,13 +109,18 @@ def raw_dataset_bytes(data: bytes, ds: Dataset) -> bytes | None:
     """
     if str(ds.file_meta.get("TransferSyntaxUID", "")) != ExplicitVRLittleEndian or not _explicit_little(ds):
         return None
-    stream = io.BytesIO(data)
-    try:
-        read_preamble(stream, False)
-        read_file_meta_info_at(stream)
-    except Exception:
-        return None
-    start = stream.tell()
+    group_length = ds.file_meta.get("FileMetaInformationGroupLength")
+    if isinstance(group_length, int) and data[128:132] == b"DICM":
+        # Preamble (128) + "DICM" (4) + the group length element itself (12) + the group (PS3.10 §7.1).
+        start = 144 + group_length
+    else:
+        stream = io.BytesIO(data)
+        try:
+            read_preamble(stream, False)
+            read_file_meta_info_at(stream)
+        except Exception:
+            return None
+        start = stream.tell()
     tags = ds._dict
     pixel = tags.get(Tag(PIXEL_DATA))
     if pixel is None:

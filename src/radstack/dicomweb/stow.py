@@ -11,16 +11,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from anyio import to_thread
+from anyio import Semaphore, create_task_group, to_thread
 
-from radstack.dicomweb.multipart import iter_multipart, parse_media_type
+from radstack.dicomweb.multipart import Part, iter_multipart, parse_media_type
 from radstack.errors import BadRequest, CannotUnderstand, PayloadTooLarge, RadstackError, UnsupportedMediaType
-from radstack.ingest.pipeline import IngestResult, ingest_file
+from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
 from radstack.store.studies import Batch, StudyStore
 
 __all__ = ["StowResponse", "store_instances"]
 
 _DICOM = "application/dicom"
+_PARTS_IN_FLIGHT = 4
 #: WarningReason 0xB000, Coercion of Data Elements (PS3.18 Table 10.5.3-2).
 _COERCION = 0xB000
 
@@ -73,16 +74,38 @@ async def store_instances(
     base_url: str,
     expected_study: str | None = None,
     encode: bool = True,
+    analyser: Analyser | None = None,
 ) -> StowResponse:
     """Store every part of a STOW-RS request body and build the response (PS3.18 §10.5.3)."""
     batch = Batch(reason="stow")
     results: list[IngestResult] = []
+    # Parts are analysed while later parts are still arriving: up to a few per request at once,
+    # so the ingest processes stay busy; results keep the order of the parts.
+    slots = Semaphore(_PARTS_IN_FLIGHT)
+
+    async def ingest(slot: int, part: Part) -> None:
+        try:
+            results[slot] = await to_thread.run_sync(
+                partial(
+                    ingest_file,
+                    store,
+                    part.body,
+                    batch,
+                    expected_study=expected_study,
+                    encode=encode,
+                    analyser=analyser,
+                )
+            )
+        finally:
+            part.close()
+            slots.release()
+
     try:
-        index = 0
-        async for part in iter_multipart(chunks, boundary, max_bytes=max_bytes):
-            index += 1
-            try:
+        async with create_task_group() as group:
+            async for part in iter_multipart(chunks, boundary, max_bytes=max_bytes):
+                index = len(results) + 1
                 if part.content_type not in ("", _DICOM):
+                    part.close()
                     results.append(
                         _failed(
                             CannotUnderstand(
@@ -91,20 +114,16 @@ async def store_instances(
                         )
                     )
                 elif not part.complete:
+                    part.close()
                     results.append(
                         _failed(
                             BadRequest(f"part {index} ends before the closing multipart boundary; not stored")
                         )
                     )
                 else:
-                    result = await to_thread.run_sync(
-                        partial(
-                            ingest_file, store, part.body, batch, expected_study=expected_study, encode=encode
-                        )
-                    )
-                    results.append(result)
-            finally:
-                part.close()
+                    results.append(IngestResult())
+                    await slots.acquire()  # back-pressure: stop reading the body while all slots are busy
+                    group.start_soon(ingest, len(results) - 1, part)
     finally:
         store.schedule_documents(batch.touched)
     if not results:

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import pydicom
@@ -46,7 +46,15 @@ from radstack.errors import (
 from radstack.store.blobs import content_key
 from radstack.store.studies import Batch, NewInstance, StoreOutcomeValues, StudyStore
 
-__all__ = ["IngestResult", "ingest_dataset", "ingest_file", "render_defaults"]
+__all__ = [
+    "Analyser",
+    "IngestResult",
+    "Prepared",
+    "analyse_file",
+    "ingest_dataset",
+    "ingest_file",
+    "render_defaults",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,24 @@ class IngestResult:
         return self.error is None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An analysed instance: its index row to be, and the blobs to write before that row."""
+
+    new: NewInstance
+    frames: list[bytes]
+    header_bytes: bytes
+    json_bytes: bytes
+
+
+class Analyser(Protocol):
+    """Runs :func:`analyse_file` somewhere: in the calling thread, or in an ingest process."""
+
+    def __call__(
+        self, data: bytes, expected_study: str | None, encode: bool
+    ) -> tuple[IngestResult, Prepared | None]: ...
+
+
 def ingest_file(
     store: StudyStore,
     source: BinaryIO | Path | bytes,
@@ -81,18 +107,20 @@ def ingest_file(
     *,
     expected_study: str | None = None,
     encode: bool = True,
+    analyser: Analyser | None = None,
 ) -> IngestResult:
-    """Ingest one DICOM Part-10 file (PS3.10 §7). Never raises for a client's mistake."""
-    result = IngestResult()
+    """Ingest one DICOM Part-10 file (PS3.10 §7). Never raises for a client's mistake.
+
+    The CPU-bound part (parse, validate, decode, encode) runs in ``analyser`` (an ingest process
+    pool in the server); writing blobs and committing the index row happen here.
+    """
     try:
         data = _read_bytes(source)
-        ds = _read_part10(data)
-        raw = raw_dataset_bytes(data, ds)
-        return ingest_dataset(
-            store, ds, batch, expected_study=expected_study, encode=encode, size=len(data), raw_dataset=raw
-        )
-    except RadstackError as exc:
-        result.error = exc
+    except OSError as exc:
+        return IngestResult(error=CannotUnderstand(f"the file cannot be read: {exc.strerror or exc}"))
+    result, prepared = (analyser or analyse_file)(data, expected_study, encode)
+    if prepared is not None:
+        _store(store, prepared, batch, result)
     return result
 
 
@@ -103,14 +131,29 @@ def ingest_dataset(
     *,
     expected_study: str | None = None,
     encode: bool = True,
-    size: int = 0,
-    raw_dataset: bytes | None = None,
 ) -> IngestResult:
-    """Ingest a parsed data set whose ``file_meta`` names its transfer syntax.
+    """Ingest a parsed data set whose ``file_meta`` names its transfer syntax (C-STORE, imports)."""
+    result, prepared = _analyse(ds, expected_study, encode, size=0, raw_dataset=None)
+    if prepared is not None:
+        _store(store, prepared, batch, result)
+    return result
 
-    ``raw_dataset`` is the data set's explicit VR little endian encoding without Pixel Data when
-    the caller has it (see :func:`radstack.dicom.header.raw_dataset_bytes`).
-    """
+
+def analyse_file(
+    data: bytes, expected_study: str | None, encode: bool
+) -> tuple[IngestResult, Prepared | None]:
+    """Parse, validate, split, decode and encode one Part-10 file; no I/O (safe in a worker process)."""
+    try:
+        ds = _read_part10(data)
+        raw = raw_dataset_bytes(data, ds)
+    except RadstackError as exc:
+        return IngestResult(error=exc), None
+    return _analyse(ds, expected_study, encode, size=len(data), raw_dataset=raw)
+
+
+def _analyse(
+    ds: Dataset, expected_study: str | None, encode: bool, *, size: int, raw_dataset: bytes | None
+) -> tuple[IngestResult, Prepared | None]:
     result = IngestResult(
         sop_class_uid=_str_or_none(ds.get("SOPClassUID")),
         sop_uid=_str_or_none(ds.get("SOPInstanceUID")),
@@ -118,18 +161,35 @@ def ingest_dataset(
         series_uid=_str_or_none(ds.get("SeriesInstanceUID")),
     )
     try:
-        new = prepare(
+        prepared = prepare(
             ds,
             expected_study=expected_study,
             encode=encode,
             size=size,
-            store=store,
             warnings=result.warnings,
             raw_dataset=raw_dataset,
         )
-        if new is None:
+    except RadstackError as exc:
+        result.error = exc
+        return result, None
+    except Exception as exc:  # a bug or a codec failure: a processing failure, the server keeps serving
+        log.exception("analysis of SOP instance %s failed", result.sop_uid)
+        result.error = ProcessingFailure(f"internal error while analysing the instance: {type(exc).__name__}")
+        return result, None
+    return result, prepared
+
+
+def _store(store: StudyStore, prepared: Prepared, batch: Batch, result: IngestResult) -> None:
+    """Dedupe, write the blobs, then commit the index row (the last step makes it visible)."""
+    new = prepared.new
+    try:
+        if store.find_duplicate(new.sop_uid, new.content_hash):
             result.outcome = StoreOutcomeValues.DUPLICATE
-            return result
+            return
+        for key, frame in zip(new.frames, prepared.frames, strict=True):
+            store.blobs.put(key, frame)
+        store.blobs.put(new.header_key, prepared.header_bytes)
+        store.blobs.put(new.json_key, prepared.json_bytes)
         result.outcome = store.commit_instance(new, batch).outcome
         if result.outcome is StoreOutcomeValues.REPLACED:
             result.warnings.append(
@@ -138,10 +198,9 @@ def ingest_dataset(
             )
     except RadstackError as exc:
         result.error = exc
-    except Exception as exc:  # a bug or an I/O failure: report it as a processing failure, keep serving
-        log.exception("ingest of SOP instance %s failed", result.sop_uid)
+    except Exception as exc:  # an I/O failure or a bug: nothing partial is visible, keep serving
+        log.exception("storing SOP instance %s failed", new.sop_uid)
         result.error = ProcessingFailure(f"internal error while storing: {type(exc).__name__}")
-    return result
 
 
 def prepare(
@@ -150,14 +209,10 @@ def prepare(
     expected_study: str | None,
     encode: bool,
     size: int,
-    store: StudyStore,
     warnings: list[str],
     raw_dataset: bytes | None = None,
-) -> NewInstance | None:
-    """Validate, dedupe, encode and write the blobs of one instance; return what waits for its row.
-
-    Returns ``None`` when the same content is already the current instance (nothing is written).
-    """
+) -> Prepared:
+    """Validate and encode one instance; return its row to be and the blobs to write first."""
     sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
     sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
     study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -223,18 +278,13 @@ def prepare(
         size_bytes=size,
         render=render_defaults(header) if info is not None else None,
     )
-    if store.find_duplicate(sop_uid, content_hash):
-        return None
-
-    # Blobs first; the index row that makes them visible is committed last by the caller.
-    frame_keys = []
-    for frame in encoded():
-        key = content_key("f", frame)
-        store.blobs.put(key, frame)
-        frame_keys.append(key)
-    store.blobs.put(new.header_key, header_bytes)
-    store.blobs.put(new.json_key, json_bytes)
-    return replace(new, frames=frame_keys)
+    frames = encoded()
+    return Prepared(
+        new=replace(new, frames=[content_key("f", frame) for frame in frames]),
+        frames=frames,
+        header_bytes=header_bytes,
+        json_bytes=json_bytes,
+    )
 
 
 def _frames_of(

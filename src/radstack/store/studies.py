@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 
 
@@ -190,6 +192,7 @@ class StudyStore:
         self._write_lock = threading.Lock()
         self._doc_locks: dict[str, threading.Lock] = {}
         self._doc_locks_guard = threading.Lock()
+        self._doc_pending: set[str] = set()
         self._doc_builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docs")
 
     def close(self) -> None:
@@ -464,9 +467,24 @@ class StudyStore:
             self.blobs.put(self._document_key(study_uid, change_seq, None), self._document(records))
 
     def schedule_documents(self, study_uids: set[str]) -> None:
-        """Rebuild the metadata documents of changed studies in the background."""
-        for study_uid in sorted(study_uids):
-            self._doc_builder.submit(self._build_documents, study_uid)
+        """Rebuild the metadata documents of changed studies in the background.
+
+        A rebuild reads the newest state when it starts, so one that is queued and not yet running
+        already covers later changes: during a bulk ingest the work stays linear, not quadratic.
+        """
+        with self._doc_locks_guard:
+            fresh = sorted(study_uids - self._doc_pending)
+            self._doc_pending.update(fresh)
+        for study_uid in fresh:
+            self._doc_builder.submit(self._build_pending, study_uid)
+
+    def _build_pending(self, study_uid: str) -> None:
+        with self._doc_locks_guard:
+            self._doc_pending.discard(study_uid)
+        try:
+            self._build_documents(study_uid)
+        except Exception:  # a failed rebuild is retried by the next read; never kill the builder
+            log.exception("metadata document rebuild failed for a study")
 
     # ------------------------------------------------------------------ versions
     def list_versions(self, study_uid: str) -> list[StudyVersionRow]:

@@ -70,6 +70,7 @@ async def _stow(request: Request, study: str | None) -> Response:
         base_url=base_url(request),
         expected_study=study,
         encode=settings.encode_htj2k,
+        analyser=platform.analyser,
     )
     return dicom_json(result.body, result.status, warning_header(result.warnings))
 
