@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/radstack serve --data-dir $(DATA_DIR)
 
+LINT_PATHS := src tests $(wildcard bench)
+
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 test: install lint

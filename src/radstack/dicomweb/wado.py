@@ -39,7 +39,7 @@ from radstack.dicom.codecs import (
     htj2k_resolution_prefixes,
 )
 from radstack.dicom.json_model import element_path
-from radstack.dicom.render import RenderParams, encode_image, fit_size, to_display
+from radstack.dicom.render import RenderParams, VoiFunctionValues, encode_image, fit_size, to_display
 from radstack.dicom.transfer_syntax import (
     HTJ2K_RPCL,
     NATIVE_SYNTAXES,
@@ -386,8 +386,6 @@ def render(store: StudyStore, record: InstanceRecord, number: int, params: Rende
     defaults = record.render or {}
     window = params.window
     if window is None and defaults.get("center") is not None and defaults.get("width"):
-        from radstack.dicom.render import VoiFunctionValues
-
         function = defaults.get("function", "LINEAR")
         voi = (
             VoiFunctionValues(function)
