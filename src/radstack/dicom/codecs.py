@@ -9,6 +9,7 @@ resolution, so that a byte prefix of a frame is itself a decodable lower-resolut
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,40 @@ def htj2k_resolution_prefixes(data: bytes) -> list[int]:
     return prefixes
 
 
+def htj2k_read_levels(read_at: Callable[[int, int], bytes], skipres: int) -> bytes:
+    """Read just enough of a stored codestream to decode it with ``skipres`` levels skipped.
+
+    ``read_at(offset, length)`` reads from the stored frame. The SOT marker of each tile-part says
+    its length and how many tile-parts (resolutions) there are, so a handful of 12-byte reads find
+    where the wanted resolution ends; a preview of a large radiograph reads a few percent of it.
+    """
+    head = read_at(0, 4096)
+    pos = head.find(_SOT)
+    if pos < 0:
+        return head + read_at(len(head), 1 << 62)
+    end = pos
+    wanted: int | None = None
+    index = 0
+    while True:
+        sot = head[end : end + 12] if end + 12 <= len(head) else read_at(end, 12)
+        if len(sot) < 12 or sot[:2] != _SOT:
+            break
+        _lsot, _isot, psot, _tpsot, tnsot = struct.unpack(">HHIBB", sot[2:12])
+        if wanted is None:
+            wanted = max(0, tnsot - 1 - skipres) if tnsot else None
+        if psot == 0 or wanted is None:
+            end = -1
+            break
+        end += psot
+        if index == wanted:
+            break
+        index += 1
+    if end < 0:
+        return head + read_at(len(head), 1 << 62)
+    prefix = head[:end] if end <= len(head) else head + read_at(len(head), end - len(head))
+    return prefix + _EOC
+
+
 def htj2k_prefix(data: bytes, level: int) -> bytes:
     """A self-contained codestream holding resolution levels ``0..level`` of ``data``."""
     prefixes = htj2k_resolution_prefixes(data)
@@ -147,8 +182,7 @@ def decode_frame(
         array = decode_htj2k(data, skipres=skipres)
         if skipres and info.pixel_representation == 0 and array.dtype == np.uint16:
             # OpenJPH wraps small negative low-pass values of unsigned data to 65535.
-            max_value = (1 << info.bits_stored) - 1
-            array = np.where(array > max_value, 0, array).astype(np.uint16)
+            array[array > (1 << info.bits_stored) - 1] = 0
         return array
     if transfer_syntax in NATIVE_SYNTAXES:
         return native_frame_to_array(data, info)

@@ -10,6 +10,7 @@ import io
 import math
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,7 +108,8 @@ def to_display(
 
     Grayscale: modality LUT (rescale), then the VOI window (PS3.3 §C.11.2.1.2: linear,
     linear-exact, sigmoid), falling back to the data's range; MONOCHROME1 is inverted. Colour
-    samples are scaled to 8 bits.
+    samples are scaled to 8 bits. Samples of up to 16 bits go through one lookup table built for
+    every possible stored value (cached), so the per-pixel work is a single gather.
     """
     if frame.ndim == 3:
         if frame.dtype == np.uint8:
@@ -115,14 +117,33 @@ def to_display(
         top = float(frame.max()) or 1.0
         scaled: NDArray[np.uint8] = np.clip(frame.astype(np.float32) * (255.0 / top), 0, 255).astype(np.uint8)
         return scaled
-    values = frame.astype(np.float32)
-    if slope != 1.0 or intercept != 0.0:
-        values = values * np.float32(slope) + np.float32(intercept)
     if window is None:
-        low, high = float(values.min()), float(values.max())
-        center, width, function = (low + high) / 2, max(high - low, 1.0), VoiFunctionValues.LINEAR_EXACT
-    else:
-        center, width, function = window
+        low, high = float(frame.min()) * slope + intercept, float(frame.max()) * slope + intercept
+        low, high = min(low, high), max(low, high)
+        window = ((low + high) / 2, max(high - low, 1.0), VoiFunctionValues.LINEAR_EXACT)
+    invert = photometric == "MONOCHROME1"
+    if frame.dtype.itemsize <= 2 and frame.dtype.kind in "ui":
+        lut = _display_lut(frame.dtype.str, slope, intercept, window, invert)
+        unsigned = frame.view(np.dtype(f"<u{frame.dtype.itemsize}"))
+        result: NDArray[np.uint8] = lut[unsigned]
+        return result
+    return _display_values(frame.astype(np.float64) * slope + intercept, window, invert)
+
+
+@lru_cache(maxsize=64)
+def _display_lut(
+    dtype: str, slope: float, intercept: float, window: tuple[float, float, VoiFunctionValues], invert: bool
+) -> NDArray[np.uint8]:
+    """Display value of every bit pattern of ``dtype`` (indexed by the pattern read as unsigned)."""
+    size = np.dtype(dtype).itemsize
+    stored = np.arange(1 << (8 * size), dtype=f"<u{size}").view(dtype).astype(np.float64)
+    return _display_values(stored * slope + intercept, window, invert)
+
+
+def _display_values(
+    values: NDArray[np.floating], window: tuple[float, float, VoiFunctionValues], invert: bool
+) -> NDArray[np.uint8]:
+    center, width, function = window
     if function is VoiFunctionValues.SIGMOID:
         out = 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     elif function is VoiFunctionValues.LINEAR_EXACT:
@@ -130,7 +151,7 @@ def to_display(
     else:
         out = ((values - (center - 0.5)) / (width - 1 if width > 1 else 1) + 0.5) * 255.0
     display: NDArray[np.uint8] = np.clip(out, 0, 255).astype(np.uint8)
-    if photometric == "MONOCHROME1":
+    if invert:
         display = (255 - display).astype(np.uint8)
     return display
 

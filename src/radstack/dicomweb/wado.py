@@ -36,6 +36,7 @@ from radstack.dicom.codecs import (
     decode_frame,
     encode_htj2k,
     htj2k_prefix,
+    htj2k_read_levels,
     htj2k_resolution_prefixes,
 )
 from radstack.dicom.json_model import element_path
@@ -201,9 +202,11 @@ def decoded_frame(
     assert pixel is not None
     syntax = stored_syntax(record)
     info = _decode_info(record)
-    return decode_frame(
-        stored_frame(store, record, number), syntax, info, skipres=skipres if syntax == HTJ2K_RPCL else 0
-    )
+    if syntax == HTJ2K_RPCL and skipres and pixel.bits_allocated > 1:
+        key = record.frames[number - 1]
+        data = htj2k_read_levels(lambda start, length: store.blobs.get_range(key, start, length), skipres)
+        return decode_frame(data, syntax, info, skipres=skipres)
+    return decode_frame(stored_frame(store, record, number), syntax, info)
 
 
 def _decode_info(record: InstanceRecord) -> PixelInfo:

@@ -37,6 +37,9 @@ class BlobStore(Protocol):
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; :class:`NotFound` when absent."""
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the blob from offset ``start`` (fewer at its end)."""
+
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
@@ -82,6 +85,14 @@ class LocalBlobStore:
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {key!r} is missing from the blob store") from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
         except FileNotFoundError:
             raise NotFound(f"blob {key!r} is missing from the blob store") from None
 
