@@ -6,7 +6,8 @@ pipeline as soon as it is complete, so a large body is never held whole in memor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -101,7 +102,7 @@ async def store_instances(
             slots.release()
 
     try:
-        async with create_task_group() as group:
+        async with _unwrapped(), create_task_group() as group:
             async for part in iter_multipart(chunks, boundary, max_bytes=max_bytes):
                 index = len(results) + 1
                 if part.content_type not in ("", _DICOM):
@@ -129,6 +130,26 @@ async def store_instances(
     if not results:
         raise BadRequest("the multipart body holds no parts")
     return build_response(results, base_url, expected_study)
+
+
+@asynccontextmanager
+async def _unwrapped() -> AsyncIterator[None]:
+    """Re-raise a lone error from inside a task group as itself (anyio wraps it in a group)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors = list(_leaves(group))
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
 
 
 def _failed(error: RadstackError) -> IngestResult:
