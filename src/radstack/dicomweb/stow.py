@@ -178,9 +178,9 @@ def build_response(results: list[IngestResult], base_url: str, expected_study: s
                 f"{base_url}/studies/{result.study_uid}/series/{result.series_uid}/instances/{result.sop_uid}"
             ],
         }
-        if result.warnings:
+        if result.coercions:
             item["00081196"] = {"vr": "US", "Value": [_COERCION]}
-            warnings.extend(f"{result.sop_uid}: {w}" for w in result.warnings)
+        warnings.extend(f"{result.sop_uid}: {w}" for w in [*result.coercions, *result.warnings])
         referenced.append(item)
     body: dict[str, Any] = {}
     studies = {r.study_uid for r in results if r.ok and r.study_uid}

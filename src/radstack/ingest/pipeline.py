@@ -76,6 +76,8 @@ class IngestResult:
     outcome: StoreOutcomeValues | None = None
     error: RadstackError | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Attributes radstack corrected (WarningReason 0xB000, coercion of data elements).
+    coercions: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -166,7 +168,7 @@ def _analyse(
             expected_study=expected_study,
             encode=encode,
             size=size,
-            warnings=result.warnings,
+            coercions=result.coercions,
             raw_dataset=raw_dataset,
         )
     except RadstackError as exc:
@@ -209,7 +211,7 @@ def prepare(
     expected_study: str | None,
     encode: bool,
     size: int,
-    warnings: list[str],
+    coercions: list[str],
     raw_dataset: bytes | None = None,
 ) -> Prepared:
     """Validate and encode one instance; return its row to be and the blobs to write first."""
@@ -230,7 +232,7 @@ def prepare(
     media_uid = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
     if media_uid and str(media_uid) != sop_uid:
         # The data set is authoritative; its file meta is rewritten to match (PS3.10 §7.1).
-        warnings.append(
+        coercions.append(
             f"MediaStorageSOPInstanceUID {media_uid} differed from SOPInstanceUID; file meta corrected"
         )
     header.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)

@@ -386,10 +386,12 @@ class StudyStore:
             rows = session.scalars(query).all()
         return [InstanceRecord.from_row(r) for r in rows]
 
-    def require_study(self, study_uid: str) -> StudyRow:
+    def require_study(self, study_uid: str, *, include_deleted: bool = False) -> StudyRow:
+        """The study row; :class:`NotFound` if it was never stored, or (unless ``include_deleted``)
+        if every instance of it is deleted in its current version."""
         with self._session() as session:
             study = session.scalar(select(StudyRow).where(StudyRow.study_uid == study_uid))
-        if study is None or (study.num_instances == 0 and study.version == 0):
+        if study is None or study.version == 0 or (study.num_instances == 0 and not include_deleted):
             raise NotFound(f"study {study_uid} is not stored")
         return study
 
@@ -432,7 +434,7 @@ class StudyStore:
 
     def version_document(self, study_uid: str, version: int) -> bytes:
         """The gzipped metadata document of a past (or the current) study version."""
-        study = self.require_study(study_uid)
+        study = self.require_study(study_uid, include_deleted=True)
         if not 0 < version <= study.version:
             raise NotFound(f"study {study_uid} has no version {version} (latest is {study.version})")
         return self._document(self.list_instances(study_uid, version=version))
@@ -488,7 +490,7 @@ class StudyStore:
 
     # ------------------------------------------------------------------ versions
     def list_versions(self, study_uid: str) -> list[StudyVersionRow]:
-        self.require_study(study_uid)
+        self.require_study(study_uid, include_deleted=True)
         with self._session() as session:
             return list(
                 session.scalars(

@@ -53,7 +53,7 @@ def delete(
 
 def revert(store: StudyStore, study_uid: str, version: int) -> int:
     """Make the content of ``version`` current again, as a new version; returns its number."""
-    study = store.require_study(study_uid)
+    study = store.require_study(study_uid, include_deleted=True)
     if not 0 < version <= study.version:
         raise NotFound(f"study {study_uid} has no version {version} (latest is {study.version})")
     target = {r.id: r for r in store.list_instances(study_uid, version=version)}
