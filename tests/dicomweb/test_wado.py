@@ -1,0 +1,275 @@
+"""WADO-RS: transfer-syntax negotiation, metadata, frames, progressive access, rendered (PS3.18 §10.4)."""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Iterator
+
+import httpx
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from radstack.dicomweb.multipart import parse_media_type
+from tests.conftest import RunningServer
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"
+
+
+def multiframe(frames: int = 5, rows: int = 64, columns: int = 48) -> Dataset:
+    """A synthetic 16-bit multi-frame image whose frames all differ."""
+    ds = copy.deepcopy(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+    )
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    yy, xx = np.mgrid[:rows, :columns]
+    cube = np.stack([((xx * (f + 1) + yy * 7) % 4096) for f in range(frames)]).astype(np.uint16)
+    ds.PixelData = cube.tobytes()
+    return ds
+
+
+def parts(response: httpx.Response) -> list[tuple[str, bytes]]:
+    """Split a multipart/related response into (content type, body) pairs."""
+    _media, params = parse_media_type(response.headers["content-type"])
+    delimiter = b"--" + params["boundary"].encode()
+    out = []
+    for chunk in response.content.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, data = chunk.partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().strip().split("\r\n"))
+        out.append((headers["Content-Type"], data[:-2]))
+    return out
+
+
+@pytest.fixture
+def ct(server: RunningServer) -> Iterator[Dataset]:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    DICOMwebClient(server.dicomweb).store_instances([ds])
+    yield ds
+
+
+def instance_url(server: RunningServer, ds: Dataset) -> str:
+    return (
+        f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("accept", "syntax"),
+    [
+        ('multipart/related; type="application/dicom"', EXPLICIT_LE),
+        ("*/*", EXPLICIT_LE),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', HTJ2K_RPCL),
+        (f'multipart/related; type="application/dicom"; transfer-syntax={HTJ2K_RPCL}', HTJ2K_RPCL),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.201',
+            "1.2.840.10008.1.2.4.201",
+        ),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90',
+            "1.2.840.10008.1.2.4.90",
+        ),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2',
+            "1.2.840.10008.1.2",
+        ),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50, '
+            f'multipart/related; type="application/dicom"; transfer-syntax={HTJ2K_RPCL}; q=0.5',
+            HTJ2K_RPCL,
+        ),
+    ],
+)
+def test_instance_negotiation(server: RunningServer, ct: Dataset, accept: str, syntax: str) -> None:
+    response = httpx.get(instance_url(server, ct), headers={"Accept": accept})
+    assert response.status_code == 200
+    [(content_type, data)] = parts(response)
+    assert parse_media_type(content_type)[1]["transfer-syntax"] == syntax
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert back.file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(back.pixel_array, ct.pixel_array)
+    assert back.PatientName == ct.PatientName
+
+
+def test_lossy_input_served_byte_for_byte(server: RunningServer) -> None:
+    original = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    DICOMwebClient(server.dicomweb).store_instances([original])
+    stored = httpx.get(
+        instance_url(server, original),
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    back = pydicom.dcmread(io.BytesIO(parts(stored)[0][1]))
+    assert back.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert list(generate_frames(back.PixelData, number_of_frames=1)) == list(
+        generate_frames(original.PixelData, number_of_frames=1)
+    )
+    frame = httpx.get(
+        f"{instance_url(server, original)}/frames/1",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
+    )
+    [(content_type, data)] = parts(frame)
+    assert content_type.startswith("image/jpeg")
+    assert data == next(generate_frames(original.PixelData, number_of_frames=1))
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
+        'multipart/related; type="application/pdf"',
+    ],
+)
+def test_unsatisfiable_accept_is_406(server: RunningServer, ct: Dataset, accept: str) -> None:
+    response = httpx.get(instance_url(server, ct), headers={"Accept": accept})
+    assert response.status_code == 406
+    assert "transfer-syntax" in response.json()["detail"]
+
+
+def test_metadata_at_every_level(server: RunningServer, ct: Dataset) -> None:
+    base = f"{server.dicomweb}/studies/{ct.StudyInstanceUID}"
+    for url in (
+        f"{base}/metadata",
+        f"{base}/series/{ct.SeriesInstanceUID}/metadata",
+        f"{instance_url(server, ct)}/metadata",
+    ):
+        for encoding in ("gzip", "identity"):
+            response = httpx.get(url, headers={"Accept-Encoding": encoding})
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "application/dicom+json"
+            assert (response.headers.get("content-encoding") == "gzip") == (
+                encoding == "gzip" and "instances" not in url
+            )
+            [item] = response.json()
+            assert item["00080018"]["Value"] == [ct.SOPInstanceUID]
+            assert item["00100010"]["Value"][0]["Alphabetic"] == str(ct.PatientName)
+            assert item["7FE00010"]["BulkDataURI"].endswith(
+                f"/instances/{ct.SOPInstanceUID}/bulkdata/7FE00010"
+            )
+
+
+def test_frames_single_list_and_errors(server: RunningServer) -> None:
+    ds = multiframe()
+    DICOMwebClient(server.dicomweb).store_instances([ds])
+    cube = np.frombuffer(ds.PixelData, dtype="<u2").reshape(5, ds.Rows, ds.Columns)
+    url = f"{instance_url(server, ds)}/frames"
+    response = httpx.get(
+        f"{url}/1,3,5", headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    assert response.status_code == 200
+    got = [np.frombuffer(data, dtype="<u2").reshape(ds.Rows, ds.Columns) for _t, data in parts(response)]
+    assert [np.array_equal(g, cube[i]) for g, i in zip(got, (0, 2, 4), strict=True)] == [True] * 3
+    stored = httpx.get(
+        f"{url}/2",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
+    )
+    [(content_type, data)] = parts(stored)
+    assert content_type == f"image/jphc; transfer-syntax={HTJ2K_RPCL}"
+    assert np.array_equal(imagecodecs.htj2k_decode(data), cube[1])
+    bad = httpx.get(f"{url}/0")
+    assert bad.status_code == 400 and "'0'" in bad.json()["detail"]
+    missing = httpx.get(f"{url}/9")
+    assert missing.status_code == 404 and "frame 9" in missing.json()["detail"]
+
+
+def test_progressive_access_by_range_and_level(server: RunningServer) -> None:
+    ds = multiframe(frames=1, rows=512, columns=384)
+    DICOMwebClient(server.dicomweb).store_instances([ds])
+    api = (
+        f"{server.url}/api/v1/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/frames/1"
+    )
+    levels = httpx.get(f"{api}/levels").json()
+    assert [level["level"] for level in levels] == list(range(len(levels)))
+    assert [level["bytes"] for level in levels] == sorted(level["bytes"] for level in levels)
+    assert (levels[-1]["columns"], levels[-1]["rows"]) == (384, 512)
+    low = levels[2]
+    ranged = httpx.get(
+        f"{instance_url(server, ds)}/frames/1",
+        headers={"Accept": "image/jphc", "Range": f"bytes=0-{low['bytes'] - 1}"},
+    )
+    assert ranged.status_code == 206
+    assert len(ranged.content) == low["bytes"]
+    skip = len(levels) - 1 - low["level"]
+    image = imagecodecs.htj2k_decode(ranged.content + b"\xff\xd9", skipres=skip)
+    assert image.shape == (low["rows"], low["columns"])
+    cut = httpx.get(api, params={"level": 1})
+    assert cut.headers["content-type"].startswith("image/jphc")
+    assert imagecodecs.htj2k_decode(cut.content, skipres=len(levels) - 2).shape == (
+        levels[1]["rows"],
+        levels[1]["columns"],
+    )
+    assert httpx.get(api, params={"level": 99}).status_code == 400
+
+
+def test_rendered_and_thumbnail(server: RunningServer, ct: Dataset) -> None:
+    url = instance_url(server, ct)
+    jpeg = httpx.get(f"{url}/rendered", params={"viewport": "64,32"}, headers={"Accept": "image/jpeg"})
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg.content)).size == (32, 32), "aspect kept inside the viewport"
+    narrow = httpx.get(f"{url}/rendered", params={"window": "40,80"}, headers={"Accept": "image/png"})
+    wide = httpx.get(f"{url}/rendered", params={"window": "40,2000"}, headers={"Accept": "image/png"})
+    assert narrow.headers["content-type"] == "image/png"
+    assert (
+        np.asarray(Image.open(io.BytesIO(narrow.content))).std()
+        != np.asarray(Image.open(io.BytesIO(wide.content))).std()
+    )
+    thumb = httpx.get(f"{server.dicomweb}/studies/{ct.StudyInstanceUID}/thumbnail")
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
+    for params in ({"viewport": "0,10"}, {"window": "40"}, {"quality": "101"}):
+        response = httpx.get(f"{url}/rendered", params=params)
+        assert response.status_code == 400
+        assert next(iter(params.values())) in response.json()["detail"]
+
+
+def test_monochrome1_renders_inverted(server: RunningServer, ct: Dataset) -> None:
+    inverted = copy.deepcopy(ct)
+    inverted.SOPInstanceUID = generate_uid()
+    inverted.PhotometricInterpretation = "MONOCHROME1"
+    DICOMwebClient(server.dicomweb).store_instances([inverted])
+    params = {"window": "0,2000"}
+    normal = np.asarray(
+        Image.open(
+            io.BytesIO(
+                httpx.get(
+                    f"{instance_url(server, ct)}/rendered", params=params, headers={"Accept": "image/png"}
+                ).content
+            )
+        )
+    )
+    flipped = np.asarray(
+        Image.open(
+            io.BytesIO(
+                httpx.get(
+                    f"{instance_url(server, inverted)}/rendered",
+                    params=params,
+                    headers={"Accept": "image/png"},
+                ).content
+            )
+        )
+    )
+    assert np.array_equal(flipped.astype(int), 255 - normal.astype(int))
+
+
+def test_bulkdata(server: RunningServer, ct: Dataset) -> None:
+    response = httpx.get(f"{instance_url(server, ct)}/bulkdata/7FE00010")
+    [(content_type, data)] = parts(response)
+    assert content_type == "application/octet-stream"
+    assert np.array_equal(np.frombuffer(data, dtype="<i2").reshape(ct.Rows, ct.Columns), ct.pixel_array)
+    assert httpx.get(f"{instance_url(server, ct)}/bulkdata/00091001").status_code == 404
