@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from radstack.dicomweb.multipart import parse_media_type
+from radstack.dicomweb.multipart import parse_media_type, split_unquoted
 
 __all__ = ["AcceptItem", "parse_accept"]
 
@@ -41,7 +41,7 @@ def parse_accept(header: str | None) -> list[AcceptItem]:
     if not header or not header.strip():
         return [AcceptItem("*/*", {}, 1.0)]
     items: list[tuple[float, int, AcceptItem]] = []
-    for index, raw in enumerate(_split_commas(header)):
+    for index, raw in enumerate(split_unquoted(header, ",")):
         if not raw.strip():
             continue
         media_type, params = parse_media_type(raw)
@@ -53,19 +53,3 @@ def parse_accept(header: str | None) -> list[AcceptItem]:
             continue
         items.append((-quality, index, AcceptItem(media_type, params, quality)))
     return [item for _q, _i, item in sorted(items, key=lambda t: (t[0], t[1]))]
-
-
-def _split_commas(value: str) -> list[str]:
-    pieces: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in value:
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    pieces.append("".join(current))
-    return pieces

@@ -21,6 +21,7 @@ __all__ = [
     "multipart_body",
     "new_boundary",
     "parse_media_type",
+    "split_unquoted",
 ]
 
 SPOOL_BYTES = 16 * 1024 * 1024
@@ -30,7 +31,7 @@ _TOKEN = re.compile(r'\s*([^=;\s]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;]*))?\s*')
 
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     """Split ``type/subtype; a=1; b="x"`` into the lower-cased media type and its parameters."""
-    pieces = _split_params(value)
+    pieces = split_unquoted(value, ";")
     media_type = pieces[0].strip().lower() if pieces else ""
     params: dict[str, str] = {}
     for piece in pieces[1:]:
@@ -44,8 +45,8 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return media_type, params
 
 
-def _split_params(value: str) -> list[str]:
-    """Split on ``;`` outside quoted strings."""
+def split_unquoted(value: str, separator: str) -> list[str]:
+    """Split a header value on ``separator`` outside quoted strings (RFC 9110 §5.6.4)."""
     pieces: list[str] = []
     current: list[str] = []
     quoted, escaped = False, False
@@ -56,7 +57,7 @@ def _split_params(value: str) -> list[str]:
             escaped = True
         elif char == '"':
             quoted = not quoted
-        elif char == ";" and not quoted:
+        elif char == separator and not quoted:
             pieces.append("".join(current))
             current = []
             continue

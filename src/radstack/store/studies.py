@@ -386,6 +386,29 @@ class StudyStore:
             rows = session.scalars(query).all()
         return [InstanceRecord.from_row(r) for r in rows]
 
+    def current_instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRecord]:
+        """The current instances a DICOMweb path names (study, series or one instance).
+
+        Raises
+        ------
+        NotFound
+            When the study, series or instance is not stored, or holds no instance.
+        """
+        if sop_uid is not None:
+            return [self.get_instance(study_uid, series_uid, sop_uid)]
+        if series_uid is not None:
+            self.require_series(study_uid, series_uid)
+        else:
+            self.require_study(study_uid)
+        records = self.list_instances(study_uid, series_uid)
+        if not records:
+            raise NotFound(
+                f"{'series ' + series_uid if series_uid else 'study ' + study_uid} holds no instances"
+            )
+        return records
+
     def require_study(self, study_uid: str, *, include_deleted: bool = False) -> StudyRow:
         """The study row; :class:`NotFound` if it was never stored, or (unless ``include_deleted``)
         if every instance of it is deleted in its current version."""

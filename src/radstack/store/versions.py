@@ -34,16 +34,7 @@ def delete(
     store: StudyStore, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> int:
     """Remove a study, series or instance from the current view; returns the new study version."""
-    if sop_uid is not None:
-        records = [store.get_instance(study_uid, series_uid, sop_uid)]
-    else:
-        if series_uid is not None:
-            store.require_series(study_uid, series_uid)
-        else:
-            store.require_study(study_uid)
-        records = store.list_instances(study_uid, series_uid)
-    if not records:
-        raise NotFound(f"study {study_uid} holds no instances to delete")
+    records = store.current_instances(study_uid, series_uid, sop_uid)
     what = sop_uid or series_uid or study_uid
     batch = Batch(reason="delete", detail=what)
     version = store.replace_instances(study_uid, batch, remove=records, add=[])

@@ -19,7 +19,6 @@ from radstack.dicomweb.multipart import multipart_body, new_boundary
 from radstack.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
 from radstack.platform import Platform
 from radstack.store import versions
-from radstack.store.studies import InstanceRecord
 
 __all__ = ["router"]
 
@@ -104,28 +103,12 @@ def _multipart(
     return StreamingResponse(multipart_body(parts, boundary), media_type=media_type)
 
 
-def _records(
-    platform: Platform, study: str, series: str | None, instance: str | None
-) -> list[InstanceRecord]:
-    store = platform.store
-    if instance is not None:
-        return [store.get_instance(study, series, instance)]
-    if series is not None:
-        store.require_series(study, series)
-    else:
-        store.require_study(study)
-    records = store.list_instances(study, series)
-    if not records:
-        raise NotFound(f"{'series ' + series if series else 'study ' + study} holds no instances")
-    return records
-
-
 def _retrieve(
     request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
     _uids(study, series, instance)
     platform = platform_of(request)
-    records = _records(platform, study, series, instance)
+    records = platform.store.current_instances(study, series, instance)
     syntax = wado.instance_syntax(parse_accept(request.headers.get("accept")), records)
     store = platform.store
 
@@ -297,7 +280,7 @@ def _rendered(
     platform = platform_of(request)
     if instance is None:
         # A study or series is represented by the middle image of its first series with pixels.
-        candidates = [r for r in _records(platform, study, series, None) if r.pixel is not None]
+        candidates = [r for r in platform.store.current_instances(study, series) if r.pixel is not None]
         if not candidates:
             raise NotFound(f"{'series ' + series if series else 'study ' + study} has no image to render")
         first_series = [r for r in candidates if r.series_uid == candidates[0].series_uid]
