@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Row, Table, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 
@@ -96,7 +97,7 @@ class InstanceRecord:
     render: dict[str, Any] | None
 
     @classmethod
-    def from_row(cls, row: InstanceRow) -> InstanceRecord:
+    def from_row(cls, row: InstanceRow | Row[Any]) -> InstanceRecord:
         return cls(
             id=row.id,
             study_uid=row.study_uid,
@@ -354,15 +355,15 @@ class StudyStore:
     # ------------------------------------------------------------------ reads
     def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str) -> InstanceRecord:
         """The current instance ``sop_uid`` of the given study (and series); :class:`NotFound` otherwise."""
-        query = select(InstanceRow).where(
-            InstanceRow.sop_uid == sop_uid,
-            InstanceRow.study_uid == study_uid,
-            InstanceRow.version_removed.is_(None),
+        table = _INSTANCES
+        query = select(table).where(
+            table.c.sop_uid == sop_uid, table.c.study_uid == study_uid, table.c.version_removed.is_(None)
         )
         if series_uid is not None:
-            query = query.where(InstanceRow.series_uid == series_uid)
-        with self._session() as session:
-            row = session.scalar(query)
+            query = query.where(table.c.series_uid == series_uid)
+        # A plain connection and row, not an ORM session: this is on every frame request's path.
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
         if row is None:
             raise NotFound(f"instance {sop_uid} is not stored in study {study_uid}")
         return InstanceRecord.from_row(row)

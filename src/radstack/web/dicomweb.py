@@ -94,13 +94,17 @@ def _uids(study: str, series: str | None = None, instance: str | None = None) ->
 
 
 def _multipart(
-    parts: Iterable[tuple[str, bytes]], part_type: str, syntax: str | None = None
-) -> StreamingResponse:
+    parts: Iterable[tuple[str, bytes]], part_type: str, syntax: str | None = None, *, stream: bool = False
+) -> Response:
+    """A multipart/related response; ``stream`` sends the parts as they are made (many instances)."""
     boundary = new_boundary()
     media_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
     if syntax:
         media_type += f"; transfer-syntax={syntax}"
-    return StreamingResponse(multipart_body(parts, boundary), media_type=media_type)
+    if stream:
+        return StreamingResponse(multipart_body(parts, boundary), media_type=media_type)
+    # One body in one send: a streamed response costs a thread-pool hop per chunk.
+    return Response(b"".join(multipart_body(parts, boundary)), media_type=media_type)
 
 
 def _retrieve(
@@ -117,7 +121,7 @@ def _retrieve(
             chosen = syntax or wado.stored_syntax(record)
             yield f"application/dicom; transfer-syntax={chosen}", wado.part10(store, record, chosen)
 
-    return _multipart(parts(), "application/dicom", syntax)
+    return _multipart(parts(), "application/dicom", syntax, stream=len(records) > 1)
 
 
 @router.get("/studies/{study}", summary="WADO-RS: retrieve a study (PS3.18 §10.4)")
