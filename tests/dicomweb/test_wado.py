@@ -273,3 +273,21 @@ def test_bulkdata(server: RunningServer, ct: Dataset) -> None:
     assert content_type == "application/octet-stream"
     assert np.array_equal(np.frombuffer(data, dtype="<i2").reshape(ct.Rows, ct.Columns), ct.pixel_array)
     assert httpx.get(f"{instance_url(server, ct)}/bulkdata/00091001").status_code == 404
+
+
+def test_render_cache_is_bounded_and_reuses_renderings() -> None:
+    from radstack.dicomweb.wado import RenderCache
+
+    cache = RenderCache(max_bytes=10)
+    calls: list[str] = []
+
+    def make(name: str, size: int) -> bytes:
+        calls.append(name)
+        return b"x" * size
+
+    assert cache.get_or_render(("a",), lambda: make("a", 4)) == b"xxxx"
+    assert cache.get_or_render(("a",), lambda: make("a", 4)) == b"xxxx"
+    cache.get_or_render(("b",), lambda: make("b", 4))
+    cache.get_or_render(("c",), lambda: make("c", 4))  # over 10 bytes: the oldest ("a") goes
+    cache.get_or_render(("a",), lambda: make("a", 4))
+    assert calls == ["a", "b", "c", "a"]

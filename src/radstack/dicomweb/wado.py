@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import imagecodecs
@@ -360,8 +362,52 @@ def bulkdata(store: StudyStore, record: InstanceRecord, path: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- rendered
+class RenderCache:
+    """Recently rendered images, bounded in bytes.
+
+    Worklists and viewers ask for the same previews again and again. Frames are content-addressed
+    and never change, so a rendering keyed by the frame's blob key, the presentation defaults and
+    the request's parameters never goes stale, on one node or many.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get_or_render(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        image = make()
+        with self._lock:
+            if key not in self._items and len(image) <= self.max_bytes:
+                self._items[key] = image
+                self._size += len(image)
+                while self._size > self.max_bytes:
+                    _key, evicted = self._items.popitem(last=False)
+                    self._size -= len(evicted)
+        return image
+
+
+_RENDERED = RenderCache()
+
+
 def render(store: StudyStore, record: InstanceRecord, number: int, params: RenderParams) -> bytes:
-    """A frame rendered for display (PS3.18 §8.3.5), decoded at the smallest sufficient resolution."""
+    """A frame rendered for display (PS3.18 §8.3.5); recent renderings come from :class:`RenderCache`."""
+    if record.pixel is None or not record.frames:
+        return _render(store, record, number, params)
+    frame_key = record.frames[min(number, len(record.frames)) - 1] if number >= 1 else ""
+    defaults = tuple(sorted((record.render or {}).items()))
+    key = (frame_key, record.pixel, number, params, defaults, record.header_key)
+    return _RENDERED.get_or_render(key, lambda: _render(store, record, number, params))
+
+
+def _render(store: StudyStore, record: InstanceRecord, number: int, params: RenderParams) -> bytes:
+    """Render one frame, decoded at the smallest sufficient HTJ2K resolution."""
     pixel = record.pixel
     if pixel is None:
         raise NotFound(f"instance {record.sop_uid} has no pixel data to render")
