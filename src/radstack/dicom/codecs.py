@@ -23,6 +23,7 @@ from radstack.dicom.transfer_syntax import HTJ2K_RPCL, NATIVE_SYNTAXES, name_of
 from radstack.errors import CannotUnderstand, TransferSyntaxNotSupported
 
 __all__ = [
+    "HTJ2K_PHOTOMETRIC",
     "PixelInfo",
     "decode_frame",
     "decode_htj2k",
@@ -30,6 +31,9 @@ __all__ = [
     "htj2k_resolution_prefixes",
 ]
 
+#: Photometric interpretations radstack stores as HTJ2K: RGB uses the reversible colour transform, so
+#: an HTJ2K Part-10 file of it says YBR_RCT (PS3.5 §8.2.14); other colour spaces stay native.
+HTJ2K_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"})
 #: Tile-parts split by resolution (imagecodecs' ``tilepart`` flag 1 = R, 2 = C).
 _TILEPART_BY_RESOLUTION = 1
 _SOT = b"\xff\x90"

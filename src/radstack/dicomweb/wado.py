@@ -33,6 +33,7 @@ from pydicom.uid import (
 )
 
 from radstack.dicom.codecs import (
+    HTJ2K_PHOTOMETRIC,
     PixelInfo,
     array_to_native_frame,
     decode_frame,
@@ -41,6 +42,7 @@ from radstack.dicom.codecs import (
     htj2k_read_levels,
     htj2k_resolution_prefixes,
 )
+from radstack.dicom.header import PIXEL_DATA
 from radstack.dicom.json_model import element_path
 from radstack.dicom.render import RenderParams, VoiFunctionValues, encode_image, fit_size, to_display
 from radstack.dicom.transfer_syntax import (
@@ -70,7 +72,6 @@ _EXPLICIT_LE = str(ExplicitVRLittleEndian)
 _IMPLICIT_LE = str(ImplicitVRLittleEndian)
 _HTJ2K_FAMILY = frozenset({HTJ2K_RPCL, str(HTJ2KLossless), str(HTJ2K)})
 _J2K_FAMILY = frozenset({str(JPEG2000Lossless), str(JPEG2000)})
-_PIXEL_DATA = 0x7FE00010
 #: What the samples of a decoded lossy frame are, given the stored photometric interpretation.
 _DECODED_PHOTOMETRIC = {"YBR_FULL_422": "YBR_FULL", "YBR_ICT": "RGB", "YBR_RCT": "RGB"}
 
@@ -87,23 +88,22 @@ class FramePart:
 def can_produce(record: InstanceRecord, syntax: str) -> bool:
     """True when frames of ``record`` can be delivered in ``syntax`` without lossy re-encoding."""
     stored = record.frame_syntax
-    if stored is None:  # no pixel data: the whole object is served in a native syntax
-        return syntax in NATIVE_SYNTAXES and syntax != "1.2.840.10008.1.2.1.99"
-    if syntax == stored:
-        return True
     if syntax in (_EXPLICIT_LE, _IMPLICIT_LE):
+        return True  # every stored object can be written little endian, decoding frames if need be
+    if stored is None:  # no pixel data: only the little endian syntaxes above
+        return False
+    if syntax == stored:
         return True
     pixel = record.pixel
     assert pixel is not None
     lossless_source = kind_of(stored) is not SyntaxKindValues.LOSSY and pixel.bits_allocated in (8, 16, 32)
     if syntax in _HTJ2K_FAMILY:
-        return stored == HTJ2K_RPCL or (lossless_source and pixel.photometric_interpretation in _HTJ2K_PI)
+        return stored == HTJ2K_RPCL or (
+            lossless_source and pixel.photometric_interpretation in HTJ2K_PHOTOMETRIC
+        )
     if syntax in _J2K_FAMILY:
         return lossless_source and pixel.samples_per_pixel == 1 and pixel.bits_allocated in (8, 16)
     return False
-
-
-_HTJ2K_PI = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"})
 
 
 def stored_syntax(record: InstanceRecord) -> str:
@@ -335,7 +335,7 @@ def part10(store: StudyStore, record: InstanceRecord, syntax: str | None) -> byt
 def bulkdata(store: StudyStore, record: InstanceRecord, path: str) -> bytes:
     """The value of the (possibly nested) element named by a BulkDataURI suffix."""
     pieces = [p for p in path.split("/") if p]
-    if pieces == [f"{_PIXEL_DATA:08X}"] and record.pixel is not None:
+    if pieces == [f"{PIXEL_DATA:08X}"] and record.pixel is not None:
         return b"".join(
             frame_in(store, record, n, _EXPLICIT_LE) for n in range(1, record.pixel.number_of_frames + 1)
         )

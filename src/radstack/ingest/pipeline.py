@@ -20,12 +20,14 @@ from typing import BinaryIO, Protocol
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from radstack.dicom.codecs import (
+    HTJ2K_PHOTOMETRIC,
     PixelInfo,
     array_to_native_frame,
     decode_frame,
@@ -33,7 +35,7 @@ from radstack.dicom.codecs import (
     native_frame_to_array,
 )
 from radstack.dicom.frames import encapsulated_frames, native_frames, pixel_info
-from radstack.dicom.header import encode_header, header_of, instance_json, raw_dataset_bytes
+from radstack.dicom.header import PIXEL_DATA, encode_header, header_of, instance_json, raw_dataset_bytes
 from radstack.dicom.transfer_syntax import HTJ2K_RPCL, SyntaxKindValues, kind_of, name_of
 from radstack.dicom.uids import check_uid
 from radstack.errors import (
@@ -58,11 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PIXEL_DATA = 0x7FE00010
 _EXPLICIT_LE = str(ExplicitVRLittleEndian)
-#: Photometric interpretations whose samples HTJ2K may carry (with the reversible colour transform
-#: for RGB); other colour spaces are kept as native samples.
-_HTJ2K_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB"})
 
 
 @dataclass
@@ -242,7 +240,7 @@ def prepare(
     crcs: list[int] = []
     frame_syntax: str | None = None
     info: PixelInfo | None = None
-    if _PIXEL_DATA in ds:
+    if PIXEL_DATA in ds:
         info = pixel_info(ds)
         frame_syntax, encoded, frame_identity, crcs, photometric = _frames_of(
             ds, info, transfer_syntax, encode
@@ -361,7 +359,7 @@ def render_defaults(ds: Dataset) -> dict[str, object]:
 
 
 def _htj2k_fits(info: PixelInfo, photometric: str) -> bool:
-    return photometric in _HTJ2K_PHOTOMETRIC and info.bits_allocated in (8, 16, 32)
+    return photometric in HTJ2K_PHOTOMETRIC and info.bits_allocated in (8, 16, 32)
 
 
 def _crc(array: NDArray[np.integer]) -> int:
@@ -379,11 +377,35 @@ def _read_bytes(source: BinaryIO | Path | bytes) -> bytes:
 
 def _read_part10(data: bytes) -> Dataset:
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=False)
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError as exc:
         raise CannotUnderstand(f"not a DICOM Part-10 file: {exc}") from exc
     except (EOFError, ValueError, KeyError, TypeError, OSError, IndexError, NotImplementedError) as exc:
         raise CannotUnderstand(f"the DICOM file is truncated or malformed: {exc}") from exc
+    _check_not_cut(data, ds)
+    return ds
+
+
+def _check_not_cut(data: bytes, ds: Dataset) -> None:
+    """pydicom stops quietly where a cut file ends: a short last value, or a partial element header.
+
+    A defined-length last element must end exactly at the end of the file (deflated files aside,
+    whose offsets refer to the inflated stream). Short Pixel Data is left to the pixel module
+    check, which names the expected and the actual length.
+    """
+    if not ds._dict or str(ds.file_meta.get("TransferSyntaxUID", "")) == str(DeflatedExplicitVRLittleEndian):
+        return
+    last = ds._dict[max(ds._dict)]
+    if last.tag == PIXEL_DATA or not isinstance(last, RawDataElement) or last.value_tell is None:
+        return
+    if last.length == 0xFFFFFFFF:
+        return
+    end = last.value_tell + last.length
+    if end != len(data):
+        raise CannotUnderstand(
+            f"the DICOM file is truncated: its last element {last.tag} ends at byte {end} but the file "
+            f"has {len(data)} bytes"
+        )
 
 
 def _str_or_none(value: object) -> str | None:
