@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from radstack.dicomweb.multipart import parse_media_type
 from tests.conftest import RunningServer
+from tests.helpers import dicom_body, instance_url, response_parts, stow, synthetic_ct
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"
@@ -27,7 +28,7 @@ HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"
 
 def multiframe(frames: int = 5, rows: int = 64, columns: int = 48) -> Dataset:
     """A synthetic 16-bit multi-frame image whose frames all differ."""
-    ds = copy.deepcopy(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    ds = copy.deepcopy(pydicom.dcmread(str(get_testdata_file("CT_small.dcm"))))
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
         generate_uid(),
         generate_uid(),
@@ -43,32 +44,11 @@ def multiframe(frames: int = 5, rows: int = 64, columns: int = 48) -> Dataset:
     return ds
 
 
-def parts(response: httpx.Response) -> list[tuple[str, bytes]]:
-    """Split a multipart/related response into (content type, body) pairs."""
-    _media, params = parse_media_type(response.headers["content-type"])
-    delimiter = b"--" + params["boundary"].encode()
-    out = []
-    for chunk in response.content.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, _, data = chunk.partition(b"\r\n\r\n")
-        headers = dict(line.split(": ", 1) for line in head.decode().strip().split("\r\n"))
-        out.append((headers["Content-Type"], data[:-2]))
-    return out
-
-
 @pytest.fixture
 def ct(server: RunningServer) -> Iterator[Dataset]:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     DICOMwebClient(server.dicomweb).store_instances([ds])
     yield ds
-
-
-def instance_url(server: RunningServer, ds: Dataset) -> str:
-    return (
-        f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +80,7 @@ def instance_url(server: RunningServer, ds: Dataset) -> str:
 def test_instance_negotiation(server: RunningServer, ct: Dataset, accept: str, syntax: str) -> None:
     response = httpx.get(instance_url(server, ct), headers={"Accept": accept})
     assert response.status_code == 200
-    [(content_type, data)] = parts(response)
+    [(content_type, data)] = response_parts(response)
     assert parse_media_type(content_type)[1]["transfer-syntax"] == syntax
     back = pydicom.dcmread(io.BytesIO(data))
     assert back.file_meta.TransferSyntaxUID == syntax
@@ -109,13 +89,13 @@ def test_instance_negotiation(server: RunningServer, ct: Dataset, accept: str, s
 
 
 def test_lossy_input_served_byte_for_byte(server: RunningServer) -> None:
-    original = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    original = pydicom.dcmread(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
     DICOMwebClient(server.dicomweb).store_instances([original])
     stored = httpx.get(
         instance_url(server, original),
         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
     )
-    back = pydicom.dcmread(io.BytesIO(parts(stored)[0][1]))
+    back = pydicom.dcmread(io.BytesIO(response_parts(stored)[0][1]))
     assert back.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert list(generate_frames(back.PixelData, number_of_frames=1)) == list(
         generate_frames(original.PixelData, number_of_frames=1)
@@ -124,22 +104,28 @@ def test_lossy_input_served_byte_for_byte(server: RunningServer) -> None:
         f"{instance_url(server, original)}/frames/1",
         headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
     )
-    [(content_type, data)] = parts(frame)
+    [(content_type, data)] = response_parts(frame)
     assert content_type.startswith("image/jpeg")
     assert data == next(generate_frames(original.PixelData, number_of_frames=1))
 
 
 @pytest.mark.parametrize(
-    "accept",
+    ("accept", "asked"),
     [
-        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
-        'multipart/related; type="application/pdf"',
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
+            "1.2.840.10008.1.2.4.50",  # JPEG baseline cannot carry 16-bit CT
+        ),
+        ('multipart/related; type="application/pdf"', "application/pdf"),
     ],
 )
-def test_unsatisfiable_accept_is_406(server: RunningServer, ct: Dataset, accept: str) -> None:
+def test_unsatisfiable_accept_is_406(server: RunningServer, ct: Dataset, accept: str, asked: str) -> None:
     response = httpx.get(instance_url(server, ct), headers={"Accept": accept})
     assert response.status_code == 406
-    assert "transfer-syntax" in response.json()["detail"]
+    assert response.headers["content-type"] == "application/problem+json"
+    detail = response.json()["detail"]
+    assert asked in detail, "the message names what was asked for"
+    assert 'type="application/dicom"' in detail and EXPLICIT_LE in detail, "and what is available"
 
 
 def test_metadata_at_every_level(server: RunningServer, ct: Dataset) -> None:
@@ -173,13 +159,15 @@ def test_frames_single_list_and_errors(server: RunningServer) -> None:
         f"{url}/1,3,5", headers={"Accept": 'multipart/related; type="application/octet-stream"'}
     )
     assert response.status_code == 200
-    got = [np.frombuffer(data, dtype="<u2").reshape(ds.Rows, ds.Columns) for _t, data in parts(response)]
+    got = [
+        np.frombuffer(data, dtype="<u2").reshape(ds.Rows, ds.Columns) for _t, data in response_parts(response)
+    ]
     assert [np.array_equal(g, cube[i]) for g, i in zip(got, (0, 2, 4), strict=True)] == [True] * 3
     stored = httpx.get(
         f"{url}/2",
         headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
     )
-    [(content_type, data)] = parts(stored)
+    [(content_type, data)] = response_parts(stored)
     assert content_type == f"image/jphc; transfer-syntax={HTJ2K_RPCL}"
     assert np.array_equal(imagecodecs.htj2k_decode(data), cube[1])
     bad = httpx.get(f"{url}/0")
@@ -269,7 +257,7 @@ def test_monochrome1_renders_inverted(server: RunningServer, ct: Dataset) -> Non
 
 def test_bulkdata(server: RunningServer, ct: Dataset) -> None:
     response = httpx.get(f"{instance_url(server, ct)}/bulkdata/7FE00010")
-    [(content_type, data)] = parts(response)
+    [(content_type, data)] = response_parts(response)
     assert content_type == "application/octet-stream"
     assert np.array_equal(np.frombuffer(data, dtype="<i2").reshape(ct.Rows, ct.Columns), ct.pixel_array)
     assert httpx.get(f"{instance_url(server, ct)}/bulkdata/00091001").status_code == 404
@@ -291,3 +279,41 @@ def test_render_cache_is_bounded_and_reuses_renderings() -> None:
     cache.get_or_render(("c",), lambda: make("c", 4))  # over 10 bytes: the oldest ("a") goes
     cache.get_or_render(("a",), lambda: make("a", 4))
     assert calls == ["a", "b", "c", "a"]
+
+
+def test_series_metadata_lists_every_instance_with_bulk_data_uris(server: RunningServer) -> None:
+    study, series = generate_uid(), generate_uid()
+    datasets = [synthetic_ct(study=study, series=series, seed=n) for n in range(3)]
+    blob = bytes(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8))
+    block = datasets[1].private_block(0x0009, "RADSTACK TEST", create=True)
+    block.add_new(0x10, "OB", blob)
+    assert stow(server, dicom_body(*datasets)).status_code == 200
+    base = f"{server.dicomweb}/studies/{study}"
+    for url in (f"{base}/metadata", f"{base}/series/{series}/metadata"):
+        for encoding in ("gzip", "identity"):
+            response = httpx.get(url, headers={"Accept-Encoding": encoding})
+            assert response.status_code == 200
+            items = {item["00080018"]["Value"][0]: item for item in response.json()}
+            assert sorted(items) == sorted(str(ds.SOPInstanceUID) for ds in datasets)
+            for ds in datasets:
+                pixel_uri = items[str(ds.SOPInstanceUID)]["7FE00010"]["BulkDataURI"]
+                assert pixel_uri.endswith(f"/instances/{ds.SOPInstanceUID}/bulkdata/7FE00010")
+            private = items[str(datasets[1].SOPInstanceUID)]["00091010"]
+            assert private["vr"] == "OB" and "InlineBinary" not in private
+    private_uri = httpx.get(f"{instance_url(server, datasets[1])}/metadata").json()[0]["00091010"][
+        "BulkDataURI"
+    ]
+    # root-relative (RFC 3986 §4.2): it resolves against the server the metadata came from
+    [(_type, value)] = response_parts(httpx.get(httpx.URL(server.url).join(private_uri)))
+    assert value == blob
+    [(_type, pixels)] = response_parts(httpx.get(f"{instance_url(server, datasets[2])}/bulkdata/7FE00010"))
+    assert pixels == datasets[2].PixelData
+
+
+def test_frames_in_an_unavailable_media_type_are_406(server: RunningServer) -> None:
+    ds = synthetic_ct()
+    assert stow(server, dicom_body(ds)).status_code == 200
+    response = httpx.get(f"{instance_url(server, ds)}/frames/1", headers={"Accept": "image/jpeg"})
+    assert response.status_code == 406
+    detail = response.json()["detail"]
+    assert "image/jpeg" in detail and "image/jphc" in detail and "application/octet-stream" in detail

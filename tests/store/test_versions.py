@@ -19,9 +19,9 @@ BOUNDARY = "v3rsions"
 
 
 def make_study(count: int = 3) -> list[Dataset]:
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    template = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     study, series = generate_uid(), generate_uid()
-    out = []
+    out: list[Dataset] = []
     for number in range(1, count + 1):
         ds = copy.deepcopy(template)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
@@ -83,6 +83,8 @@ def test_update_delete_revert(backend_server: RunningServer) -> None:
         f"{server.url}/api/v1/studies/{study}", json={"attributes": {"PatientName": "Renamed^Patient"}}
     )
     assert update.status_code == 200 and update.json()["version"] == 2
+    listed = httpx.get(f"{server.url}/api/v1/studies/{study}/versions").json()
+    assert [v["version"] for v in listed] == [1, 2]
     assert names(current_metadata(server, study).json()) == {"Renamed^Patient"}
     assert names(version_metadata(server, study, 1)) == {"Original^Name"}, "version 1 keeps the old name"
     assert np.array_equal(frame(server, datasets[1]), datasets[1].pixel_array), "updates never touch pixels"
@@ -90,10 +92,13 @@ def test_update_delete_revert(backend_server: RunningServer) -> None:
     revert = httpx.post(f"{server.url}/api/v1/studies/{study}/versions/1/revert")
     assert revert.json()["version"] == 3
     assert names(current_metadata(server, study).json()) == {"Original^Name"}
+    for ds in datasets:
+        assert np.array_equal(frame(server, ds), ds.pixel_array), "a revert keeps every instance's pixels"
 
     gone = datasets[2]
     url = f"{server.dicomweb}/studies/{study}/series/{gone.SeriesInstanceUID}/instances/{gone.SOPInstanceUID}"
-    assert httpx.delete(url).status_code == 204
+    deleted = httpx.delete(url)
+    assert deleted.status_code == 204 and deleted.headers["X-Radstack-Study-Version"] == "4"
     assert httpx.get(f"{url}/metadata").status_code == 404
     assert len(current_metadata(server, study).json()) == 2
     assert len(version_metadata(server, study, 3)) == 3, "the deleted instance is still in version 3"
@@ -139,6 +144,7 @@ def test_same_uid_new_content_is_a_new_version(backend_server: RunningServer) ->
     pixels = original.pixel_array.copy()
     pixels[10:20, 10:20] = 2000
     changed.PixelData = pixels.tobytes()
+    changed.ImageComments = "re-acquired"  # content attributes change with the pixels
     response = stow(server, [changed])
     assert response.status_code == 200
     assert "stays readable in the previous study version" in response.headers["Warning"]
@@ -150,6 +156,8 @@ def test_same_uid_new_content_is_a_new_version(backend_server: RunningServer) ->
     )
     assert document.headers["content-encoding"] == "gzip", "served as precompressed"
     assert len(document.json()) == 1  # httpx undoes the gzip
+    assert document.json()[0]["00204000"]["Value"] == ["Uncompressed"], "version 1 keeps the old attributes"
+    assert current_metadata(server, study).json()[0]["00204000"]["Value"] == ["re-acquired"]
     assert len(server.platform.store.list_instances(study, version=1)) == 1
     old = server.platform.store.list_instances(study, version=1)[0]
     new = server.platform.store.list_instances(study)[0]

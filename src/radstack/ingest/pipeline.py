@@ -40,6 +40,7 @@ from radstack.dicom.transfer_syntax import HTJ2K_RPCL, SyntaxKindValues, kind_of
 from radstack.dicom.uids import check_uid
 from radstack.errors import (
     CannotUnderstand,
+    DataSetMismatch,
     ProcessingFailure,
     RadstackError,
     StudyMismatch,
@@ -61,6 +62,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EXPLICIT_LE = str(ExplicitVRLittleEndian)
+_IMAGE_PIXEL_KEYWORDS = frozenset({"Rows", "Columns", "BitsAllocated"})
+#: Float Pixel Data and Double Float Pixel Data (PS3.3 §C.7.6.24): images without (7FE0,0010).
+_OTHER_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009})
 
 
 @dataclass
@@ -240,6 +244,13 @@ def prepare(
     crcs: list[int] = []
     frame_syntax: str | None = None
     info: PixelInfo | None = None
+    if PIXEL_DATA not in ds and _IMAGE_PIXEL_KEYWORDS.issubset(ds) and not _OTHER_PIXEL_TAGS & set(ds._dict):
+        # Rows, Columns and BitsAllocated promise an image (PS3.3 §C.7.6.3); a file cut just before
+        # its Pixel Data still parses, so this is where it is caught.
+        raise DataSetMismatch(
+            f"SOP instance {sop_uid} has an Image Pixel module (Rows, Columns, BitsAllocated) but no "
+            "PixelData (7FE0,0010): the file is cut or the pixels are missing"
+        )
     if PIXEL_DATA in ds:
         info = pixel_info(ds)
         frame_syntax, encoded, frame_identity, crcs, photometric = _frames_of(

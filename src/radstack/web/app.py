@@ -80,6 +80,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
         redoc_url=None,
+        # A UID with an encoded slash must be a 404, never a redirect to another resource.
+        redirect_slashes=False,
     )
     registry = CollectorRegistry()
     requests = Counter(
