@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_DOCUMENT_SETTLE_SECONDS = 0.2
 _INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
@@ -505,6 +507,9 @@ class StudyStore:
             self._doc_builder.submit(self._build_pending, study_uid)
 
     def _build_pending(self, study_uid: str) -> None:
+        # A short pause lets the next requests of a bulk send join this rebuild instead of queueing
+        # their own; a read that comes first builds the document itself.
+        time.sleep(_DOCUMENT_SETTLE_SECONDS)
         with self._doc_locks_guard:
             self._doc_pending.discard(study_uid)
         try:
