@@ -199,7 +199,7 @@ class StudyStore:
         self._doc_builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docs")
 
     def close(self) -> None:
-        self._doc_builder.shutdown(wait=True)
+        self._doc_builder.shutdown(wait=True, cancel_futures=True)  # documents rebuild on demand
         self.engine.dispose()
 
     # ------------------------------------------------------------------ transactions
