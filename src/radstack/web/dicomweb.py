@@ -85,8 +85,10 @@ async def stow_study(request: Request, study: str) -> Response:
 
 
 # ----------------------------------------------------------------------------- WADO-RS
-def _uids(study: str, series: str | None = None, instance: str | None = None) -> None:
-    check_uid(study, "StudyInstanceUID", in_request=True)
+def check_path_uids(study: str | None, series: str | None = None, instance: str | None = None) -> None:
+    """Refuse a malformed UID in any position of a request path (400), before it reaches SQL or a blob key."""
+    if study is not None:
+        check_uid(study, "StudyInstanceUID", in_request=True)
     if series is not None:
         check_uid(series, "SeriesInstanceUID", in_request=True)
     if instance is not None:
@@ -110,7 +112,7 @@ def _multipart(
 def _retrieve(
     request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
-    _uids(study, series, instance)
+    check_path_uids(study, series, instance)
     platform = platform_of(request)
     records = platform.store.current_instances(study, series, instance)
     syntax = wado.instance_syntax(parse_accept(request.headers.get("accept")), records)
@@ -147,7 +149,7 @@ def _check_json_accept(request: Request) -> None:
 
 
 def _metadata(request: Request, study: str, series: str | None = None) -> Response:
-    _uids(study, series)
+    check_path_uids(study, series)
     _check_json_accept(request)
     document = platform_of(request).store.metadata_document(study, series)
     return gzip_json(request, document)
@@ -176,7 +178,7 @@ async def series_metadata(request: Request, study: str, series: str) -> Response
     "/studies/{study}/series/{series}/instances/{instance}/metadata", summary="WADO-RS: instance metadata"
 )
 async def instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
-    _uids(study, series, instance)
+    check_path_uids(study, series, instance)
     _check_json_accept(request)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
@@ -191,7 +193,7 @@ async def retrieve_frames(
 ) -> Response:
     # Frames served as stored are one index lookup and one blob read (about a millisecond), cheaper
     # than a hop to the thread pool; frames that must be transcoded go to the pool.
-    _uids(study, series, instance)
+    check_path_uids(study, series, instance)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
     numbers = wado.parse_frame_list(frame_list, record)
@@ -244,7 +246,7 @@ def parse_byte_range(value: str, size: int) -> tuple[int, int]:
     "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:path}", summary="WADO-RS: bulk data"
 )
 def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, path: str) -> Response:
-    _uids(study, series, instance)
+    check_path_uids(study, series, instance)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
     data = wado.bulkdata(store, record, path)
@@ -279,7 +281,7 @@ def _render_params(request: Request, *, thumbnail: bool) -> RenderParams:
 def _rendered(
     request: Request, study: str, series: str | None, instance: str | None, frame: int, *, thumbnail: bool
 ) -> Response:
-    _uids(study, series, instance)
+    check_path_uids(study, series, instance)
     params = _render_params(request, thumbnail=thumbnail)
     platform = platform_of(request)
     if instance is None:
@@ -347,7 +349,7 @@ def thumbnail_frame(request: Request, study: str, series: str, instance: str, fr
 
 # ----------------------------------------------------------------------------- DELETE
 def _delete(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
-    _uids(study, series, instance)
+    check_path_uids(study, series, instance)
     platform = platform_of(request)
     version = versions.delete(platform.store, study, series, instance)
     return Response(status_code=204, headers={"X-Radstack-Study-Version": str(version)})

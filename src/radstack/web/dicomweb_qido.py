@@ -5,12 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from radstack.dicom.uids import check_uid
 from radstack.dicomweb import qido
 from radstack.dicomweb.accept import parse_accept
 from radstack.errors import NotAcceptable
 from radstack.store.matching import Query, QueryLevelValues, parse_query
-from radstack.web.dicomweb import base_url, dicom_json, platform_of, warning_header
+from radstack.web.dicomweb import base_url, check_path_uids, dicom_json, platform_of, warning_header
 
 __all__ = ["router"]
 
@@ -43,8 +42,7 @@ def search_studies(request: Request) -> Response:
 
 
 def _series(request: Request, study: str | None) -> Response:
-    if study is not None:
-        check_uid(study, "StudyInstanceUID", in_request=True)
+    check_path_uids(study)
     query = _query(request, QueryLevelValues.SERIES)
     platform = platform_of(request)
     return _respond(
@@ -69,10 +67,7 @@ def search_study_series(request: Request, study: str) -> Response:
 
 
 def _instances(request: Request, study: str | None, series: str | None) -> Response:
-    if study is not None:
-        check_uid(study, "StudyInstanceUID", in_request=True)
-    if series is not None:
-        check_uid(series, "SeriesInstanceUID", in_request=True)
+    check_path_uids(study, series)
     query = _query(request, QueryLevelValues.IMAGE)
     platform = platform_of(request)
     return _respond(
