@@ -27,7 +27,6 @@ class Settings(BaseSettings):
     no_workers: bool = False
     database_url: str = ""
     blob_url: str = ""
-    queue_url: str = ""
     #: STOW request bodies above this many bytes are refused with 413 before they are read.
     max_request_bytes: int = Field(default=2 * 1024**3, gt=0)
     #: QIDO never returns more than this many matches per request (PS3.18 §8.3.4.4 ``limit``).
