@@ -225,13 +225,14 @@ class StudyStore:
     # ------------------------------------------------------------------ ingest
     def find_duplicate(self, sop_uid: str, content_hash: str) -> bool:
         """True when this exact content is already the current instance ``sop_uid``."""
-        with self._session() as session:
-            stored = session.scalar(
-                select(InstanceRow.content_hash).where(
-                    InstanceRow.sop_uid == sop_uid, InstanceRow.version_removed.is_(None)
+        table = _INSTANCES
+        with self.engine.connect() as connection:
+            stored = connection.execute(
+                select(table.c.content_hash).where(
+                    table.c.sop_uid == sop_uid, table.c.version_removed.is_(None)
                 )
-            )
-        return stored == content_hash
+            ).scalar()
+        return bool(stored == content_hash)
 
     def commit_instance(self, new: NewInstance, batch: Batch) -> CommitOutcome:
         """Make ``new`` visible: the last step of ingest, one transaction.
@@ -374,7 +375,7 @@ class StudyStore:
         self, study_uid: str, series_uid: str | None = None, *, version: int | None = None
     ) -> list[InstanceRecord]:
         """Instances of a study (or series), current or as of ``version``, in series/instance order."""
-        query = select(InstanceRow).where(InstanceRow.study_uid == study_uid)
+        query = select(_INSTANCES).where(InstanceRow.study_uid == study_uid)
         if series_uid is not None:
             query = query.where(InstanceRow.series_uid == series_uid)
         if version is None:
@@ -385,8 +386,8 @@ class StudyStore:
                 (InstanceRow.version_removed.is_(None)) | (InstanceRow.version_removed > version),
             )
         query = query.order_by(InstanceRow.series_uid, InstanceRow.instance_number, InstanceRow.sop_uid)
-        with self._session() as session:
-            rows = session.scalars(query).all()
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
         return [InstanceRecord.from_row(r) for r in rows]
 
     def current_instances(
