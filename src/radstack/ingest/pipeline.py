@@ -62,6 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EXPLICIT_LE = str(ExplicitVRLittleEndian)
+_LARGEST_FOR_WORKERS = 256 * 1024 * 1024
 _IMAGE_PIXEL_KEYWORDS = frozenset({"Rows", "Columns", "BitsAllocated"})
 #: Float Pixel Data and Double Float Pixel Data (PS3.3 §C.7.6.24): images without (7FE0,0010).
 _OTHER_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009})
@@ -122,7 +123,9 @@ def ingest_file(
         data = _read_bytes(source)
     except OSError as exc:
         return IngestResult(error=CannotUnderstand(f"the file cannot be read: {exc.strerror or exc}"))
-    result, prepared = (analyser or analyse_file)(data, expected_study, encode)
+    # A very large object is analysed here rather than copied to a worker process and back.
+    run = analyser if analyser is not None and len(data) <= _LARGEST_FOR_WORKERS else analyse_file
+    result, prepared = run(data, expected_study, encode)
     if prepared is not None:
         _store(store, prepared, batch, result)
     return result
