@@ -263,6 +263,12 @@ def frames(
         yield FramePart(content_type, frame_in(store, record, number, syntax))
 
 
+def _htj2k_frame(store: StudyStore, record: InstanceRecord, number: int) -> bytes:
+    if record.frame_syntax != HTJ2K_RPCL or record.pixel is None:
+        raise NotFound(f"frames of instance {record.sop_uid} are not stored as HTJ2K; no resolution levels")
+    return stored_frame(store, record, number)
+
+
 def resolution_levels(store: StudyStore, record: InstanceRecord, number: int) -> list[dict[str, int]]:
     """Progressive access: each HTJ2K resolution level of a frame with its size and byte prefix.
 
@@ -270,31 +276,28 @@ def resolution_levels(store: StudyStore, record: InstanceRecord, number: int) ->
     frame (``Range: bytes=0-{bytes-1}`` on the frame URL with ``Accept: image/jphc``) gives a
     codestream that decodes to that level.
     """
-    if record.frame_syntax != HTJ2K_RPCL or record.pixel is None:
-        raise NotFound(f"frames of instance {record.sop_uid} are not stored as HTJ2K; no resolution levels")
-    data = stored_frame(store, record, number)
-    prefixes = htj2k_resolution_prefixes(data)
-    count = len(prefixes)
-    levels = []
-    for level, prefix in enumerate(prefixes):
-        scale = 2 ** (count - 1 - level)
-        levels.append(
-            {
-                "level": level,
-                "columns": math.ceil(record.pixel.columns / scale),
-                "rows": math.ceil(record.pixel.rows / scale),
-                "bytes": prefix,
-            }
-        )
-    return levels
+    prefixes = htj2k_resolution_prefixes(_htj2k_frame(store, record, number))
+    pixel = record.pixel
+    assert pixel is not None
+    top = len(prefixes) - 1
+    return [
+        {
+            "level": level,
+            "columns": math.ceil(pixel.columns / 2 ** (top - level)),
+            "rows": math.ceil(pixel.rows / 2 ** (top - level)),
+            "bytes": prefix,
+        }
+        for level, prefix in enumerate(prefixes)
+    ]
 
 
 def frame_at_level(store: StudyStore, record: InstanceRecord, number: int, level: int) -> bytes:
-    """A self-contained HTJ2K codestream of frame ``number`` at resolution ``level``."""
-    levels = resolution_levels(store, record, number)
-    if not 0 <= level < len(levels):
-        raise BadRequest(f"level {level} does not exist; levels 0 to {len(levels) - 1} are available")
-    return htj2k_prefix(stored_frame(store, record, number), level)
+    """A self-contained HTJ2K codestream of frame ``number`` at resolution ``level`` (one blob read)."""
+    data = _htj2k_frame(store, record, number)
+    count = len(htj2k_resolution_prefixes(data))
+    if not 0 <= level < count:
+        raise BadRequest(f"level {level} does not exist; levels 0 to {count - 1} are available")
+    return htj2k_prefix(data, level)
 
 
 # --------------------------------------------------------------------------- instances
@@ -397,12 +400,12 @@ _RENDERED = RenderCache()
 
 
 def render(store: StudyStore, record: InstanceRecord, number: int, params: RenderParams) -> bytes:
-    """A frame rendered for display (PS3.18 §8.3.5); recent renderings come from :class:`RenderCache`."""
-    if record.pixel is None or not record.frames:
-        return _render(store, record, number, params)
-    frame_key = record.frames[min(number, len(record.frames)) - 1] if number >= 1 else ""
-    defaults = tuple(sorted((record.render or {}).items()))
-    key = (frame_key, record.pixel, number, params, defaults, record.header_key)
+    """A frame rendered for display (PS3.18 §8.3.5); recent renderings come from :class:`RenderCache`.
+
+    The header and frame blob keys are content hashes, so the cache key names the exact content
+    (the cache can be shared by every store in the process).
+    """
+    key = (record.header_key, tuple(record.frames), number, params)
     return _RENDERED.get_or_render(key, lambda: _render(store, record, number, params))
 
 

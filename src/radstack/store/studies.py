@@ -293,7 +293,6 @@ class StudyStore:
 
         outcome = self._write(work)
         if outcome.outcome is not StoreOutcomeValues.DUPLICATE:
-            batch.versions.setdefault(new.study_uid, outcome.version)
             batch.touched.add(new.study_uid)
         return outcome
 
