@@ -25,8 +25,9 @@ class Platform:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_index_engine(settings.resolved_database_url)
         migrate(engine)
-        store = StudyStore(engine, open_blob_store(settings.resolved_blob_url))
-        analyser = IngestPool(settings.ingest_processes) if settings.ingest_processes else None
+        blob_url = settings.resolved_blob_url
+        store = StudyStore(engine, open_blob_store(blob_url))
+        analyser = IngestPool(settings.ingest_processes, blob_url) if settings.ingest_processes else None
         return cls(settings=settings, store=store, analyser=analyser)
 
     def close(self) -> None:

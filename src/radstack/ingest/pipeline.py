@@ -1,6 +1,6 @@
 """The one ingest pipeline: STOW-RS today, C-STORE, import jobs and drop folders later.
 
-parse → validate → dedupe → split frames → encode → write blobs → commit the index row last.
+parse → validate → split frames → encode → write blobs → commit the index row last (or find a duplicate).
 
 Frames of native or lossless input are re-encoded as HTJ2K lossless RPCL (PS3.5 §8.2.14); lossy
 frames are kept byte for byte; a CRC32 of each frame's decoded samples is stored with the instance.
@@ -14,6 +14,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -46,7 +47,7 @@ from radstack.errors import (
     StudyMismatch,
     TransferSyntaxNotSupported,
 )
-from radstack.store.blobs import content_key
+from radstack.store.blobs import BlobStore, content_key
 from radstack.store.studies import Batch, NewInstance, StoreOutcomeValues, StudyStore
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "ingest_dataset",
     "ingest_file",
     "render_defaults",
+    "stage_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,11 +100,11 @@ class Prepared:
 
 
 class Analyser(Protocol):
-    """Runs :func:`analyse_file` somewhere: in the calling thread, or in an ingest process."""
+    """Runs :func:`stage_file` somewhere: in the calling thread, or in an ingest process."""
 
     def __call__(
         self, data: bytes, expected_study: str | None, encode: bool
-    ) -> tuple[IngestResult, Prepared | None]: ...
+    ) -> tuple[IngestResult, NewInstance | None]: ...
 
 
 def ingest_file(
@@ -116,18 +118,19 @@ def ingest_file(
 ) -> IngestResult:
     """Ingest one DICOM Part-10 file (PS3.10 §7). Never raises for a client's mistake.
 
-    The CPU-bound part (parse, validate, decode, encode) runs in ``analyser`` (an ingest process
-    pool in the server); writing blobs and committing the index row happen here.
+    The CPU-bound part and the blob writes (parse, validate, decode, encode, write) run in
+    ``analyser`` (an ingest process pool in the server); the index row is committed here.
     """
     try:
         data = _read_bytes(source)
     except OSError as exc:
         return IngestResult(error=CannotUnderstand(f"the file cannot be read: {exc.strerror or exc}"))
     # A very large object is analysed here rather than copied to a worker process and back.
-    run = analyser if analyser is not None and len(data) <= _LARGEST_FOR_WORKERS else analyse_file
-    result, prepared = run(data, expected_study, encode)
-    if prepared is not None:
-        _store(store, prepared, batch, result)
+    if analyser is None or len(data) > _LARGEST_FOR_WORKERS:
+        analyser = partial(stage_file, store.blobs)
+    result, new = analyser(data, expected_study, encode)
+    if new is not None:
+        _commit(store, new, batch, result)
     return result
 
 
@@ -141,9 +144,22 @@ def ingest_dataset(
 ) -> IngestResult:
     """Ingest a parsed data set whose ``file_meta`` names its transfer syntax (C-STORE, imports)."""
     result, prepared = _analyse(ds, expected_study, encode, size=0, raw_dataset=None)
-    if prepared is not None:
-        _store(store, prepared, batch, result)
+    new = _write_blobs(store.blobs, prepared, result)
+    if new is not None:
+        _commit(store, new, batch, result)
     return result
+
+
+def stage_file(
+    blobs: BlobStore, data: bytes, expected_study: str | None, encode: bool
+) -> tuple[IngestResult, NewInstance | None]:
+    """Analyse one Part-10 file and write its blobs: everything but the index row (the Analyser).
+
+    Blobs are content-addressed, so staging an instance that turns out to be a duplicate writes
+    nothing new.
+    """
+    result, prepared = analyse_file(data, expected_study, encode)
+    return result, _write_blobs(blobs, prepared, result)
 
 
 def analyse_file(
@@ -186,17 +202,32 @@ def _analyse(
     return result, prepared
 
 
-def _store(store: StudyStore, prepared: Prepared, batch: Batch, result: IngestResult) -> None:
-    """Dedupe, write the blobs, then commit the index row (the last step makes it visible)."""
+def _write_blobs(blobs: BlobStore, prepared: Prepared | None, result: IngestResult) -> NewInstance | None:
+    """Write the frames, header and JSON of ``prepared``: the step before the index row."""
+    if prepared is None:
+        return None
     new = prepared.new
     try:
-        if store.find_duplicate(new.sop_uid, new.content_hash):
-            result.outcome = StoreOutcomeValues.DUPLICATE
-            return
         for key, frame in zip(new.frames, prepared.frames, strict=True):
-            store.blobs.put(key, frame)
-        store.blobs.put(new.header_key, prepared.header_bytes)
-        store.blobs.put(new.json_key, prepared.json_bytes)
+            blobs.put(key, frame)
+        blobs.put(new.header_key, prepared.header_bytes)
+        blobs.put(new.json_key, prepared.json_bytes)
+    except RadstackError as exc:
+        result.error = exc
+        return None
+    except Exception as exc:  # an I/O failure or a bug: no row refers to these blobs, keep serving
+        log.exception("writing the blobs of SOP instance %s failed", new.sop_uid)
+        result.error = ProcessingFailure(f"internal error while storing: {type(exc).__name__}")
+        return None
+    return new
+
+
+def _commit(store: StudyStore, new: NewInstance, batch: Batch, result: IngestResult) -> None:
+    """Commit the index row of staged blobs: the last step, which makes the instance visible.
+
+    The same content as the current instance is a duplicate and changes nothing.
+    """
+    try:
         result.outcome = store.commit_instance(new, batch).outcome
         if result.outcome is StoreOutcomeValues.REPLACED:
             result.warnings.append(
@@ -205,8 +236,8 @@ def _store(store: StudyStore, prepared: Prepared, batch: Batch, result: IngestRe
             )
     except RadstackError as exc:
         result.error = exc
-    except Exception as exc:  # an I/O failure or a bug: nothing partial is visible, keep serving
-        log.exception("storing SOP instance %s failed", new.sop_uid)
+    except Exception as exc:  # a database failure or a bug: nothing partial is visible, keep serving
+        log.exception("committing SOP instance %s failed", new.sop_uid)
         result.error = ProcessingFailure(f"internal error while storing: {type(exc).__name__}")
 
 

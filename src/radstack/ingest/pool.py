@@ -1,7 +1,9 @@
 """Ingest processes: the CPU-bound half of ingest (parse, decode, HTJ2K encode) off the GIL.
 
 Parsing with pydicom and building DICOM JSON hold the GIL; in worker processes they run on every
-core, and a codec that crashes on hostile input kills a worker, not the server.
+core, and a codec that crashes on hostile input kills a worker, not the server. Workers also write
+the blobs they produce, so frames are never copied back to the server process; only the index row
+to be travels back, and the server commits it.
 """
 
 from __future__ import annotations
@@ -13,35 +15,59 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from radstack.errors import ProcessingFailure
-from radstack.ingest.pipeline import IngestResult, Prepared, analyse_file
+from radstack.ingest.pipeline import IngestResult, stage_file
+from radstack.store.blobs import BlobStore, open_blob_store
+from radstack.store.studies import NewInstance
 
 __all__ = ["IngestPool"]
 
+_blobs: BlobStore | None = None
 
-def _warm_up() -> None:
-    """Import the codecs once per worker so the first instance does not pay for it."""
+
+def _start_worker(blob_url: str) -> None:
+    """Open the blob store once per worker and import the codecs, so the first instance is not slower."""
+    global _blobs
     import imagecodecs  # noqa: F401
     import pydicom.pixels  # noqa: F401
+
+    _blobs = open_blob_store(blob_url)
+
+
+def _ready() -> None:
+    """Nothing: submitted once per worker at start, so every worker is spawned and warm."""
+
+
+def _stage(data: bytes, expected_study: str | None, encode: bool) -> tuple[IngestResult, NewInstance | None]:
+    assert _blobs is not None, "the worker initialiser opens the blob store"
+    return stage_file(_blobs, data, expected_study, encode)
 
 
 class IngestPool:
     """An :class:`~radstack.ingest.pipeline.Analyser` backed by a pool of worker processes."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, blob_url: str) -> None:
         self.processes = processes if processes > 0 else (os.cpu_count() or 1)
+        self.blob_url = blob_url
         self._lock = threading.Lock()
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
+        """Start every worker now: spawning one and importing the codecs takes about a second, which
+        the first instances of a STOW request would otherwise wait for."""
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.processes, mp_context=context, initializer=_warm_up)
+        executor = ProcessPoolExecutor(
+            self.processes, mp_context=context, initializer=_start_worker, initargs=(self.blob_url,)
+        )
+        for future in [executor.submit(_ready) for _ in range(self.processes)]:
+            future.result()
+        return executor
 
     def __call__(
         self, data: bytes, expected_study: str | None, encode: bool
-    ) -> tuple[IngestResult, Prepared | None]:
+    ) -> tuple[IngestResult, NewInstance | None]:
         executor = self._executor
         try:
-            return executor.submit(analyse_file, data, expected_study, encode).result()
+            return executor.submit(_stage, data, expected_study, encode).result()
         except BrokenProcessPool:
             with self._lock:
                 if self._executor is executor:
