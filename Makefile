@@ -30,6 +30,7 @@ test: install lint
 
 bench: install
 	$(BIN)/python bench/dicomweb.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real radstack server on a free loopback port, over SQLite or PostgreSQL."""
+"""Shared fixtures: a real radstack server on a free loopback port, over SQLite or PostgreSQL; an S3 server."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import uvicorn
@@ -17,6 +18,9 @@ import uvicorn
 from radstack.config import Settings
 from radstack.platform import Platform
 from radstack.web.app import create_app
+
+if TYPE_CHECKING:
+    from tests.s3 import MotoServer
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -50,9 +54,17 @@ class RunningServer:
     def dicomweb(self) -> str:
         return f"{self.url}/dicomweb"
 
+    @property
+    def dicom_port(self) -> int:
+        """Port of the server's DIMSE listener (AE title ``platform.settings.ae_title``)."""
+        return self.platform.settings.dicom_port
+
 
 def start_server(settings: Settings) -> Iterator[RunningServer]:
-    """Run ``create_app(settings)`` under uvicorn in a thread until the generator is closed."""
+    """Run ``create_app(settings)`` under uvicorn in a thread until the generator is closed.
+
+    The app's lifespan also starts the DIMSE listener on ``settings.dicom_port`` (0: none).
+    """
     platform = Platform.open(settings)
     app = create_app(settings, platform)
     config = uvicorn.Config(
@@ -78,7 +90,9 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
 def settings(tmp_path: Path) -> Settings:
     # Ingest runs in the request thread here (starting worker processes costs a second per server);
     # the corpus test runs the same pipeline through the process pool.
-    return Settings(data_dir=tmp_path / "data", http_port=free_port(), ingest_processes=0)
+    return Settings(
+        data_dir=tmp_path / "data", http_port=free_port(), dicom_port=free_port(), ingest_processes=0
+    )
 
 
 @pytest.fixture
@@ -124,7 +138,11 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
     """Settings for a fresh index on each backend: SQLite in the data dir, or a new PostgreSQL database."""
     database_url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database_url"))
     return Settings(
-        data_dir=tmp_path / "data", http_port=free_port(), database_url=database_url, ingest_processes=0
+        data_dir=tmp_path / "data",
+        http_port=free_port(),
+        dicom_port=free_port(),
+        database_url=database_url,
+        ingest_processes=0,
     )
 
 
@@ -132,3 +150,26 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
 def backend_server(backend_settings: Settings) -> Iterator[RunningServer]:
     """A running server over :func:`backend_settings` (one per backend)."""
     yield from start_server(backend_settings)
+
+
+# ----------------------------------------------------------------------------- S3 (moto server)
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """A real S3-protocol server (moto in server mode) in its own process for the session."""
+    from tests.s3 import MotoServer
+
+    server = MotoServer(port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh bucket on the session's S3 server, reached by boto3's standard environment variables
+    (``AWS_ENDPOINT_URL_S3``, dummy credentials) set for this test only."""
+    from tests.s3 import create_bucket, use_s3
+
+    return create_bucket(use_s3(monkeypatch, s3_server.endpoint, tmp_path))

@@ -2,12 +2,61 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["PeerSetting", "Settings", "check_ae_title", "check_host"]
+
+#: A host name or an IPv4/IPv6 address: no spaces, slashes or other URL syntax.
+_HOST = re.compile(r"[A-Za-z0-9._:\-\[\]%]{1,255}")
+
+
+def check_ae_title(value: str) -> str:
+    """An AE title without its insignificant spaces; ``ValueError`` unless valid (PS3.5 §6.2, VR AE)."""
+    stripped = value.strip(" ")
+    if (
+        not 0 < len(stripped) <= 16
+        or "\\" in stripped
+        or not stripped.isprintable()
+        or not stripped.isascii()
+    ):
+        raise ValueError(
+            f"AE title {value!r} must be 1 to 16 printable ASCII characters without a backslash (PS3.5 §6.2)"
+        )
+    return stripped
+
+
+def check_host(value: str) -> str:
+    """A peer's host name or IP address, stripped; ``ValueError`` unless it is one."""
+    host = value.strip()
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"host {value!r} is not a host name or IP address")
+    return host
+
+
+class PeerSetting(BaseModel):
+    """A DICOM peer named in configuration (``RADSTACK_PEERS``): a C-MOVE destination."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        return check_host(value)
 
 
 class Settings(BaseSettings):
@@ -22,9 +71,37 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    #: DIMSE listener port (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE); 0 runs no listener.
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     ae_title: str = "RADSTACK"
+    #: C-MOVE destinations known from configuration, as JSON:
+    #: ``[{"ae_title": "PACS", "host": "10.0.0.5", "port": 104}]``. More can be added through
+    #: ``/api/v1/peers``; those live in the index database.
+    peers: list[PeerSetting] = Field(default_factory=list)
+    #: Calling AE titles allowed to associate (comma-separated or a JSON list); empty allows any.
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Run no job consumers in this process (jobs then run in ``radstack worker`` processes).
     no_workers: bool = False
+    #: Job queue: empty for a SQLite queue in the data dir, or ``redis://host:port/db``.
+    queue_url: str = ""
+    #: Job consumer threads per process.
+    queue_workers: int = Field(default=2, ge=1)
+    #: Runs of a job before it is DEAD (failures retried with exponential backoff in between).
+    job_max_attempts: int = Field(default=5, ge=1)
+    #: A running job renews its lease as it progresses; one whose lease runs out lost its worker
+    #: (a crash, a kill -9) and is resumed by another consumer.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    #: The drop folder: files put into ``<inbox>/incoming/`` are ingested and moved to
+    #: ``processed/`` or ``failed/``; empty means ``<data_dir>/inbox``.
+    inbox_dir: Path | None = None
+    watch_inbox: bool = True
+    #: A dropped file is taken once its size and mtime have not changed for this long.
+    inbox_settle_seconds: float = Field(default=2.0, ge=0)
+    #: A study with no change for this long is stable: ``study.stable`` is published and routing
+    #: rules run.
+    stable_seconds: float = Field(default=30.0, gt=0)
+    #: URLs every event is POSTed to (JSON), with retries; comma-separated or a JSON list.
+    event_webhooks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     database_url: str = ""
     blob_url: str = ""
     #: STOW request bodies above this many bytes are refused with 413 before they are read.
@@ -40,13 +117,57 @@ class Settings(BaseSettings):
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
-        if not 0 < len(value) <= 16 or "\\" in value or not value.isprintable():
-            raise ValueError(f"AE title {value!r} must be 1 to 16 printable characters (PS3.5 §6.2)")
+        return check_ae_title(value)
+
+    @field_validator("event_webhooks", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return (
+                json.loads(text)
+                if text.startswith("[")
+                else [v.strip() for v in text.split(",") if v.strip()]
+            )
+        return value
+
+    @field_validator("event_webhooks")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook URL {url!r} must start with http:// or https://")
+        return value
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _split_ae_titles(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _check_ae_titles(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(check_ae_title(v) for v in value))
+
+    @field_validator("peers")
+    @classmethod
+    def _unique_peers(cls, value: list[PeerSetting]) -> list[PeerSetting]:
+        titles = [p.ae_title for p in value]
+        duplicates = sorted({t for t in titles if titles.count(t) > 1})
+        if duplicates:
+            raise ValueError(f"peer AE titles must be unique; {', '.join(duplicates)} appear more than once")
         return value
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
+
+    @property
+    def resolved_inbox_dir(self) -> Path:
+        return (self.inbox_dir or self.data_dir / "inbox").resolve()
 
     @property
     def resolved_blob_url(self) -> str:

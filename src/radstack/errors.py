@@ -15,6 +15,7 @@ __all__ = [
     "CannotUnderstand",
     "Conflict",
     "DataSetMismatch",
+    "IdentifierMismatch",
     "NotAcceptable",
     "NotFound",
     "OutOfResources",
@@ -65,6 +66,14 @@ class DataSetMismatch(RadstackError):
     """0xA900: the data set violates its IOD (missing or malformed required attributes)."""
 
     title = "Data set does not match SOP class"
+    dicom_status = 0xA900
+
+
+class IdentifierMismatch(RadstackError):
+    """0xA900: a C-FIND, C-GET or C-MOVE identifier that the information model cannot answer
+    (PS3.4 §C.4.1.1.4, §C.4.2.1.5, §C.4.3.1.4: Identifier does not match SOP Class)."""
+
+    title = "Identifier does not match SOP class"
     dicom_status = 0xA900
 
 

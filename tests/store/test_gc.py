@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
 from radstack.config import Settings
@@ -19,8 +20,14 @@ from radstack.store.gc import collect_garbage
 from radstack.store.studies import Batch
 
 
-def test_gc_removes_orphans_and_keeps_every_version(tmp_path: Path) -> None:
-    platform = Platform.open(Settings(data_dir=tmp_path, ingest_processes=0))
+@pytest.fixture(params=["file", "s3"])
+def blob_url(request: pytest.FixtureRequest) -> str:
+    """The default blob store in the data dir, or a bucket on a real S3-protocol server."""
+    return "" if request.param == "file" else f"s3://{request.getfixturevalue('s3_bucket')}/gc"
+
+
+def test_gc_removes_orphans_and_keeps_every_version(tmp_path: Path, blob_url: str) -> None:
+    platform = Platform.open(Settings(data_dir=tmp_path, blob_url=blob_url, ingest_processes=0))
     store = platform.store
     try:
         path = Path(get_testdata_file("CT_small.dcm") or "")

@@ -46,12 +46,12 @@ def collect_garbage(store: StudyStore, *, grace_seconds: float = 3600.0) -> GcRe
         }
     examined = removed = 0
     for prefix in _CONTENT_PREFIXES:
-        for key, written in list(store.blobs.list(prefix)):
+        for key, written, _size in list(store.blobs.list(prefix)):
             examined += 1
             if key not in referenced and written < cutoff:
                 store.blobs.delete(key)
                 removed += 1
-    for key, written in list(store.blobs.list("docs")):
+    for key, written, _size in list(store.blobs.list("docs")):
         examined += 1
         if key.rsplit("/", 1)[0] not in current_docs and written < cutoff:
             store.blobs.delete(key)

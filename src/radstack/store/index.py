@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 
 __all__ = ["create_index_engine", "migrate"]
@@ -44,7 +44,18 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     return cfg
 
 
+#: PostgreSQL advisory lock key held while migrating, so nodes starting together migrate one at a time.
+_MIGRATION_LOCK = 0x7261647374616B  # "radstak"
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the index schema to the newest Alembic revision."""
+    """Bring the index schema to the newest Alembic revision.
+
+    On PostgreSQL the upgrade holds a transaction-level advisory lock: several ``radstack serve`` and
+    ``radstack worker`` processes starting at once on a new database migrate one after the other
+    (the later ones find the schema current). SQLite's own write lock serialises them there.
+    """
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         command.upgrade(alembic_config(connection), "head")

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "InstanceRow", "SeriesRow", "StudyRow", "StudyVersionRow"]
+__all__ = ["Base", "InstanceRow", "PeerRow", "SeriesRow", "StudyRow", "StudyVersionRow"]
 
 UID = String(64)
 
@@ -124,3 +124,15 @@ class StudyVersionRow(Base):
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PeerRow(Base):
+    """A DICOM peer (C-MOVE destination) added through the API; configured peers are not stored."""
+
+    __tablename__ = "peers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

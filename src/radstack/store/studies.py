@@ -271,7 +271,9 @@ class StudyStore:
             versions = {id(item.batch): dict(item.batch.versions) for item in group}
             try:
                 outcomes = self._write(
-                    lambda session: [self._commit_one(session, new=item.new, batch=item.batch) for item in group]
+                    lambda session: [
+                        self._commit_one(session, new=item.new, batch=item.batch) for item in group
+                    ]
                 )
             except Exception:
                 for item in group:  # the versions the rolled-back transaction handed out are void

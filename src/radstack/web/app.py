@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -60,16 +61,31 @@ class MetricsMiddleware:
 
 
 def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
-    """Build the radstack HTTP application for ``settings``."""
-    from radstack.web import api_v1, dicomweb, dicomweb_qido
+    """Build the radstack HTTP application for ``settings``.
+
+    The app's lifespan runs the platform's services: the DIMSE listener (unless ``dicom_port`` is
+    0) and the job consumers and drop-folder watcher (unless ``no_workers``) start with the app and stop before the
+    platform closes.
+    """
+    from radstack.dimse import DimseServer
+    from radstack.web import api_v1, dicomweb, dicomweb_qido, jobs, peers, workflows
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = platform or Platform.open(settings)
         app.state.platform = opened
+        dimse = DimseServer(opened) if opened.settings.dicom_port else None
         try:
+            if dimse is not None:
+                dimse.start()
+            if not opened.settings.no_workers:
+                opened.start_workers()
+            app.state.dimse = dimse
             yield
         finally:
+            if dimse is not None:
+                await to_thread.run_sync(dimse.stop)
+            await to_thread.run_sync(opened.stop_workers)
             if platform is None:
                 opened.close()
 
@@ -146,4 +162,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(dicomweb_qido.router, prefix="/dicomweb")
     app.include_router(dicomweb.router, prefix="/dicomweb")
     app.include_router(api_v1.router, prefix="/api/v1")
+    app.include_router(peers.router, prefix="/api/v1")
+    app.include_router(jobs.router, prefix="/api/v1")
+    app.include_router(workflows.router, prefix="/api/v1")
     return app

@@ -1,0 +1,185 @@
+"""Study workflows: ``study.stable`` detection, the event log, and webhook delivery.
+
+A study is *stable* when no change reached it for ``stable_seconds`` (the modality has finished
+sending). The monitor then submits one ``study-stable`` job per (study, change): the job publishes
+the ``study.stable`` event and runs the routing rules (:mod:`radstack.jobs.routing`). The job
+record is created before the study is marked as handled, and its client token names the study and
+its change, so a crash in between, or two nodes watching at once, neither lose nor double it.
+
+Events are rows in the index (``/api/v1/events`` streams them as server-sent events, resumable
+with ``Last-Event-ID``) and are POSTed to every configured webhook by a retrying job: delivery is
+at least once, and each event carries its id so a receiver can drop repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from radstack.errors import BadRequest, ProcessingFailure
+from radstack.jobs.models import EventRow, StudyWorkflowRow
+from radstack.jobs.periodic import Periodic
+from radstack.jobs.queue import JobContext, JobQueue
+from radstack.store.models import StudyRow
+
+__all__ = ["STABLE_KIND", "WEBHOOK_KIND", "Event", "EventLog", "StabilityMonitor", "deliver_webhook"]
+
+STABLE_KIND = "study-stable"
+WEBHOOK_KIND = "webhook"
+_WEBHOOK_TIMEOUT = 10.0
+
+log = logging.getLogger(__name__)
+JsonDict = dict[str, Any]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    type: str
+    study_uid: str | None
+    data: JsonDict
+    created_at: datetime
+
+    def as_json(self) -> JsonDict:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "study_uid": self.study_uid,
+            "time": self.created_at.isoformat(),
+            "data": self.data,
+        }
+
+
+class EventLog:
+    """Publish events (a row each, then one webhook job per configured URL) and read them back."""
+
+    def __init__(self, engine: Engine, jobs: JobQueue, webhooks: list[str]) -> None:
+        self.engine = engine
+        self.jobs = jobs
+        self.webhooks = webhooks
+
+    def publish(self, type_: str, study_uid: str | None, data: JsonDict) -> Event:
+        now = _now()
+        with self.engine.begin() as connection:
+            key = connection.execute(
+                insert(EventRow).values(
+                    type=type_, study_uid=study_uid, data=json.dumps(data), created_at=now
+                )
+            ).inserted_primary_key
+        assert key is not None
+        event = Event(int(key[0]), type_, study_uid, data, now)
+        for index, url in enumerate(self.webhooks):
+            self.jobs.submit(
+                WEBHOOK_KIND, {"url": url, "event": event.as_json()}, client_token=f"event:{event.id}:{index}"
+            )
+        return event
+
+    def since(self, last_id: int, *, limit: int = 100) -> list[Event]:
+        columns = EventRow.__table__.c
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(EventRow).where(columns.id > last_id).order_by(columns.id).limit(limit)
+            ).all()
+        return [Event(r.id, r.type, r.study_uid, json.loads(r.data), r.created_at) for r in rows]
+
+    def last_id(self) -> int:
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(select(func.coalesce(func.max(EventRow.__table__.c.id), 0))).scalar_one()
+            )
+
+
+class StabilityMonitor:
+    """Finds studies that stopped changing and submits their ``study-stable`` jobs."""
+
+    def __init__(
+        self, engine: Engine, jobs: JobQueue, *, stable_seconds: float, poll_seconds: float = 1.0
+    ) -> None:
+        self.engine = engine
+        self.jobs = jobs
+        self.stable_seconds = stable_seconds
+        self.poll_seconds = poll_seconds
+        self.thread = Periodic("study-stable", poll_seconds, self.check)
+
+    def check(self) -> int:
+        """Submit a job for every study stable since its last change; returns how many."""
+        studies, handled = StudyRow.__table__.c, StudyWorkflowRow.__table__.c
+        quiet_since = _now() - timedelta(seconds=self.stable_seconds)
+        with self.engine.connect() as connection:
+            due = connection.execute(
+                select(studies.study_uid, studies.change_seq)
+                .select_from(
+                    StudyRow.__table__.outerjoin(
+                        StudyWorkflowRow.__table__, handled.study_uid == studies.study_uid
+                    )
+                )
+                .where(
+                    studies.updated_at <= quiet_since,
+                    studies.num_instances > 0,
+                    or_(handled.stable_seq.is_(None), handled.stable_seq < studies.change_seq),
+                )
+                .limit(200)
+            ).all()
+        for study_uid, change_seq in due:
+            # The job first (its token makes it unique), then the mark: a crash in between leaves a
+            # queued job that the sweep runs, never a study marked stable with no job.
+            self.jobs.submit(
+                STABLE_KIND,
+                {"study_uid": study_uid, "change_seq": change_seq},
+                client_token=f"stable:{study_uid}:{change_seq}",
+            )
+            self._mark(study_uid, change_seq)
+        return len(due)
+
+    def _mark(self, study_uid: str, change_seq: int) -> None:
+        handled = StudyWorkflowRow.__table__.c
+        now = _now()
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(StudyWorkflowRow).values(study_uid=study_uid, stable_seq=change_seq, stable_at=now)
+                )
+        except IntegrityError:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(StudyWorkflowRow)
+                    .where(and_(handled.study_uid == study_uid, handled.stable_seq < change_seq))
+                    .values(stable_seq=change_seq, stable_at=now)
+                )
+
+
+def deliver_webhook(context: JobContext) -> JsonDict:
+    """POST one event to one webhook URL (the ``webhook`` job); a 4xx answer is final, others retry."""
+    url = str(context.job.params["url"])
+    body = json.dumps(context.job.params["event"]).encode()
+    return {"url": url, "status": post_json(url, body)}
+
+
+def post_json(url: str, body: bytes) -> int:
+    """POST ``body`` as JSON; raises :class:`BadRequest` for a 4xx, :class:`ProcessingFailure` otherwise."""
+    if not url.startswith(("http://", "https://")):
+        raise BadRequest(f"webhook URL {url!r} must be http:// or https://")
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=_WEBHOOK_TIMEOUT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        if 400 <= exc.code < 500 and exc.code not in (408, 429):
+            raise BadRequest(f"webhook {url} refused the event: HTTP {exc.code}") from None
+        raise ProcessingFailure(f"webhook {url} answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ProcessingFailure(f"webhook {url} cannot be reached: {exc}") from None

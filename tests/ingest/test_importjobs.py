@@ -1,0 +1,227 @@
+"""Import jobs through the API and the CLI: recursive scan, progress, manifests, idempotence, and a
+``kill -9`` of the server in the middle of a 1,000-file import."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from tests.conftest import RunningServer
+from tests.helpers import part10, synthetic_ct
+from tests.processes import ServerProcess
+
+TERMINAL = {"SUCCEEDED", "FAILED", "DEAD"}
+
+
+def start_import(server_url: str, source: Path | str, token: str | None = None) -> httpx.Response:
+    body = {"source": str(source), **({"client_token": token} if token else {})}
+    return httpx.post(f"{server_url}/api/v1/import-jobs", json=body, timeout=30)
+
+
+def wait_done(server_url: str, job_id: str, timeout: float = 120) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, object] = httpx.get(f"{server_url}/api/v1/import-jobs/{job_id}", timeout=30).json()
+        if job["state"] in TERMINAL:
+            return job
+        assert time.monotonic() < deadline, f"import job {job_id} did not finish: {job}"
+        time.sleep(0.1)
+
+
+def manifest(server_url: str, job_id: str, name: str) -> list[dict[str, object]]:
+    response = httpx.get(f"{server_url}/api/v1/import-jobs/{job_id}/{name}.ndjson", timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    """A small archive: real files in nested folders, a synthetic series, a garbage file, a DICOMDIR."""
+    root = tmp_path / "archive"
+    (root / "ct" / "day1").mkdir(parents=True)
+    (root / "mr").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm") or "", root / "ct" / "day1" / "IM0001")
+    shutil.copy(get_testdata_file("MR_small.dcm") or "", root / "mr" / "IM0001.dcm")
+    for n in range(3):
+        (root / "ct" / f"synthetic-{n}.dcm").write_bytes(
+            part10(synthetic_ct(seed=n, study="1.2.826.0.1.3680043.8.498.7"))
+        )
+    (root / "notes.txt").write_text("not DICOM at all")
+    shutil.copy(get_testdata_file("DICOMDIR") or "", root / "DICOMDIR")
+    return root
+
+
+def test_import_job_stores_a_tree_reports_progress_and_manifests(
+    server: RunningServer, archive: Path
+) -> None:
+    response = start_import(server.url, archive, token="nightly-2024-01-02")
+    assert response.status_code == 202, response.text
+    job = wait_done(server.url, response.json()["id"])
+    assert job["state"] == "SUCCEEDED", job
+    progress = job["progress"]
+    assert isinstance(progress, dict)
+    sizes = sum(p.stat().st_size for p in archive.rglob("*") if p.is_file())
+    assert progress["files_total"] == progress["files_done"] == 7
+    assert progress["bytes_total"] == progress["bytes_done"] == sizes
+    assert (progress["stored"], progress["duplicate"], progress["failed"]) == (5, 0, 2)
+
+    success = manifest(server.url, str(job["id"]), "success")
+    assert {line["path"] for line in success} == {
+        "ct/day1/IM0001",
+        "mr/IM0001.dcm",
+        "ct/synthetic-0.dcm",
+        "ct/synthetic-1.dcm",
+        "ct/synthetic-2.dcm",
+    }
+    ct = pydicom.dcmread(archive / "ct" / "day1" / "IM0001")
+    assert {"path": "ct/day1/IM0001", "sop_uid": ct.SOPInstanceUID, "outcome": "stored"}.items() <= next(
+        line for line in success if line["path"] == "ct/day1/IM0001"
+    ).items()
+    failures = {line["path"]: line for line in manifest(server.url, str(job["id"]), "failure")}
+    assert set(failures) == {"notes.txt", "DICOMDIR"}
+    assert "not a DICOM Part-10 file" in str(failures["notes.txt"]["reason"])
+    assert failures["notes.txt"]["status"] == 0xC000
+    assert "DICOMDIR" in str(failures["DICOMDIR"]["reason"])
+
+    studies = httpx.get(f"{server.dicomweb}/studies").json()
+    assert len(studies) == 3
+
+    # A retry of the same request (same client token) gets the same job back, not a new import.
+    again = start_import(server.url, archive, token="nightly-2024-01-02")
+    assert again.status_code == 200 and again.json()["id"] == job["id"]
+
+    # Importing the same folder again stores nothing twice.
+    second = wait_done(server.url, start_import(server.url, archive).json()["id"])
+    assert second["progress"]["duplicate"] == 5 and second["progress"]["stored"] == 0  # type: ignore[index]
+    assert (
+        sum(
+            len(httpx.get(f"{server.dicomweb}/studies/{s['0020000D']['Value'][0]}/instances").json())
+            for s in studies
+        )
+        == 5
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [("relative/path", "must be an absolute directory path"), ("/no/such/archive", "is not a directory")],
+)
+def test_a_bad_source_is_a_problem_naming_it(server: RunningServer, source: str, reason: str) -> None:
+    response = start_import(server.url, source)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert source in response.json()["detail"] and reason in response.json()["detail"]
+
+
+def test_cli_import_shows_progress_and_is_idempotent(tmp_path: Path, archive: Path) -> None:
+    radstack = Path(sys.executable).with_name("radstack")
+    data = tmp_path / "data"
+    env = {**os.environ, "RADSTACK_INGEST_PROCESSES": "1"}
+    first = subprocess.run(
+        [str(radstack), "import", str(archive), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert first.returncode == 1, first.stderr  # two files were not stored
+    assert "7/7 files" in first.stderr and "[##############################]" in first.stderr
+    assert "SUCCEEDED: 7 of 7 files; 5 stored, 0 already stored, 0 replaced, 2 failed" in first.stdout
+    assert "failure.ndjson" in first.stderr
+    second = subprocess.run(
+        [str(radstack), "import", str(archive), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert "5 already stored" in second.stdout and "0 stored" in second.stdout
+
+
+# ------------------------------------------------------------------------------------ kill -9
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        tmp_path / "data", {"RADSTACK_JOB_LEASE_SECONDS": "2", "RADSTACK_INGEST_PROCESSES": "1"}
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_kill_9_in_the_middle_of_an_import_loses_and_doubles_nothing(
+    tmp_path: Path, served: ServerProcess
+) -> None:
+    source = tmp_path / "big-archive"
+    expected = set()
+    for n in range(1000):
+        folder = source / f"series-{n // 100:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ds = synthetic_ct(seed=n, rows=16, columns=16, study=f"1.2.826.0.1.3680043.8.498.9.{n // 250}")
+        (folder / f"{n:04d}.dcm").write_bytes(part10(ds))
+        expected.add(str(ds.SOPInstanceUID))
+
+    served.start()
+    job_id = start_import(served.url, source).json()["id"]
+    deadline = time.monotonic() + 120
+    while True:  # let it get well into the import, then kill the server outright
+        progress = httpx.get(f"{served.url}/api/v1/import-jobs/{job_id}").json()["progress"]
+        if progress.get("files_done", 0) >= 200:
+            break
+        assert time.monotonic() < deadline, "the import made no progress"
+        time.sleep(0.02)
+    served.kill()
+    assert progress["files_done"] < 1000, "the server was killed in the middle of the import"
+
+    served.start()
+    job = wait_done(served.url, job_id, timeout=240)
+    assert job["state"] == "SUCCEEDED", job
+    progress = job["progress"]
+    assert isinstance(progress, dict)
+    assert progress["files_done"] == 1000 and progress["failed"] == 0
+    assert progress["stored"] + progress["duplicate"] == 1000
+    stored: list[str] = []
+    for study in range(4):
+        instances = httpx.get(
+            f"{served.url}/dicomweb/studies/1.2.826.0.1.3680043.8.498.9.{study}/instances",
+            params={"limit": 1000},
+        ).json()
+        stored += [i["00080018"]["Value"][0] for i in instances]
+    assert len(stored) == len(set(stored)) == 1000, "every instance stored exactly once"
+    assert set(stored) == expected
+    assert len(manifest(served.url, job_id, "success")) == 1000
+
+
+def test_import_from_a_bucket_prefix(server: RunningServer, archive: Path, s3_bucket: str) -> None:
+    from radstack.store.blobs import S3BlobStore
+
+    bucket = S3BlobStore(s3_bucket, "exports/2024")
+    for path in sorted(p for p in archive.rglob("*") if p.is_file()):
+        bucket.put(path.relative_to(archive).as_posix(), path.read_bytes())
+    S3BlobStore(s3_bucket, "exports/2025").put("other.dcm", part10(synthetic_ct(seed=99)))
+
+    response = start_import(server.url, f"s3://{s3_bucket}/exports/2024/")
+    assert response.status_code == 202, response.text
+    job = wait_done(server.url, response.json()["id"])
+    assert job["state"] == "SUCCEEDED", job
+    assert job["params"] == {"source": f"s3://{s3_bucket}/exports/2024"}
+    progress = job["progress"]
+    assert isinstance(progress, dict)
+    assert (progress["files_total"], progress["stored"], progress["failed"]) == (7, 5, 2)
+    paths = {line["path"] for line in manifest(server.url, str(job["id"]), "success")}
+    assert "ct/day1/IM0001" in paths and "other.dcm" not in paths
+
+    missing = start_import(server.url, "s3://no-such-bucket/x")
+    assert missing.status_code == 400 and "no-such-bucket" in missing.json()["detail"]

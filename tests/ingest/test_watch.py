@@ -1,0 +1,104 @@
+"""The drop folder: settled files are ingested and moved; a file is never removed unless stored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from radstack.config import Settings
+from radstack.errors import OutOfResources
+from radstack.store.blobs import LocalBlobStore
+from tests.conftest import RunningServer, free_port, start_server
+from tests.helpers import part10, synthetic_ct
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[RunningServer]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        http_port=free_port(),
+        dicom_port=0,
+        ingest_processes=0,
+        inbox_dir=tmp_path / "inbox",
+        inbox_settle_seconds=1.5,
+    )
+    yield from start_server(settings)
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def test_dropped_files_are_stored_or_set_aside_with_a_reason(watched: RunningServer, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "incoming" / "modality-1").mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm") or "", inbox / "incoming" / "modality-1" / "ct.dcm")
+    (inbox / "incoming" / "garbage.dcm").write_bytes(b"\x00" * 300)
+
+    # A file still being copied: half of it now, the rest after a pause shorter than the settle time.
+    slow = part10(synthetic_ct(seed=3, study="1.2.826.0.1.3680043.8.498.44"))
+    growing = inbox / "incoming" / "slow.dcm"
+    growing.write_bytes(slow[: len(slow) // 2])
+    time.sleep(1.0)
+    with growing.open("ab") as handle:
+        handle.write(slow[len(slow) // 2 :])
+
+    wait_for(inbox / "processed" / "modality-1" / "ct.dcm")
+    wait_for(inbox / "processed" / "slow.dcm")
+    wait_for(inbox / "failed" / "garbage.dcm.reason.json")
+    assert (inbox / "failed" / "garbage.dcm").read_bytes() == b"\x00" * 300, (
+        "a refused file is kept as it was"
+    )
+    reason = json.loads((inbox / "failed" / "garbage.dcm.reason.json").read_text())
+    assert reason["status"] == 0xC000 and "not a DICOM Part-10 file" in reason["reason"]
+    assert not any((inbox / "incoming").rglob("*.dcm"))
+
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm") or "")
+    for study in (ct.StudyInstanceUID, "1.2.826.0.1.3680043.8.498.44"):
+        assert httpx.get(f"{watched.dicomweb}/studies/{study}/instances").status_code == 200
+    jobs = httpx.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json()
+    assert sorted(j["state"] for j in jobs) == ["SUCCEEDED"] * 3
+
+
+class _FullDisk(LocalBlobStore):
+    def put(self, key: str, data: bytes) -> None:
+        raise OutOfResources(f"blob store {self.root} is full: No space left on device")
+
+
+def test_a_file_stays_in_the_inbox_until_it_is_stored(
+    watched: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = watched.platform.store
+    healthy = store.blobs
+    assert isinstance(healthy, LocalBlobStore)
+    monkeypatch.setattr(store, "blobs", _FullDisk(healthy.root))
+    watched.platform.jobs.backoff_seconds = 0.1
+    inbox = tmp_path / "inbox"
+    dropped = inbox / "incoming" / "ct.dcm"
+    dropped.write_bytes(part10(synthetic_ct(seed=9)))
+
+    deadline = time.monotonic() + 30
+    while (
+        not (jobs := httpx.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json())
+        or jobs[0]["attempts"] < 2
+    ):
+        assert time.monotonic() < deadline, "the job was not retried"
+        time.sleep(0.1)
+    assert "is full" in jobs[0]["last_error"]
+    assert dropped.exists(), "nothing is moved or removed while it cannot be stored"
+    assert not any((inbox / "processed").iterdir()) and not any((inbox / "failed").iterdir())
+
+    monkeypatch.setattr(store, "blobs", healthy)  # space is freed: the next retry stores it
+    wait_for(inbox / "processed" / "ct.dcm")
+    assert not dropped.exists()

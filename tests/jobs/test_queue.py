@@ -1,0 +1,119 @@
+"""The durable job queue: real Huey (SQLite file, or Redis) consumers inside a running server.
+
+Job state lives in the database: retries with backoff, a dead letter after the last attempt, the
+requeue call, and a job whose worker vanished resumed by the sweep.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from radstack.errors import BadRequest
+from radstack.jobs import JobContext, JobState
+from tests.conftest import RunningServer
+
+
+def wait_for_state(
+    server: RunningServer, job_id: str, states: set[str], timeout: float = 30
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, object] = httpx.get(f"{server.url}/api/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stayed {job['state']}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def fast_retries(server: RunningServer) -> RunningServer:
+    server.platform.jobs.backoff_seconds = 0.05
+    return server
+
+
+def register(server: RunningServer, kind: str, handler: Callable[[JobContext], dict[str, object]]) -> None:
+    server.platform.jobs.register(kind, handler)
+
+
+def test_a_failing_job_is_retried_with_backoff_until_it_succeeds(fast_retries: RunningServer) -> None:
+    runs: list[float] = []
+
+    def flaky(context: JobContext) -> dict[str, object]:
+        runs.append(time.monotonic())
+        if len(runs) < 3:
+            raise OSError("the archive share is not mounted yet")
+        return {"done": context.job.params["n"]}
+
+    register(fast_retries, "flaky", flaky)
+    job, created = fast_retries.platform.jobs.submit("flaky", {"n": 7})
+    assert created
+    finished = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
+    assert finished["state"] == "SUCCEEDED" and finished["attempts"] == 3
+    assert finished["progress"] == {"done": 7}
+    # Backoff 0.05 s, then 0.1 s (the queue's scheduler wakes once a second, so it may wait longer).
+    assert runs[1] - runs[0] >= 0.05 and runs[2] - runs[1] >= 0.1
+
+
+def test_after_the_last_attempt_a_job_is_dead_until_requeued(fast_retries: RunningServer) -> None:
+    healthy = threading.Event()
+
+    def broken(context: JobContext) -> dict[str, object]:
+        if not healthy.is_set():
+            raise RuntimeError("the peer refused the association")
+        return {}
+
+    register(fast_retries, "broken", broken)
+    job, _ = fast_retries.platform.jobs.submit("broken", {})
+    dead = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
+    assert dead["state"] == "DEAD" and dead["attempts"] == fast_retries.platform.settings.job_max_attempts
+    assert "RuntimeError: the peer refused the association" in str(dead["last_error"])
+    letters = httpx.get(f"{fast_retries.url}/api/v1/jobs", params={"state": "DEAD"}).json()
+    assert [j["id"] for j in letters] == [job.id]
+
+    healthy.set()
+    requeued = httpx.post(f"{fast_retries.url}/api/v1/jobs/{job.id}/requeue")
+    assert requeued.status_code == 200 and requeued.json()["state"] in ("QUEUED", "RUNNING", "SUCCEEDED")
+    done = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
+    assert done["state"] == "SUCCEEDED" and done["attempts"] == 1
+
+    again = httpx.post(f"{fast_retries.url}/api/v1/jobs/{job.id}/requeue")
+    assert again.status_code == 409 and "only FAILED or DEAD" in again.json()["detail"]
+
+
+def test_a_client_mistake_fails_at_once_without_retries(fast_retries: RunningServer) -> None:
+    def picky(context: JobContext) -> dict[str, object]:
+        raise BadRequest("source '/nowhere' is not a directory this server can read")
+
+    register(fast_retries, "picky", picky)
+    job, _ = fast_retries.platform.jobs.submit("picky", {})
+    failed = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
+    assert failed["state"] == "FAILED" and failed["attempts"] == 1
+    assert "'/nowhere' is not a directory" in str(failed["last_error"])
+
+
+def test_a_job_whose_worker_vanished_is_resumed_by_the_sweep(server: RunningServer) -> None:
+    jobs = server.platform.jobs
+    register(server, "resumable", lambda context: {"resumed_on_attempt": context.job.attempts})
+    records = jobs.records
+    job, _ = records.create("resumable", {})  # recorded, no message: as if the queue lost it
+    stolen = records.claim(job.id)  # a worker took it and died without a trace
+    assert stolen is not None and stolen.state is JobState.RUNNING
+    assert jobs.execute(job.id) is None, "a job leased to a live worker is not run twice"
+
+    records.lease = records.lease * 0  # the dead worker's lease runs out
+    records.heartbeat(job.id)
+    assert jobs.sweep() == 1
+    done = wait_for_state(server, job.id, {"SUCCEEDED"})
+    assert done["progress"] == {"resumed_on_attempt": 2}
+
+
+def test_unknown_jobs_are_404_problems(server: RunningServer) -> None:
+    response = httpx.get(f"{server.url}/api/v1/jobs/0123456789abcdef")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "0123456789abcdef" in response.json()["detail"]

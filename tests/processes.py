@@ -1,0 +1,65 @@
+"""``radstack serve`` and ``radstack worker`` as real child processes (kill -9, many nodes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+
+RADSTACK = str(Path(sys.executable).with_name("radstack"))
+
+
+class ServerProcess:
+    """``radstack serve`` on a data dir that outlives it; ``env`` adds ``RADSTACK_*`` settings."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, *, dicom: bool = False) -> None:
+        self.data_dir = data_dir
+        self.env = env or {}
+        self.port = free_port()
+        self.dicom_port = free_port() if dicom else 0
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        argv = [RADSTACK, "serve", "--data-dir", str(self.data_dir), "--http-port", str(self.port)]
+        argv += ["--dicom-port", str(self.dicom_port), *extra]
+        self.process = subprocess.Popen(
+            argv, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.process.poll() is None, "radstack serve exited"
+            assert time.monotonic() < deadline, "radstack serve did not become ready"
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def start_worker(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``radstack worker`` consuming the queue named in ``env``."""
+    return subprocess.Popen(
+        [RADSTACK, "worker", "--data-dir", str(data_dir)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
