@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 from collections.abc import Iterable
+from typing import BinaryIO
 
 import httpx
 import numpy as np
@@ -12,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from radstack.dicomweb.multipart import parse_media_type
+from radstack.store.blobs import BlobStore, LocalBlobStore
 from tests.conftest import RunningServer
 
 BOUNDARY = "t3st-b0undary"
@@ -123,3 +126,17 @@ def response_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
         }
         out.append((headers["content-type"], data))
     return out
+
+
+class FullDisk(LocalBlobStore):
+    """The blob store of ``inner``'s directory on a disk that is full: every write of a new blob fails
+    with ENOSPC, as the operating system reports it (existing blobs stay readable)."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        assert isinstance(inner, LocalBlobStore)
+        super().__init__(inner.root)
+        self.refused = 0
+
+    def _write(self, handle: BinaryIO, data: bytes) -> None:
+        self.refused += 1
+        raise OSError(errno.ENOSPC, "No space left on device")

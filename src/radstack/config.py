@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     #: ``processed/`` or ``failed/``; empty means ``<data_dir>/inbox``.
     inbox_dir: Path | None = None
     watch_inbox: bool = True
+    #: A second drop folder under a bucket prefix (``s3://bucket/prefix``, with ``incoming/``,
+    #: ``processed/`` and ``failed/`` below it), polled like the directory.
+    inbox_url: str = ""
     #: A dropped file is taken once its size and mtime have not changed for this long.
     inbox_settle_seconds: float = Field(default=2.0, ge=0)
     #: A study with no change for this long is stable: ``study.stable`` is published and routing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from radstack.config import Settings
@@ -10,7 +10,7 @@ from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scu import send_instances
 from radstack.ingest.importjobs import IMPORT_KIND, ImportRunner
 from radstack.ingest.pool import IngestPool
-from radstack.ingest.watch import INBOX_KIND, InboxRunner, InboxWatcher
+from radstack.ingest.watch import INBOX_KIND, Inbox, InboxRunner, InboxWatcher, open_inbox
 from radstack.jobs.queue import JobQueue
 from radstack.jobs.records import JobStore
 from radstack.jobs.routing import ACTION_KIND, RouteActionRunner, RuleStore, StableStudyRunner
@@ -31,7 +31,8 @@ class Platform:
     rules: RuleStore
     peers: PeerRegistry
     analyser: IngestPool | None = None
-    watcher: InboxWatcher | None = None
+    inboxes: list[Inbox] = field(default_factory=list)
+    watchers: list[InboxWatcher] = field(default_factory=list)
     monitor: StabilityMonitor | None = None
 
     @classmethod
@@ -50,7 +51,10 @@ class Platform:
         # Two files per ingest process keep every process busy while the next file is read.
         parallel = 2 * analyser.processes if analyser is not None else 2
         jobs.register(IMPORT_KIND, ImportRunner(store, analyser, parallel))
-        jobs.register(INBOX_KIND, InboxRunner(settings.resolved_inbox_dir, store, analyser))
+        inboxes = [open_inbox(str(settings.resolved_inbox_dir))] if settings.watch_inbox else []
+        if settings.inbox_url:
+            inboxes.append(open_inbox(settings.inbox_url))
+        jobs.register(INBOX_KIND, InboxRunner({inbox.name: inbox for inbox in inboxes}, store, analyser))
         events = EventLog(engine, jobs, settings.event_webhooks)
         rules = RuleStore(engine)
         jobs.register(WEBHOOK_KIND, deliver_webhook)
@@ -64,6 +68,7 @@ class Platform:
             rules=rules,
             peers=peers,
             analyser=analyser,
+            inboxes=inboxes,
         )
         jobs.register(ACTION_KIND, RouteActionRunner(store, platform.forward))
         return platform
@@ -88,11 +93,11 @@ class Platform:
             self.stop_workers()
 
     def _start_monitors(self) -> None:
-        if self.settings.watch_inbox and self.watcher is None:
-            self.watcher = InboxWatcher(
-                self.settings.resolved_inbox_dir, self.jobs, settle_seconds=self.settings.inbox_settle_seconds
-            )
-            self.watcher.thread.start()
+        if not self.watchers:
+            settle = self.settings.inbox_settle_seconds
+            self.watchers = [InboxWatcher(inbox, self.jobs, settle_seconds=settle) for inbox in self.inboxes]
+            for watcher in self.watchers:
+                watcher.thread.start()
         if self.monitor is None:
             self.monitor = StabilityMonitor(
                 self.store.engine, self.jobs, stable_seconds=self.settings.stable_seconds
@@ -103,9 +108,9 @@ class Platform:
         if self.monitor is not None:
             self.monitor.thread.stop()
             self.monitor = None
-        if self.watcher is not None:
-            self.watcher.thread.stop()
-            self.watcher = None
+        for watcher in self.watchers:
+            watcher.thread.stop()
+        self.watchers = []
         self.jobs.stop_consumer()
 
     def close(self) -> None:

@@ -296,3 +296,27 @@ def test_error_comment_keeps_the_problem() -> None:
     assert error_comment("StudyInstanceUID is missing") == "StudyInstanceUID is missing"
     assert error_comment("Rows 2 × Columns 3\\4 (PS3.3 §C.7.6.3)") == "Rows 2 x Columns 3/4 (PS3.3 C.7.6.3)"
     assert error_comment("word " * 40).endswith("...") and len(error_comment("word " * 40)) <= 64
+
+
+def test_a_full_disk_is_0xa700_and_leaves_nothing_behind(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from radstack.store.blobs import LocalBlobStore
+    from tests.helpers import FullDisk
+
+    store_ = server.platform.store
+    healthy = store_.blobs
+    assert isinstance(healthy, LocalBlobStore)
+    before = {info.key for prefix in ("f", "h", "j") for info in healthy.list(prefix)}
+
+    monkeypatch.setattr(store_, "blobs", FullDisk(healthy))
+    ds = synthetic_ct(rows=32, columns=24)
+    [status] = store(server, ds)
+    assert status.Status == 0xA700 and status.ErrorComment == "the blob store is full"
+    monkeypatch.setattr(store_, "blobs", healthy)
+    after = {info.key for prefix in ("f", "h", "j") for info in healthy.list(prefix)}
+    assert after == before, "no blob of the refused instance"
+    response = httpx.get(
+        f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/metadata"
+    )
+    assert response.status_code == 404

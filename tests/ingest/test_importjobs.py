@@ -225,3 +225,24 @@ def test_import_from_a_bucket_prefix(server: RunningServer, archive: Path, s3_bu
 
     missing = start_import(server.url, "s3://no-such-bucket/x")
     assert missing.status_code == 400 and "no-such-bucket" in missing.json()["detail"]
+
+
+def test_a_file_that_vanishes_during_the_import_is_in_the_failure_manifest(
+    server: RunningServer, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from radstack.ingest import importjobs
+
+    doomed = archive / "ct" / "synthetic-1.dcm"
+    scan = importjobs._Directory.scan
+
+    def scan_then_delete(self: importjobs._Directory) -> Iterator[importjobs._File]:
+        files = list(scan(self))  # listed with its size, then gone before it is read
+        doomed.unlink()
+        yield from files
+
+    monkeypatch.setattr(importjobs._Directory, "scan", scan_then_delete)
+    job = wait_done(server.url, start_import(server.url, archive).json()["id"])
+    assert job["state"] == "SUCCEEDED"
+    failures = {line["path"]: line for line in manifest(server.url, str(job["id"]), "failure")}
+    assert failures["ct/synthetic-1.dcm"]["reason"] == "the file vanished before it was read"
+    assert job["progress"]["stored"] == 4  # type: ignore[index]

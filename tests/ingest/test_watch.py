@@ -14,10 +14,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from radstack.config import Settings
-from radstack.errors import OutOfResources
 from radstack.store.blobs import LocalBlobStore
 from tests.conftest import RunningServer, free_port, start_server
-from tests.helpers import part10, synthetic_ct
+from tests.helpers import FullDisk, part10, synthetic_ct
 
 
 @pytest.fixture
@@ -71,18 +70,13 @@ def test_dropped_files_are_stored_or_set_aside_with_a_reason(watched: RunningSer
     assert sorted(j["state"] for j in jobs) == ["SUCCEEDED"] * 3
 
 
-class _FullDisk(LocalBlobStore):
-    def put(self, key: str, data: bytes) -> None:
-        raise OutOfResources(f"blob store {self.root} is full: No space left on device")
-
-
 def test_a_file_stays_in_the_inbox_until_it_is_stored(
     watched: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = watched.platform.store
     healthy = store.blobs
     assert isinstance(healthy, LocalBlobStore)
-    monkeypatch.setattr(store, "blobs", _FullDisk(healthy.root))
+    monkeypatch.setattr(store, "blobs", FullDisk(healthy))
     watched.platform.jobs.backoff_seconds = 0.1
     inbox = tmp_path / "inbox"
     dropped = inbox / "incoming" / "ct.dcm"
@@ -102,3 +96,33 @@ def test_a_file_stays_in_the_inbox_until_it_is_stored(
     monkeypatch.setattr(store, "blobs", healthy)  # space is freed: the next retry stores it
     wait_for(inbox / "processed" / "ct.dcm")
     assert not dropped.exists()
+
+
+def test_a_bucket_inbox_is_polled_like_the_directory(tmp_path: Path, s3_bucket: str) -> None:
+    from radstack.store.blobs import S3BlobStore
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        http_port=free_port(),
+        dicom_port=0,
+        ingest_processes=0,
+        watch_inbox=False,
+        inbox_url=f"s3://{s3_bucket}/dropbox",
+        inbox_settle_seconds=0.5,
+    )
+    bucket = S3BlobStore(s3_bucket, "dropbox")
+    good = synthetic_ct(seed=21, study="1.2.826.0.1.3680043.8.498.45")
+    bucket.put("incoming/scanner-2/good.dcm", part10(good))
+    bucket.put("incoming/bad.dcm", b"DICM? no")
+    for server in start_server(settings):
+        deadline = time.monotonic() + 30
+        while not (
+            bucket.exists("processed/scanner-2/good.dcm") and bucket.exists("failed/bad.dcm.reason.json")
+        ):
+            assert time.monotonic() < deadline, [info.key for info in bucket.list("incoming")]
+            time.sleep(0.1)
+        assert [info.key for info in bucket.list("incoming")] == []
+        assert bucket.get("failed/bad.dcm") == b"DICM? no"
+        assert json.loads(bucket.get("failed/bad.dcm.reason.json"))["status"] == 0xC000
+        assert httpx.get(f"{server.dicomweb}/studies/{good.StudyInstanceUID}/instances").status_code == 200
+        assert not (tmp_path / "data" / "inbox").exists(), "the directory inbox is off"

@@ -249,3 +249,21 @@ def test_forwarding_to_an_unknown_peer_fails_with_the_reason(hub: RunningServer)
     assert stow(hub, dicom_body(*chest_series("1.2.826.0.1.3680043.8.498.66", 1))).status_code == 200
     job = finished_job(hub, "route-action")
     assert job["state"] == "FAILED" and "NOSUCHPEER" in job["last_error"]
+
+
+def test_a_peer_that_accepts_no_producible_syntax_fails_the_job_with_the_reason(hub: RunningServer) -> None:
+    from tests.dimse.helpers import StorageSCP
+
+    jpeg_only = StorageSCP("JPEGONLY", syntaxes=["1.2.840.10008.1.2.4.50"])  # JPEG baseline: lossy
+    try:
+        peer = {"host": "127.0.0.1", "port": jpeg_only.port}
+        assert httpx.put(f"{hub.url}/api/v1/peers/JPEGONLY", json=peer).status_code == 201
+        rule = {"name": "lossy-peer", "actions": [{"type": "forward", "peer": "JPEGONLY"}]}
+        assert httpx.put(f"{hub.url}/api/v1/routing-rules/lossy-peer", json=rule).status_code == 201
+        assert stow(hub, dicom_body(*chest_series("1.2.826.0.1.3680043.8.498.67", 1))).status_code == 200
+        job = finished_job(hub, "route-action")
+    finally:
+        jpeg_only.close()
+    assert job["state"] == "FAILED", "never re-encoded lossily, never retried in vain"
+    assert "accepted no transfer syntax radstack can send" in job["last_error"]
+    assert jpeg_only.received == []

@@ -14,24 +14,17 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from radstack.errors import OutOfResources
-from radstack.store.blobs import BlobStore, LocalBlobStore
 from radstack.store.studies import Batch, CommitOutcome, NewInstance, StudyStore
 from tests.conftest import RunningServer
-from tests.helpers import dicom_body, failure_reasons, instance_url, response_parts, stow, synthetic_ct
-
-
-class _FullDisk(LocalBlobStore):
-    """A blob store that refuses every new blob, as a full disk does (existing blobs stay readable)."""
-
-    def __init__(self, inner: BlobStore) -> None:
-        assert isinstance(inner, LocalBlobStore)
-        super().__init__(inner.root)
-        self.refused: list[str] = []
-
-    def put(self, key: str, data: bytes) -> None:
-        self.refused.append(key)
-        raise OutOfResources(f"blob store {self.root} is full: No space left on device")
+from tests.helpers import (
+    FullDisk,
+    dicom_body,
+    failure_reasons,
+    instance_url,
+    response_parts,
+    stow,
+    synthetic_ct,
+)
 
 
 @pytest.fixture
@@ -121,7 +114,7 @@ def test_full_disk_is_out_of_resources(server: RunningServer, existing: Dataset)
     failed = synthetic_ct(study=str(existing.StudyInstanceUID), seed=3)
     other_study = synthetic_ct(seed=4)
     document = store.metadata_document(str(existing.StudyInstanceUID))
-    healthy, full = store.blobs, _FullDisk(store.blobs)
+    healthy, full = store.blobs, FullDisk(store.blobs)
     store.blobs = full
     try:
         response = stow(server, dicom_body(failed, other_study))

@@ -97,6 +97,13 @@ def send_instances(
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if assoc.is_rejected:
         raise BadRequest(f"peer {peer.ae_title} at {peer.host}:{peer.port} rejected the association")
+    if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+        # pynetdicom aborts an association in which the peer accepted no presentation context.
+        refused = sorted({str(context.abstract_syntax) for context in assoc.rejected_contexts})
+        raise BadRequest(
+            f"peer {peer.ae_title} accepted no transfer syntax radstack can send for SOP class "
+            f"{', '.join(refused)} (proposed: the stored syntax, explicit and implicit VR little endian)"
+        )
     if not assoc.is_established:
         raise ProcessingFailure(f"peer {peer.ae_title} at {peer.host}:{peer.port} cannot be reached")
     offered = offered_syntaxes(assoc)

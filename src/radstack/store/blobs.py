@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -92,16 +92,20 @@ class LocalBlobStore:
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if self.fsync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                self._write(handle, data)
             os.replace(tmp, path)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutOfResources(f"blob store {self.root} is full: {exc.strerror}") from exc
+                # The meaning first: a DIMSE Error Comment keeps 64 characters and drops parentheses.
+                raise OutOfResources(f"the blob store is full ({exc.strerror}: {self.root})") from exc
             raise
+
+    def _write(self, handle: BinaryIO, data: bytes) -> None:
+        handle.write(data)
+        if self.fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def get(self, key: str) -> bytes:
         try:
