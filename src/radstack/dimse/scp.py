@@ -224,6 +224,10 @@ class DimseServer:
         settings = self.platform.settings
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_associations = _MAX_ASSOCIATIONS
+        # No limit on the PDUs we receive (PS3.8 §D.1): a sender splits a 512 KB CT slice into a few
+        # large PDUs instead of 32 of 16 KB, each costing a pass through pynetdicom's Python reactor
+        # (4 concurrent storescu associations: 52 → 72 instances/s on 2 cores).
+        ae.maximum_pdu_size = 0
         # Associations from other calling AE titles are rejected (A-ASSOCIATE-RJ, rejected-permanent,
         # service-user, calling AE title not recognised: PS3.8 §9.3.4).
         ae.require_calling_aet = list(settings.allowed_calling_aes)
