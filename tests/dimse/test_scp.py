@@ -128,7 +128,7 @@ def test_storescu_every_transfer_syntax(server: RunningServer, tmp_path: Path) -
         else:
             assert np.array_equal(pixels(read_back(server, ds)), pixels(ds)), name
         [version] = versions(server, ds.StudyInstanceUID)
-        assert (version["reason"], version["detail"]) == ("c-store", "calling AE MODALITY")
+        assert (version["reason"], version["detail"]) == ("c-store", "MODALITY")
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_one_association_is_one_study_version(server: RunningServer) -> None:
     first = [synthetic_ct(study=study, series=series, rows=16, columns=16, seed=i) for i in range(3)]
     assert [s.Status for s in store(server, *first)] == [0, 0, 0]
     [version] = versions(server, study)
-    assert version == {**version, "version": 1, "reason": "c-store", "detail": "calling AE TESTSCU"}
+    assert version == {**version, "version": 1, "reason": "c-store", "detail": "TESTSCU"}
     again = synthetic_ct(study=study, series=series, rows=16, columns=16, seed=9)
     assert [s.Status for s in store(server, again, first[0], calling="OTHERSCU")] == [
         0,

@@ -267,3 +267,24 @@ def test_a_peer_that_accepts_no_producible_syntax_fails_the_job_with_the_reason(
     assert job["state"] == "FAILED", "never re-encoded lossily, never retried in vain"
     assert "accepted no transfer syntax radstack can send" in job["last_error"]
     assert jpeg_only.received == []
+
+
+def test_rules_match_the_calling_ae_title_of_c_store(hub: RunningServer, receiver: Receiver) -> None:
+    from tests.dimse.helpers import store
+
+    rule = {
+        "name": "from-xray",
+        "conditions": {"CallingAETitle": ["XRAY*"]},
+        "actions": [{"type": "webhook", "url": receiver.url}],
+    }
+    assert httpx.put(f"{hub.url}/api/v1/routing-rules/from-xray", json=rule).status_code == 201
+    from_xray = chest_series("1.2.826.0.1.3680043.8.498.68", 1)
+    from_ct = chest_series("1.2.826.0.1.3680043.8.498.69", 1)
+    assert [s.Status for s in store(hub, *from_xray, calling="XRAY1")] == [0]
+    assert [s.Status for s in store(hub, *from_ct, calling="CT2")] == [0]
+    bodies = receiver.wait(3)  # two study.stable events and one route
+    stable = [b for b in bodies if b["type"] == "study.stable"]
+    routed = [b for b in bodies if b["type"] == "route"]
+    assert [b["study_uid"] for b in routed] == ["1.2.826.0.1.3680043.8.498.68"]
+    by_study = {b["study_uid"]: b["data"]["rules"] for b in stable}  # type: ignore[index]
+    assert by_study == {"1.2.826.0.1.3680043.8.498.68": ["from-xray"], "1.2.826.0.1.3680043.8.498.69": []}

@@ -319,7 +319,7 @@ class DimseServer:
         with self._lock:
             inbound = self._inbound.get(event.assoc)
             if inbound is None:
-                batch = Batch(reason="c-store", detail=f"calling AE {_calling(event)}")
+                batch = Batch(reason="c-store", detail=_calling(event))  # routing matches CallingAETitle on it
                 inbound = self._inbound[event.assoc] = _Inbound(batch)
             return inbound
 
