@@ -319,7 +319,8 @@ class DimseServer:
         with self._lock:
             inbound = self._inbound.get(event.assoc)
             if inbound is None:
-                batch = Batch(reason="c-store", detail=_calling(event))  # routing matches CallingAETitle on it
+                # The detail is the calling AE title: routing rules match CallingAETitle on it.
+                batch = Batch(reason="c-store", detail=_calling(event))
                 inbound = self._inbound[event.assoc] = _Inbound(batch)
             return inbound
 
