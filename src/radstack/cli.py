@@ -54,6 +54,23 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from radstack.security.audit import load_audit_key, verify
+    from radstack.store.index import create_index_engine, migrate
+
+    settings = _settings(args)
+    engine = create_index_engine(settings.resolved_database_url)
+    try:
+        migrate(engine)
+        report = verify(engine, load_audit_key(settings.data_dir, create=False))
+    finally:
+        engine.dispose()
+    print(report.summary())
+    for problem in report.problems[1:]:
+        print(f"  sequence {problem.seq}: {problem.message}")
+    return 0 if report.ok else 1
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
 
@@ -153,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     imp.add_argument("--client-token", help="idempotency token: the same token resumes the same job")
     imp.set_defaults(func=_import)
+    audit = commands.add_parser("audit", help="the tamper-evident audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_commands.add_parser(
+        "verify", help="check the audit chain; exit 1 if a record was edited, inserted or deleted"
+    )
+    audit_verify.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    audit_verify.set_defaults(func=_audit_verify)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.set_defaults(func=_worker)
