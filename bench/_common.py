@@ -73,6 +73,7 @@ def child_server(
     cwd: Path,
     timeout_s: float = 90.0,
     env: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server, wait until ``ready_url`` answers 200, yield it, and always stop it afterwards.
 
@@ -93,14 +94,19 @@ def child_server(
             start_new_session=True,
         )
         try:
-            _wait_ready(name, process, ready_url, timeout_s, log_path)
+            _wait_ready(name, process, ready_url, timeout_s, log_path, headers or {})
             yield process
         finally:
             _stop(process)
 
 
 def _wait_ready(
-    name: str, process: subprocess.Popen[bytes], url: str, timeout_s: float, log_path: Path
+    name: str,
+    process: subprocess.Popen[bytes],
+    url: str,
+    timeout_s: float,
+    log_path: Path,
+    headers: Mapping[str, str],
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -109,7 +115,7 @@ def _wait_ready(
                 f"{name} exited with status {process.returncode} before it was ready:\n{log_tail(log_path)}"
             )
         with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, headers=dict(headers), timeout=2).status_code == 200:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"{name} was not ready at {url} after {timeout_s:.0f} s:\n{log_tail(log_path)}")
@@ -143,3 +149,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "  ".join("-" * width for width in widths)
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def radstack_token(binary: Path, data_dir: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Authorization header of a new admin token for the radstack data dir (made if new)."""
+    token = subprocess.run(
+        [str(binary), "token", "create", "--user", "admin", "--label", "bench", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(env) if env is not None else None,
+    ).stdout.strip()
+    return {"Authorization": f"Bearer {token}"}

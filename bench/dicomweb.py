@@ -39,7 +39,7 @@ import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from _common import Timing, child_server, format_table, free_port, raise_on_sigterm
+from _common import Timing, child_server, format_table, free_port, radstack_token, raise_on_sigterm
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -299,6 +299,8 @@ class Server:
     name: str
     root: str  # DICOMweb root URL, no trailing slash
     version: str
+    #: Sent with every request (radstack's bearer token).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _work_dir(name: str, keep: bool, stack: contextlib.ExitStack) -> Path:
@@ -328,10 +330,18 @@ def start_radstack(stack: contextlib.ExitStack, keep: bool) -> Server:
     argv = [str(binary if binary.exists() else "radstack"), "serve", "--data-dir", str(work / "data")]
     argv += ["--http-port", str(port), "--dicom-port", str(free_port())]
     base = f"http://127.0.0.1:{port}"
+    headers = radstack_token(Path(argv[0]), work / "data")
     stack.enter_context(
-        child_server("radstack", argv, ready_url=f"{base}/readyz", log_path=work / "server.log", cwd=work)
+        child_server(
+            "radstack",
+            argv,
+            ready_url=f"{base}/readyz",
+            log_path=work / "server.log",
+            cwd=work,
+            headers=headers,
+        )
     )
-    return Server("radstack", f"{base}/dicomweb", _radstack_version())
+    return Server("radstack", f"{base}/dicomweb", _radstack_version(), headers)
 
 
 def orthanc_plugin() -> Path | None:
@@ -439,6 +449,7 @@ def stow(server: Server, batches: Sequence[Batch]) -> Ingest:
 
     def worker() -> None:
         with requests.Session() as session:
+            session.headers.update(server.headers)
             while True:
                 try:
                     batch = pending.get_nowait()
@@ -674,6 +685,7 @@ def measure(
         time.sleep(SETTLE_S)
         run = Run(server, ingest)
         with requests.Session() as session:
+            session.headers.update(server.headers)
             for step in steps:
                 outcome = run_step(session, server, step)
                 run.outcomes[step.name] = outcome

@@ -26,14 +26,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 import requests
 from pydicom.uid import generate_uid
 
-from _common import child_server, format_table, free_port, raise_on_sigterm
+from _common import child_server, format_table, free_port, radstack_token, raise_on_sigterm
 from dicomweb import ORTHANC_BINARY, OUT_DIR, Kind, environment, load_or_generate, orthanc_plugin
 
 IMPORT_FILES = 1000
@@ -49,6 +49,7 @@ class Dicom:
     port: int
     ae_title: str
     http: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -59,6 +60,7 @@ def radstack(extra_env: dict[str, str] | None = None) -> Iterator[Dicom]:
     argv = [str(binary), "serve", "--data-dir", str(work / "data"), "--http-port", str(http)]
     argv += ["--dicom-port", str(dicom)]
     env = {**os.environ, **(extra_env or {})}
+    headers = radstack_token(binary, work / "data", env)
     try:
         with child_server(
             "radstack",
@@ -67,8 +69,9 @@ def radstack(extra_env: dict[str, str] | None = None) -> Iterator[Dicom]:
             log_path=work / "server.log",
             cwd=work,
             env=env,
+            headers=headers,
         ):
-            yield Dicom("radstack", "127.0.0.1", dicom, "RADSTACK", f"http://127.0.0.1:{http}")
+            yield Dicom("radstack", "127.0.0.1", dicom, "RADSTACK", f"http://127.0.0.1:{http}", headers)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -131,10 +134,14 @@ def c_store_rate(server: Dicom, files: Sequence[Path], associations: int) -> flo
 
 def import_rate(server: Dicom, source: Path) -> float:
     started = time.perf_counter()
-    job = requests.post(f"{server.http}/api/v1/import-jobs", json={"source": str(source)}, timeout=30).json()
+    job = requests.post(
+        f"{server.http}/api/v1/import-jobs", json={"source": str(source)}, headers=server.headers, timeout=30
+    ).json()
     while job["state"] not in ("SUCCEEDED", "FAILED", "DEAD"):
         time.sleep(0.1)
-        job = requests.get(f"{server.http}/api/v1/import-jobs/{job['id']}", timeout=30).json()
+        job = requests.get(
+            f"{server.http}/api/v1/import-jobs/{job['id']}", headers=server.headers, timeout=30
+        ).json()
     elapsed = time.perf_counter() - started
     if job["state"] != "SUCCEEDED" or job["progress"]["stored"] != IMPORT_FILES:
         raise RuntimeError(f"import job ended {job['state']}: {job['progress']} {job['last_error']}")
@@ -144,7 +151,7 @@ def import_rate(server: Dicom, source: Path) -> float:
 def time_to_stable(server: Dicom, files: Sequence[Path]) -> float:
     """Seconds from the end of the last C-STORE to the study.stable event on the SSE stream."""
     arrived: list[float] = []
-    stream = requests.get(f"{server.http}/api/v1/events", stream=True, timeout=120)
+    stream = requests.get(f"{server.http}/api/v1/events", headers=server.headers, stream=True, timeout=120)
 
     def listen() -> None:
         for line in stream.iter_lines():

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
@@ -18,6 +18,8 @@ import uvicorn
 from radstack.config import Settings
 from radstack.platform import Platform
 from radstack.web.app import create_app
+from radstack.web.transport import uvicorn_tls_options
+from tests import authed
 
 if TYPE_CHECKING:
     from tests.s3 import MotoServer
@@ -49,6 +51,19 @@ def free_port() -> int:
 class RunningServer:
     url: str
     platform: Platform
+    #: An admin's API token; :mod:`tests.authed` sends it with every call to this server.
+    token: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of :attr:`token`, for clients such as dicomweb-client."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def token_for(self, role: str, **user: Any) -> str:
+        """An API token of a new user with ``role`` (and scope fields such as ``referring_name``)."""
+        name = f"{role}-{len(self.platform.accounts.users())}"
+        self.platform.accounts.create_user(name, role, **user)
+        return self.platform.accounts.create_token(name)
 
     @property
     def dicomweb(self) -> str:
@@ -68,7 +83,12 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
     platform = Platform.open(settings)
     app = create_app(settings, platform)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.http_port, log_level="warning", access_log=False
+        app,
+        host="127.0.0.1",
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        **uvicorn_tls_options(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -79,20 +99,29 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
             raise RuntimeError("radstack server did not start")
         time.sleep(0.02)
     try:
-        yield RunningServer(url=f"http://127.0.0.1:{settings.http_port}", platform=platform)
+        scheme = "https" if settings.tls_enabled else "http"
+        url = f"{scheme}://127.0.0.1:{settings.http_port}"
+        token = platform.accounts.create_token("admin", label="tests")
+        authed.register(url, token)
+        yield RunningServer(url=url, platform=platform, token=token)
     finally:
+        authed.unregister(url)
         server.should_exit = True
         thread.join(timeout=20)
         platform.close()
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def server_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings of a test server in ``data_dir`` on free ports; ``overrides`` as keyword settings."""
     # Ingest runs in the request thread here (starting worker processes costs a second per server);
     # the corpus test runs the same pipeline through the process pool.
-    return Settings(
-        data_dir=tmp_path / "data", http_port=free_port(), dicom_port=free_port(), ingest_processes=0
-    )
+    defaults: dict[str, Any] = {"http_port": free_port(), "dicom_port": free_port(), "ingest_processes": 0}
+    return Settings(data_dir=data_dir, **(defaults | overrides))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return server_settings(tmp_path / "data")
 
 
 @pytest.fixture
@@ -173,3 +202,12 @@ def s3_bucket(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: 
     from tests.s3 import create_bucket, use_s3
 
     return create_bucket(use_s3(monkeypatch, s3_server.endpoint, tmp_path))
+
+
+@pytest.fixture
+def kms_key(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh symmetric key (its alias) on the session's moto server, which speaks KMS as well as S3,
+    reached by ``AWS_ENDPOINT_URL_KMS`` and dummy credentials set for this test only."""
+    from tests.kms import create_key, use_kms
+
+    return create_key(use_kms(monkeypatch, s3_server.endpoint, tmp_path))

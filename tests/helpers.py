@@ -14,7 +14,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from radstack.dicomweb.multipart import parse_media_type
+from radstack.security.crypto import EncryptedBlobStore
 from radstack.store.blobs import BlobStore, LocalBlobStore
+from tests import authed
 from tests.conftest import RunningServer
 
 BOUNDARY = "t3st-b0undary"
@@ -97,7 +99,7 @@ def stow(
 ) -> httpx.Response:
     """POST raw bytes as a STOW-RS request body."""
     url = f"{server.dicomweb}/studies" + (f"/{study}" if study else "")
-    return httpx.post(url, content=payload, headers={"Content-Type": content_type}, timeout=60)
+    return authed.post(url, content=payload, headers={"Content-Type": content_type}, timeout=60)
 
 
 def failure_reasons(response: httpx.Response) -> list[int]:
@@ -130,12 +132,21 @@ def response_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
 
 class FullDisk(LocalBlobStore):
     """The blob store of ``inner``'s directory on a disk that is full: every write of a new blob fails
-    with ENOSPC, as the operating system reports it (existing blobs stay readable)."""
+    with ENOSPC, as the operating system reports it (existing blobs stay readable, through ``inner``,
+    which decrypts them when it is the platform's encrypted store)."""
 
     def __init__(self, inner: BlobStore) -> None:
-        assert isinstance(inner, LocalBlobStore)
-        super().__init__(inner.root)
+        local = inner.inner if isinstance(inner, EncryptedBlobStore) else inner
+        assert isinstance(local, LocalBlobStore)
+        super().__init__(local.root)
+        self.healthy = inner
         self.refused = 0
+
+    def get(self, key: str) -> bytes:
+        return self.healthy.get(key)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self.healthy.get_range(key, start, length)
 
     def _write(self, handle: BinaryIO, data: bytes) -> None:
         self.refused += 1

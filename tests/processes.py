@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from tests import authed
 from tests.conftest import free_port
 
 RADSTACK = str(Path(sys.executable).with_name("radstack"))
@@ -26,8 +27,12 @@ class ServerProcess:
         self.dicom_port = free_port() if dicom else 0
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.token = ""
 
     def start(self, *extra: str) -> None:
+        if not self.token:
+            self.token = admin_token(self.data_dir, self.env)
+            authed.register(self.url, self.token)
         argv = [RADSTACK, "serve", "--data-dir", str(self.data_dir), "--http-port", str(self.port)]
         argv += ["--dicom-port", str(self.dicom_port), *extra]
         self.process = subprocess.Popen(
@@ -36,7 +41,7 @@ class ServerProcess:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if authed.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -53,6 +58,19 @@ class ServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+def admin_token(data_dir: Path, env: dict[str, str]) -> str:
+    """A new API token of the data dir's first admin, from ``radstack token create`` (which makes
+    the index and the admin when there are none yet)."""
+    done = subprocess.run(
+        [RADSTACK, "token", "create", "--user", "admin", "--label", "tests", "--data-dir", str(data_dir)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def start_worker(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

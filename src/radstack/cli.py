@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from radstack import __version__
 from radstack.config import Settings
+
+if TYPE_CHECKING:
+    from radstack.security.authn import Accounts
+    from radstack.security.crypto import EncryptedBlobStore
 
 __all__ = ["main"]
 
@@ -16,7 +23,9 @@ __all__ = ["main"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from radstack.security.tls import TLSConfigurationError, server_ssl_context
     from radstack.web.app import create_app
+    from radstack.web.transport import uvicorn_tls_options
 
     overrides = {
         name: value
@@ -27,17 +36,31 @@ def _serve(args: argparse.Namespace) -> int:
             "dicom_port": args.dicom_port,
             "ae_title": args.ae_title,
             "no_workers": args.no_workers or None,
+            "tls_cert_file": args.tls_cert_file,
+            "tls_key_file": args.tls_key_file,
+            "dicom_tls_port": args.dicom_tls_port,
         }.items()
         if value is not None
     }
     settings = Settings(**overrides)
+    try:
+        tls = uvicorn_tls_options(settings)
+        if settings.dicom_tls_port:
+            server_ssl_context(settings, verify_clients=True)  # the client CA too, before anything starts
+    except TLSConfigurationError as exc:
+        print(f"radstack serve: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     dicom = f", DICOM {settings.ae_title} on port {settings.dicom_port}" if settings.dicom_port else ""
+    if settings.dicom_tls_port:
+        dicom += f", DICOM TLS on port {settings.dicom_tls_port}"
     print(
         f"radstack {__version__}: data in {settings.data_dir.resolve()}, "
-        f"http://{settings.host}:{settings.http_port}/{dicom}"
+        f"{'https' if tls else 'http'}://{settings.host}:{settings.http_port}/{dicom}"
     )
-    uvicorn.run(app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False, **tls
+    )
     return 0
 
 
@@ -69,6 +92,146 @@ def _audit_verify(args: argparse.Namespace) -> int:
     for problem in report.problems[1:]:
         print(f"  sequence {problem.seq}: {problem.message}")
     return 0 if report.ok else 1
+
+
+def _with_accounts(args: argparse.Namespace, action: Callable[[Accounts], int]) -> int:
+    """Run ``action`` on the accounts of the data dir's index (made, with its first admin, if new)."""
+    from radstack.errors import RadstackError
+    from radstack.security.authn import Accounts
+    from radstack.security.policy import load_roles
+    from radstack.store.index import create_index_engine, migrate
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_index_engine(settings.resolved_database_url)
+    try:
+        migrate(engine)
+        accounts = Accounts(engine, set(load_roles(settings.roles_file)))
+        created = accounts.bootstrap(settings.data_dir)
+        if created is not None:
+            print(f"created the first administrator 'admin'; its password is in {created}", file=sys.stderr)
+        return action(accounts)
+    except RadstackError as exc:
+        print(f"radstack: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+
+
+def _user_create(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+
+    def create(accounts: Accounts) -> int:
+        user = accounts.create_user(
+            args.username,
+            args.role,
+            password=password,
+            referring_name=args.referring_name,
+            institutions=args.institution or [],
+            ae_title=args.ae_title,
+        )
+        print(f"user {user.username} ({user.role}) created")
+        return 0
+
+    return _with_accounts(args, create)
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    def show(accounts: Accounts) -> int:
+        for user in accounts.users():
+            extra = f" AE {user.ae_title}" if user.ae_title else ""
+            print(f"{user.username}\t{user.role}{extra}{' (disabled)' if user.disabled else ''}")
+        return 0
+
+    return _with_accounts(args, show)
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    def create(accounts: Accounts) -> int:
+        expires = timedelta(days=args.expires_days) if args.expires_days > 0 else None
+        print(accounts.create_token(args.user, role=args.role, label=args.label, expires_in=expires))
+        return 0
+
+    return _with_accounts(args, create)
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    def revoke(accounts: Accounts) -> int:
+        accounts.revoke_token(args.token_id)
+        print(f"token {args.token_id} revoked")
+        return 0
+
+    return _with_accounts(args, revoke)
+
+
+def _open_encrypted_blobs(args: argparse.Namespace) -> EncryptedBlobStore:
+    """The data dir's blob store under encryption, for the ``keys`` commands (no index needed)."""
+    from radstack.security.crypto import EncryptedBlobStore, open_key_provider
+    from radstack.store.blobs import open_blob_store
+
+    settings = _settings(args)
+    return EncryptedBlobStore(
+        open_blob_store(settings.resolved_blob_url),
+        open_key_provider(settings.resolved_key_url, create=False),
+        allow_plaintext=True,
+    )
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    from radstack.errors import RadstackError
+    from radstack.security.crypto import RewrapOutcome, RotationReport, rotate_keys
+
+    last = 0.0
+
+    def show(report: RotationReport) -> None:
+        nonlocal last
+        if report.done == report.total or time.monotonic() - last > 0.2:
+            last = time.monotonic()
+            line = f"\rre-wrapping blob keys: {report.done}/{report.total}"
+            print(line, end="", file=sys.stderr, flush=True)
+
+    try:
+        store = _open_encrypted_blobs(args)
+        print(f"rotating the key-encryption key ({store.provider.describe()})", file=sys.stderr)
+        report = rotate_keys(store, grace_seconds=args.grace_seconds, workers=args.workers, on_progress=show)
+    except RadstackError as exc:
+        print(f"radstack: {exc.message}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)
+    counts = report.outcomes
+    print(
+        f"{report.total} blobs now under {report.target}: {counts[RewrapOutcome.REWRAPPED]} re-wrapped, "
+        f"{counts[RewrapOutcome.ENCRYPTED]} encrypted (written before encryption), "
+        f"{counts[RewrapOutcome.CURRENT]} already current, {counts[RewrapOutcome.MISSING]} deleted meanwhile, "
+        f"{counts[RewrapOutcome.FAILED]} failed"
+    )
+    for key, message in report.failures:
+        print(f"  {key}: {message}", file=sys.stderr)
+    if not report.ok:
+        print("the rotation is unfinished; run 'radstack keys rotate' again to resume it", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _keys_status(args: argparse.Namespace) -> int:
+    from radstack.errors import RadstackError
+    from radstack.security.crypto import key_usage
+
+    try:
+        store = _open_encrypted_blobs(args)
+        usage = key_usage(store)
+    except RadstackError as exc:
+        print(f"radstack: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"keys: {store.provider.describe()}; current KEK {usage.current}")
+    for kek, count in sorted(usage.by_kek.items()):
+        print(f"  {kek}: {count} blobs{' (current)' if kek == usage.current else ''}")
+    print(f"  not encrypted: {usage.plaintext} blobs")
+    for key, message in usage.damaged:
+        print(f"  damaged {key}: {message}")
+    stale = sum(count for kek, count in usage.by_kek.items() if kek != usage.current)
+    return 0 if not (stale or usage.plaintext or usage.damaged) else 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -158,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--ae-title", help="DICOM AE title (RADSTACK_AE_TITLE, default RADSTACK)")
     serve.add_argument("--no-workers", action="store_true", help="do not run queue workers in this process")
+    serve.add_argument(
+        "--tls-cert-file", type=Path, help="PEM certificate chain: serve HTTPS (RADSTACK_TLS_CERT_FILE)"
+    )
+    serve.add_argument("--tls-key-file", type=Path, help="its PEM private key (RADSTACK_TLS_KEY_FILE)")
+    serve.add_argument(
+        "--dicom-tls-port", type=int, help="DICOM over TLS port (RADSTACK_DICOM_TLS_PORT, default 0: none)"
+    )
     serve.set_defaults(func=_serve)
     gc = commands.add_parser(
         "gc", help="remove blobs no index row refers to (left by crashes, old documents)"
@@ -177,6 +347,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit_verify.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     audit_verify.set_defaults(func=_audit_verify)
+    keys = commands.add_parser("keys", help="the key-encryption keys of blob encryption at rest")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_rotate = keys_commands.add_parser(
+        "rotate",
+        help="new KEK version (local) or the KMS key's current one; re-wrap every blob's key (resumable)",
+    )
+    keys_rotate.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    keys_rotate.add_argument(
+        "--grace-seconds", type=float, default=5.0, help="wait for running processes to see a new KEK"
+    )
+    keys_rotate.add_argument("--workers", type=int, default=8, help="blobs re-wrapped at once")
+    keys_rotate.set_defaults(func=_keys_rotate)
+    keys_status = keys_commands.add_parser(
+        "status", help="blobs per KEK; exit 1 while any is under an old KEK, unencrypted or damaged"
+    )
+    keys_status.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    keys_status.set_defaults(func=_keys_status)
+    user = commands.add_parser("user", help="built-in users and service accounts")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    user_create = user_commands.add_parser("create", help="add a user (a person or a service account)")
+    user_create.add_argument("username")
+    user_create.add_argument("--role", required=True, help="admin, radiologist, technologist, ...")
+    user_create.add_argument("--password-stdin", action="store_true", help="read a password from stdin")
+    user_create.add_argument("--referring-name", help="Referring Physician's Name (for the referred scope)")
+    user_create.add_argument("--institution", action="append", help="Institution Name (institution scope)")
+    user_create.add_argument("--ae-title", help="calling AE title of a DICOM peer acting as this account")
+    user_create.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    user_create.set_defaults(func=_user_create)
+    user_list = user_commands.add_parser("list", help="list users")
+    user_list.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    user_list.set_defaults(func=_user_list)
+    token = commands.add_parser("token", help="API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    token_create = token_commands.add_parser("create", help="print a new bearer token for a user")
+    token_create.add_argument("--user", required=True)
+    token_create.add_argument("--role", help="a role for this token other than the user's")
+    token_create.add_argument("--label", default="", help="what the token is for")
+    token_create.add_argument(
+        "--expires-days", type=float, default=90.0, help="lifetime in days (0: never expires)"
+    )
+    token_create.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    token_create.set_defaults(func=_token_create)
+    token_revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
+    token_revoke.add_argument("token_id", type=int)
+    token_revoke.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    token_revoke.set_defaults(func=_token_revoke)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.set_defaults(func=_worker)

@@ -7,13 +7,15 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["PeerSetting", "Settings", "check_ae_title", "check_host"]
 
 #: A host name or an IPv4/IPv6 address: no spaces, slashes or other URL syntax.
 _HOST = re.compile(r"[A-Za-z0-9._:\-\[\]%]{1,255}")
+#: A web origin as browsers send it (RFC 6454 §6.1): scheme, host and optional port, nothing else.
+_ORIGIN = re.compile(r"https?://(?:[a-z0-9.\-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?")
 
 
 def check_ae_title(value: str) -> str:
@@ -107,6 +109,13 @@ class Settings(BaseSettings):
     event_webhooks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     database_url: str = ""
     blob_url: str = ""
+    #: Key-encryption key of blob encryption at rest (docs/security.md): empty for key files in
+    #: ``<data_dir>/keys`` (made on first start, mode 0600), ``file:///dir`` for key files elsewhere
+    #: (one directory every node shares), or ``awskms:///<key id, key ARN or alias/name>``.
+    key_url: str = ""
+    #: Read blobs written before encryption at rest existed (they have no encryption header);
+    #: ``radstack keys rotate`` encrypts them. Off: such a blob is refused as tampered with.
+    allow_plaintext_blobs: bool = False
     #: STOW request bodies above this many bytes are refused with 413 before they are read.
     max_request_bytes: int = Field(default=2 * 1024**3, gt=0)
     #: QIDO never returns more than this many matches per request (PS3.18 §8.3.4.4 ``limit``).
@@ -116,13 +125,52 @@ class Settings(BaseSettings):
     #: Worker processes that parse and encode incoming instances: -1 one per CPU core, 0 none (ingest
     #: runs in the request's thread).
     ingest_processes: int = Field(default=-1, ge=-1)
+    # ------------------------------------------------------------------ transport security
+    #: HTTPS and DICOM TLS: a PEM certificate (chain) and its unencrypted private key, both or
+    #: neither; the key file must give others no access (docs/security.md).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: PEM CA certificates: DICOM TLS clients must then present a certificate they issued.
+    tls_client_ca_file: Path | None = None
+    #: DICOM over TLS listener (PS3.15 §B.12; the registered port is 2762); 0 runs none.
+    dicom_tls_port: int = Field(default=0, ge=0, le=65535)
+    #: Origins allowed cross-origin requests with credentials (``https://host[:port]``, comma-separated
+    #: or a JSON list), or ``*`` alone for any origin without credentials; empty allows none.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Strict-Transport-Security max-age sent with every response when TLS is on; 0 sends none.
+    hsts_seconds: int = Field(default=31536000, ge=0)
+    #: Login attempts per minute allowed per client address and per user name.
+    login_rate_per_minute: int = Field(default=10, ge=1)
+    #: Requests with a bad token allowed per minute per client address, before 429.
+    token_failures_per_minute: int = Field(default=30, ge=1)
+
+    # ------------------------------------------------------------------ security
+    #: Roles added to or replacing the defaults (JSON; see ``radstack.security.policy.load_roles``).
+    roles_file: Path | None = None
+    #: Role of a calling AE title that no service account names; empty refuses such associations.
+    dicom_default_role: str = "technologist"
+    #: UI sessions last this long after login.
+    session_hours: float = Field(default=12.0, gt=0)
+    #: OpenID Connect: JWT bearer tokens from this issuer for this audience are accepted.
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    #: The issuer's JWKS; empty reads ``jwks_uri`` from its discovery document.
+    oidc_jwks_url: str = ""
+    oidc_role_claim: str = "roles"
+    oidc_username_claim: str = "preferred_username"
+    #: Every audit record is also sent as a DICOM audit message (PS3.15 A.5) to this syslog
+    #: collector: ``udp://host:514`` or ``tcp://host:601``; empty sends none.
+    audit_syslog_url: str = ""
+    #: Bearer tokens radstack sends to other servers (STOW-RS forwarding), by URL prefix, as JSON:
+    #: ``{"https://archive.example/dicomweb": "rst_..."}``; kept out of the routing rules.
+    outbound_tokens: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
         return check_ae_title(value)
 
-    @field_validator("event_webhooks", mode="before")
+    @field_validator("event_webhooks", "cors_origins", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):
@@ -164,6 +212,44 @@ class Settings(BaseSettings):
             raise ValueError(f"peer AE titles must be unique; {', '.join(duplicates)} appear more than once")
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = list(dict.fromkeys(v.strip().rstrip("/").lower() for v in value))
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("CORS origin '*' (any origin, without credentials) must be the only one")
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} must be scheme://host[:port], e.g. https://viewer.example.org"
+                )
+        return origins
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given = "RADSTACK_TLS_CERT_FILE" if self.tls_cert_file else "RADSTACK_TLS_KEY_FILE"
+            raise ValueError(
+                f"only {given} is set; TLS needs both RADSTACK_TLS_CERT_FILE and RADSTACK_TLS_KEY_FILE "
+                "(a certificate and its private key), or neither"
+            )
+        if not self.tls_enabled and (self.dicom_tls_port or self.tls_client_ca_file):
+            raise ValueError(
+                "RADSTACK_DICOM_TLS_PORT and RADSTACK_TLS_CLIENT_CA_FILE need a certificate: set "
+                "RADSTACK_TLS_CERT_FILE and RADSTACK_TLS_KEY_FILE"
+            )
+        if self.dicom_tls_port and self.dicom_tls_port == self.dicom_port:
+            raise ValueError(
+                f"RADSTACK_DICOM_TLS_PORT {self.dicom_tls_port} is also RADSTACK_DICOM_PORT; TLS needs a "
+                "port of its own (PS3.15 §B.12)"
+            )
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether a certificate is configured: HTTP is then HTTPS only, and ``dicom_tls_port`` may be set."""
+        return self.tls_cert_file is not None and self.tls_key_file is not None
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'index.db').resolve()}"
@@ -175,3 +261,7 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_url(self) -> str:
         return self.blob_url or f"file://{(self.data_dir / 'blobs').resolve()}"
+
+    @property
+    def resolved_key_url(self) -> str:
+        return self.key_url or f"file://{(self.data_dir / 'keys').resolve()}"

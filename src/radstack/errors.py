@@ -8,6 +8,7 @@ would be accepted.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "CannotUnderstand",
     "Conflict",
     "DataSetMismatch",
+    "Forbidden",
     "IdentifierMismatch",
     "NotAcceptable",
     "NotFound",
@@ -23,8 +25,10 @@ __all__ = [
     "ProcessingFailure",
     "RadstackError",
     "RangeNotSatisfiable",
+    "RateLimited",
     "StudyMismatch",
     "TransferSyntaxNotSupported",
+    "Unauthenticated",
     "UnsupportedMediaType",
 ]
 
@@ -49,6 +53,10 @@ class RadstackError(Exception):
             "status": self.http_status,
             "detail": self.message,
         }
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the problem response carries besides its body (none by default)."""
+        return {}
 
 
 class BadRequest(RadstackError):
@@ -107,6 +115,21 @@ class OutOfResources(RadstackError):
     dicom_status = 0xA700
 
 
+class Unauthenticated(RadstackError):
+    """No credentials, or credentials that are wrong, expired or revoked."""
+
+    title = "Unauthorized"
+    http_status = 401
+
+
+class Forbidden(RadstackError):
+    """The principal may see the resource but its role does not allow the action (PS3.7 0x0124)."""
+
+    title = "Forbidden"
+    http_status = 403
+    dicom_status = 0x0124
+
+
 class NotFound(RadstackError):
     title = "Not found"
     http_status = 404
@@ -135,3 +158,24 @@ class UnsupportedMediaType(RadstackError):
 class PayloadTooLarge(RadstackError):
     title = "Payload too large"
     http_status = 413
+
+
+class RateLimited(RadstackError):
+    """429: too many attempts from one client or for one account (RFC 6585 §4); retry later.
+
+    Parameters
+    ----------
+    retry_after
+        Seconds until the next attempt is allowed, sent as ``Retry-After`` (RFC 9110 §10.2.3).
+    """
+
+    title = "Too many requests"
+    http_status = 429
+    dicom_status = 0xA700
+
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(message or f"too many attempts; retry in {self.retry_after} s")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from radstack.config import Settings
+from radstack.dicom.deid import Deidentifier
 from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scu import send_instances
 from radstack.ingest.importjobs import IMPORT_KIND, ImportRunner
@@ -15,11 +17,19 @@ from radstack.jobs.queue import JobQueue
 from radstack.jobs.records import JobStore
 from radstack.jobs.routing import ACTION_KIND, RouteActionRunner, RuleStore, StableStudyRunner
 from radstack.jobs.workflows import STABLE_KIND, WEBHOOK_KIND, EventLog, StabilityMonitor, deliver_webhook
-from radstack.store.blobs import open_blob_store
+from radstack.security.atna import AtnaSender
+from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
+from radstack.security.authn import Accounts, OidcVerifier
+from radstack.security.crypto import KeyConfig, open_encrypted_blob_store
+from radstack.security.keyfile import load_secret
+from radstack.security.policy import Policy, RoleDef, load_roles
+from radstack.security.views import View
 from radstack.store.index import create_index_engine, migrate
 from radstack.store.studies import InstanceRecord, StudyStore
 
 __all__ = ["Platform"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +40,11 @@ class Platform:
     events: EventLog
     rules: RuleStore
     peers: PeerRegistry
+    policy: Policy
+    accounts: Accounts
+    audit: AuditWriter
+    deidentifier: Deidentifier
+    oidc: OidcVerifier | None = None
     analyser: IngestPool | None = None
     inboxes: list[Inbox] = field(default_factory=list)
     watchers: list[InboxWatcher] = field(default_factory=list)
@@ -42,15 +57,19 @@ class Platform:
         engine = create_index_engine(settings.resolved_database_url)
         migrate(engine)
         blob_url = settings.resolved_blob_url
-        store = StudyStore(engine, open_blob_store(blob_url))
-        analyser = IngestPool(settings.ingest_processes, blob_url) if settings.ingest_processes else None
+        # Every blob is encrypted at rest; the ingest processes open the same store from the same settings.
+        keys = KeyConfig(settings.resolved_key_url, allow_plaintext=settings.allow_plaintext_blobs)
+        store = StudyStore(engine, open_encrypted_blob_store(blob_url, keys))
+        processes = settings.ingest_processes
+        analyser = IngestPool(processes, blob_url, keys) if processes else None
         records = JobStore(
             engine, max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds
         )
         jobs = JobQueue(settings.queue_url, settings.data_dir, records)
         # Two files per ingest process keep every process busy while the next file is read.
         parallel = 2 * analyser.processes if analyser is not None else 2
-        jobs.register(IMPORT_KIND, ImportRunner(store, analyser, parallel))
+        policy = Policy(load_roles(settings.roles_file), store.study_scope)
+        jobs.register(IMPORT_KIND, ImportRunner(store, analyser, parallel, policy))
         inboxes = [open_inbox(str(settings.resolved_inbox_dir))] if settings.watch_inbox else []
         if settings.inbox_url:
             inboxes.append(open_inbox(settings.inbox_url))
@@ -60,6 +79,29 @@ class Platform:
         jobs.register(WEBHOOK_KIND, deliver_webhook)
         jobs.register(STABLE_KIND, StableStudyRunner(store, rules, events, jobs))
         peers = PeerRegistry(engine, settings.peers)
+        accounts = Accounts(engine, set(policy.roles))
+        created = accounts.bootstrap(settings.data_dir)
+        if created is not None:
+            log.warning("created the first administrator 'admin'; its one-time password is in %s", created)
+        oidc = (
+            OidcVerifier(
+                settings.oidc_issuer,
+                settings.oidc_audience,
+                jwks_url=settings.oidc_jwks_url,
+                role_claim=settings.oidc_role_claim,
+                username_claim=settings.oidc_username_claim,
+                roles=set(policy.roles),
+            )
+            if settings.oidc_issuer
+            else None
+        )
+        syslog = AtnaSender(settings.audit_syslog_url) if settings.audit_syslog_url else None
+        audit = AuditWriter(
+            AuditLog(engine, load_audit_key(settings.data_dir)), forward=syslog.send if syslog else None
+        )
+        deidentifier = Deidentifier(_deid_secret(settings))
+        store.pseudonym = deidentifier.uid
+        store.fill_pseudonyms()
         platform = cls(
             settings=settings,
             store=store,
@@ -67,11 +109,20 @@ class Platform:
             events=events,
             rules=rules,
             peers=peers,
+            policy=policy,
+            accounts=accounts,
+            audit=audit,
+            deidentifier=deidentifier,
+            oidc=oidc,
             analyser=analyser,
             inboxes=inboxes,
         )
-        jobs.register(ACTION_KIND, RouteActionRunner(store, platform.forward))
+        jobs.register(ACTION_KIND, RouteActionRunner(store, platform.forward, settings.outbound_tokens))
         return platform
+
+    def view(self, role: RoleDef) -> View:
+        """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""
+        return View(role, self.store, self.deidentifier)
 
     def forward(self, ae_title: str, records: list[InstanceRecord]) -> dict[str, Any]:
         """C-STORE ``records`` to the registered peer ``ae_title`` (routing's ``forward`` action)."""
@@ -115,6 +166,14 @@ class Platform:
 
     def close(self) -> None:
         self.stop_workers()
+        self.audit.close()
         if self.analyser is not None:
             self.analyser.close()
         self.store.close()
+
+
+def _deid_secret(settings: Settings) -> bytes:
+    """The key of every pseudonym and date shift (``<data dir>/deid.key``; the same on every node)."""
+    secret = load_secret(settings.data_dir / "deid.key", "de-identification key")
+    assert secret is not None
+    return secret

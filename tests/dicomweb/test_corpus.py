@@ -83,7 +83,7 @@ def test_every_corpus_image_round_trips(pooled_server: RunningServer) -> None:
     server = pooled_server
     files = corpus()
     assert len(files) > 100, "pydicom test data and pydicom-data should provide over 100 image files"
-    client = DICOMwebClient(server.dicomweb)
+    client = DICOMwebClient(server.dicomweb, headers=server.auth)
     rows: list[tuple[str, str, str]] = []
     failures: list[str] = []
     for path in files:
@@ -153,7 +153,7 @@ def stow_one(client: DICOMwebClient, data: bytes) -> tuple[str, str]:
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm"])
 def test_dicomweb_client_store_and_retrieve(server: RunningServer, name: str) -> None:
     """The same path through dicomweb-client's own STOW (it re-encodes the data set)."""
-    client = DICOMwebClient(server.dicomweb)
+    client = DICOMwebClient(server.dicomweb, headers=server.auth)
     original = pydicom.dcmread(get_testdata_file(name))
     response = client.store_instances([original])
     assert response.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from radstack.config import Settings
+from tests import authed
 from tests.conftest import RunningServer, free_port, start_server
 
 JsonDict = dict[str, Any]
@@ -122,7 +123,7 @@ def make_corpus() -> Corpus:
 
 def store(server: RunningServer) -> Corpus:
     corpus = make_corpus()
-    DICOMwebClient(server.dicomweb).store_instances(corpus.datasets)
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances(corpus.datasets)
     return corpus
 
 
@@ -132,7 +133,7 @@ def loaded(backend_server: RunningServer) -> tuple[RunningServer, Corpus]:
 
 
 def get(server: RunningServer, path: str, **params: Any) -> httpx.Response:
-    return httpx.get(f"{server.dicomweb}{path}", params=params, timeout=30)
+    return authed.get(f"{server.dicomweb}{path}", params=params, timeout=30)
 
 
 def results(server: RunningServer, path: str, **params: Any) -> list[JsonDict]:
@@ -157,7 +158,7 @@ def raw_get(server: RunningServer, path: str) -> tuple[int, str, dict[str, str]]
     host, port = server.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=server.auth)
         response = connection.getresponse()
         return response.status, response.read().decode(), dict(response.headers)
     finally:
@@ -197,7 +198,7 @@ def test_study_uid_lists_and_modalities(loaded: tuple[RunningServer, Corpus]) ->
     s = corpus.studies
     assert uids(results(server, "/studies", StudyInstanceUID=f"{s['C']},{s['A']}")) == [s["A"], s["C"]]
     assert uids(results(server, "/studies", StudyInstanceUID=f"{s['C']}\\{s['D']}")) == [s["D"], s["C"]]
-    repeated = httpx.get(
+    repeated = authed.get(
         f"{server.dicomweb}/studies", params=[("StudyInstanceUID", s["B"]), ("StudyInstanceUID", s["C"])]
     )
     assert uids(repeated.json()) == [s["B"], s["C"]]
@@ -231,7 +232,7 @@ def test_study_return_attributes(loaded: tuple[RunningServer, Corpus]) -> None:
 
 def test_deleted_study_never_matches(loaded: tuple[RunningServer, Corpus]) -> None:
     server, corpus = loaded
-    response = httpx.delete(f"{server.dicomweb}/studies/{corpus.studies['C']}", timeout=30)
+    response = authed.delete(f"{server.dicomweb}/studies/{corpus.studies['C']}", timeout=30)
     assert response.status_code == 204, response.text
     assert corpus.studies["C"] not in uids(results(server, "/studies"))
     assert results(server, "/studies", PatientID="PID-C") == []
@@ -293,7 +294,7 @@ def test_instance_search(loaded: tuple[RunningServer, Corpus]) -> None:
 
 def test_dicomweb_client_searches(loaded: tuple[RunningServer, Corpus]) -> None:
     server, corpus = loaded
-    client = DICOMwebClient(server.dicomweb)
+    client = DICOMwebClient(server.dicomweb, headers=server.auth)
     found = client.search_for_studies(search_filters={"PatientID": "PID-D"})
     assert uids(found) == [corpus.studies["D"]]
     series = client.search_for_series(study_instance_uid=corpus.studies["A"])
@@ -420,11 +421,11 @@ def test_unsupported_key_is_ignored_with_warning(loaded: tuple[RunningServer, Co
 
 
 def test_accept_negotiation(server: RunningServer) -> None:
-    refused = httpx.get(f"{server.dicomweb}/studies", headers={"Accept": "application/xml"})
+    refused = authed.get(f"{server.dicomweb}/studies", headers={"Accept": "application/xml"})
     assert refused.status_code == 406
     assert "application/xml" in _problem(406, refused.text)["detail"]
     for accept in ("application/dicom+json", "application/json", "*/*"):
-        response = httpx.get(f"{server.dicomweb}/series", headers={"Accept": accept})
+        response = authed.get(f"{server.dicomweb}/series", headers={"Accept": accept})
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/dicom+json"
         assert response.json() == []

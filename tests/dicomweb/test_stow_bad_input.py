@@ -22,6 +22,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, generate_uid
 
 from radstack.config import Settings
+from tests import authed
 from tests.conftest import RunningServer, start_server
 from tests.helpers import (
     BOUNDARY,
@@ -57,7 +58,7 @@ class Stored:
         ), "the stored study has exactly its instances"
         assert store.metadata_document(self.study) == self.document, "its metadata document is unchanged"
         for ds in self.datasets:
-            response = httpx.get(
+            response = authed.get(
                 instance_url(self.server, ds),
                 headers={"Accept": 'multipart/related; type="application/dicom"'},
             )
@@ -66,7 +67,7 @@ class Stored:
             assert np.array_equal(
                 pydicom.dcmread(pydicom.filebase.DicomBytesIO(data)).pixel_array, ds.pixel_array
             )
-        assert httpx.get(f"{self.server.url}/healthz").status_code == 200
+        assert authed.get(f"{self.server.url}/healthz").status_code == 200
 
 
 @pytest.fixture
@@ -293,7 +294,7 @@ def raw_request(
     """Send ``path`` byte for byte (httpx would resolve dot segments and re-encode first)."""
     connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
     try:
-        connection.request(method, path, body=payload or None, headers=headers or {})
+        connection.request(method, path, body=payload or None, headers={**server.auth, **(headers or {})})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -344,13 +345,14 @@ def test_body_over_the_limit_is_refused_before_it_is_read(small_server: RunningS
         sock.sendall(
             (
                 "POST /dicomweb/studies HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+                f"Authorization: Bearer {small_server.token}\r\n"
                 f"Content-Type: {DICOM_MULTIPART}\r\nContent-Length: 1000000000\r\n\r\n"
             ).encode()
         )
         head = sock.recv(65536).decode("latin-1")
     assert head.startswith("HTTP/1.1 413")
     assert "exceeds the limit of 20000 bytes" in head
-    assert httpx.get(f"{small_server.url}/healthz").status_code == 200
+    assert authed.get(f"{small_server.url}/healthz").status_code == 200
 
 
 def test_chunked_body_growing_past_the_limit(small_server: RunningServer) -> None:
@@ -361,7 +363,7 @@ def test_chunked_body_growing_past_the_limit(small_server: RunningServer) -> Non
         for start in range(0, len(payload), 4096):
             yield payload[start : start + 4096]
 
-    response = httpx.post(
+    response = authed.post(
         f"{small_server.dicomweb}/studies", content=chunks(), headers={"Content-Type": DICOM_MULTIPART}
     )
     assert response.status_code == 413
@@ -373,8 +375,8 @@ def test_chunked_body_growing_past_the_limit(small_server: RunningServer) -> Non
         pixels_of(small_ds)[0],
         pydicom.dcmread(
             pydicom.filebase.DicomBytesIO(
-                response_parts(httpx.get(instance_url(small_server, small_ds)))[0][1]
+                response_parts(authed.get(instance_url(small_server, small_ds)))[0][1]
             )
         ).pixel_array,
     )
-    assert httpx.get(f"{small_server.url}/healthz").status_code == 200
+    assert authed.get(f"{small_server.url}/healthz").status_code == 200

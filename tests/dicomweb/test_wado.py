@@ -19,6 +19,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from radstack.dicomweb.multipart import parse_media_type
+from tests import authed
 from tests.conftest import RunningServer
 from tests.helpers import dicom_body, instance_url, response_parts, stow, synthetic_ct
 
@@ -47,7 +48,7 @@ def multiframe(frames: int = 5, rows: int = 64, columns: int = 48) -> Dataset:
 @pytest.fixture
 def ct(server: RunningServer) -> Iterator[Dataset]:
     ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
-    DICOMwebClient(server.dicomweb).store_instances([ds])
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances([ds])
     yield ds
 
 
@@ -78,7 +79,7 @@ def ct(server: RunningServer) -> Iterator[Dataset]:
     ],
 )
 def test_instance_negotiation(server: RunningServer, ct: Dataset, accept: str, syntax: str) -> None:
-    response = httpx.get(instance_url(server, ct), headers={"Accept": accept})
+    response = authed.get(instance_url(server, ct), headers={"Accept": accept})
     assert response.status_code == 200
     [(content_type, data)] = response_parts(response)
     assert parse_media_type(content_type)[1]["transfer-syntax"] == syntax
@@ -90,8 +91,8 @@ def test_instance_negotiation(server: RunningServer, ct: Dataset, accept: str, s
 
 def test_lossy_input_served_byte_for_byte(server: RunningServer) -> None:
     original = pydicom.dcmread(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
-    DICOMwebClient(server.dicomweb).store_instances([original])
-    stored = httpx.get(
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances([original])
+    stored = authed.get(
         instance_url(server, original),
         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
     )
@@ -100,7 +101,7 @@ def test_lossy_input_served_byte_for_byte(server: RunningServer) -> None:
     assert list(generate_frames(back.PixelData, number_of_frames=1)) == list(
         generate_frames(original.PixelData, number_of_frames=1)
     )
-    frame = httpx.get(
+    frame = authed.get(
         f"{instance_url(server, original)}/frames/1",
         headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
     )
@@ -120,7 +121,7 @@ def test_lossy_input_served_byte_for_byte(server: RunningServer) -> None:
     ],
 )
 def test_unsatisfiable_accept_is_406(server: RunningServer, ct: Dataset, accept: str, asked: str) -> None:
-    response = httpx.get(instance_url(server, ct), headers={"Accept": accept})
+    response = authed.get(instance_url(server, ct), headers={"Accept": accept})
     assert response.status_code == 406
     assert response.headers["content-type"] == "application/problem+json"
     detail = response.json()["detail"]
@@ -136,7 +137,7 @@ def test_metadata_at_every_level(server: RunningServer, ct: Dataset) -> None:
         f"{instance_url(server, ct)}/metadata",
     ):
         for encoding in ("gzip", "identity"):
-            response = httpx.get(url, headers={"Accept-Encoding": encoding})
+            response = authed.get(url, headers={"Accept-Encoding": encoding})
             assert response.status_code == 200
             assert response.headers["content-type"] == "application/dicom+json"
             assert (response.headers.get("content-encoding") == "gzip") == (
@@ -152,10 +153,10 @@ def test_metadata_at_every_level(server: RunningServer, ct: Dataset) -> None:
 
 def test_frames_single_list_and_errors(server: RunningServer) -> None:
     ds = multiframe()
-    DICOMwebClient(server.dicomweb).store_instances([ds])
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances([ds])
     cube = np.frombuffer(ds.PixelData, dtype="<u2").reshape(5, ds.Rows, ds.Columns)
     url = f"{instance_url(server, ds)}/frames"
-    response = httpx.get(
+    response = authed.get(
         f"{url}/1,3,5", headers={"Accept": 'multipart/related; type="application/octet-stream"'}
     )
     assert response.status_code == 200
@@ -163,32 +164,32 @@ def test_frames_single_list_and_errors(server: RunningServer) -> None:
         np.frombuffer(data, dtype="<u2").reshape(ds.Rows, ds.Columns) for _t, data in response_parts(response)
     ]
     assert [np.array_equal(g, cube[i]) for g, i in zip(got, (0, 2, 4), strict=True)] == [True] * 3
-    stored = httpx.get(
+    stored = authed.get(
         f"{url}/2",
         headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
     )
     [(content_type, data)] = response_parts(stored)
     assert content_type == f"image/jphc; transfer-syntax={HTJ2K_RPCL}"
     assert np.array_equal(imagecodecs.htj2k_decode(data), cube[1])
-    bad = httpx.get(f"{url}/0")
+    bad = authed.get(f"{url}/0")
     assert bad.status_code == 400 and "'0'" in bad.json()["detail"]
-    missing = httpx.get(f"{url}/9")
+    missing = authed.get(f"{url}/9")
     assert missing.status_code == 404 and "frame 9" in missing.json()["detail"]
 
 
 def test_progressive_access_by_range_and_level(server: RunningServer) -> None:
     ds = multiframe(frames=1, rows=512, columns=384)
-    DICOMwebClient(server.dicomweb).store_instances([ds])
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances([ds])
     api = (
         f"{server.url}/api/v1/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
         f"/instances/{ds.SOPInstanceUID}/frames/1"
     )
-    levels = httpx.get(f"{api}/levels").json()
+    levels = authed.get(f"{api}/levels").json()
     assert [level["level"] for level in levels] == list(range(len(levels)))
     assert [level["bytes"] for level in levels] == sorted(level["bytes"] for level in levels)
     assert (levels[-1]["columns"], levels[-1]["rows"]) == (384, 512)
     low = levels[2]
-    ranged = httpx.get(
+    ranged = authed.get(
         f"{instance_url(server, ds)}/frames/1",
         headers={"Accept": "image/jphc", "Range": f"bytes=0-{low['bytes'] - 1}"},
     )
@@ -197,31 +198,31 @@ def test_progressive_access_by_range_and_level(server: RunningServer) -> None:
     skip = len(levels) - 1 - low["level"]
     image = imagecodecs.htj2k_decode(ranged.content + b"\xff\xd9", skipres=skip)
     assert image.shape == (low["rows"], low["columns"])
-    cut = httpx.get(api, params={"level": 1})
+    cut = authed.get(api, params={"level": 1})
     assert cut.headers["content-type"].startswith("image/jphc")
     assert imagecodecs.htj2k_decode(cut.content, skipres=len(levels) - 2).shape == (
         levels[1]["rows"],
         levels[1]["columns"],
     )
-    assert httpx.get(api, params={"level": 99}).status_code == 400
+    assert authed.get(api, params={"level": 99}).status_code == 400
 
 
 def test_rendered_and_thumbnail(server: RunningServer, ct: Dataset) -> None:
     url = instance_url(server, ct)
-    jpeg = httpx.get(f"{url}/rendered", params={"viewport": "64,32"}, headers={"Accept": "image/jpeg"})
+    jpeg = authed.get(f"{url}/rendered", params={"viewport": "64,32"}, headers={"Accept": "image/jpeg"})
     assert jpeg.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(jpeg.content)).size == (32, 32), "aspect kept inside the viewport"
-    narrow = httpx.get(f"{url}/rendered", params={"window": "40,80"}, headers={"Accept": "image/png"})
-    wide = httpx.get(f"{url}/rendered", params={"window": "40,2000"}, headers={"Accept": "image/png"})
+    narrow = authed.get(f"{url}/rendered", params={"window": "40,80"}, headers={"Accept": "image/png"})
+    wide = authed.get(f"{url}/rendered", params={"window": "40,2000"}, headers={"Accept": "image/png"})
     assert narrow.headers["content-type"] == "image/png"
     assert (
         np.asarray(Image.open(io.BytesIO(narrow.content))).std()
         != np.asarray(Image.open(io.BytesIO(wide.content))).std()
     )
-    thumb = httpx.get(f"{server.dicomweb}/studies/{ct.StudyInstanceUID}/thumbnail")
+    thumb = authed.get(f"{server.dicomweb}/studies/{ct.StudyInstanceUID}/thumbnail")
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
     for params in ({"viewport": "0,10"}, {"window": "40"}, {"quality": "101"}):
-        response = httpx.get(f"{url}/rendered", params=params)
+        response = authed.get(f"{url}/rendered", params=params)
         assert response.status_code == 400
         assert next(iter(params.values())) in response.json()["detail"]
 
@@ -230,12 +231,12 @@ def test_monochrome1_renders_inverted(server: RunningServer, ct: Dataset) -> Non
     inverted = copy.deepcopy(ct)
     inverted.SOPInstanceUID = generate_uid()
     inverted.PhotometricInterpretation = "MONOCHROME1"
-    DICOMwebClient(server.dicomweb).store_instances([inverted])
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances([inverted])
     params = {"window": "0,2000"}
     normal = np.asarray(
         Image.open(
             io.BytesIO(
-                httpx.get(
+                authed.get(
                     f"{instance_url(server, ct)}/rendered", params=params, headers={"Accept": "image/png"}
                 ).content
             )
@@ -244,7 +245,7 @@ def test_monochrome1_renders_inverted(server: RunningServer, ct: Dataset) -> Non
     flipped = np.asarray(
         Image.open(
             io.BytesIO(
-                httpx.get(
+                authed.get(
                     f"{instance_url(server, inverted)}/rendered",
                     params=params,
                     headers={"Accept": "image/png"},
@@ -256,11 +257,11 @@ def test_monochrome1_renders_inverted(server: RunningServer, ct: Dataset) -> Non
 
 
 def test_bulkdata(server: RunningServer, ct: Dataset) -> None:
-    response = httpx.get(f"{instance_url(server, ct)}/bulkdata/7FE00010")
+    response = authed.get(f"{instance_url(server, ct)}/bulkdata/7FE00010")
     [(content_type, data)] = response_parts(response)
     assert content_type == "application/octet-stream"
     assert np.array_equal(np.frombuffer(data, dtype="<i2").reshape(ct.Rows, ct.Columns), ct.pixel_array)
-    assert httpx.get(f"{instance_url(server, ct)}/bulkdata/00091001").status_code == 404
+    assert authed.get(f"{instance_url(server, ct)}/bulkdata/00091001").status_code == 404
 
 
 def test_render_cache_is_bounded_and_reuses_renderings() -> None:
@@ -291,7 +292,7 @@ def test_series_metadata_lists_every_instance_with_bulk_data_uris(server: Runnin
     base = f"{server.dicomweb}/studies/{study}"
     for url in (f"{base}/metadata", f"{base}/series/{series}/metadata"):
         for encoding in ("gzip", "identity"):
-            response = httpx.get(url, headers={"Accept-Encoding": encoding})
+            response = authed.get(url, headers={"Accept-Encoding": encoding})
             assert response.status_code == 200
             items = {item["00080018"]["Value"][0]: item for item in response.json()}
             assert sorted(items) == sorted(str(ds.SOPInstanceUID) for ds in datasets)
@@ -300,20 +301,20 @@ def test_series_metadata_lists_every_instance_with_bulk_data_uris(server: Runnin
                 assert pixel_uri.endswith(f"/instances/{ds.SOPInstanceUID}/bulkdata/7FE00010")
             private = items[str(datasets[1].SOPInstanceUID)]["00091010"]
             assert private["vr"] == "OB" and "InlineBinary" not in private
-    private_uri = httpx.get(f"{instance_url(server, datasets[1])}/metadata").json()[0]["00091010"][
+    private_uri = authed.get(f"{instance_url(server, datasets[1])}/metadata").json()[0]["00091010"][
         "BulkDataURI"
     ]
     # root-relative (RFC 3986 §4.2): it resolves against the server the metadata came from
-    [(_type, value)] = response_parts(httpx.get(httpx.URL(server.url).join(private_uri)))
+    [(_type, value)] = response_parts(authed.get(httpx.URL(server.url).join(private_uri)))
     assert value == blob
-    [(_type, pixels)] = response_parts(httpx.get(f"{instance_url(server, datasets[2])}/bulkdata/7FE00010"))
+    [(_type, pixels)] = response_parts(authed.get(f"{instance_url(server, datasets[2])}/bulkdata/7FE00010"))
     assert pixels == datasets[2].PixelData
 
 
 def test_frames_in_an_unavailable_media_type_are_406(server: RunningServer) -> None:
     ds = synthetic_ct()
     assert stow(server, dicom_body(ds)).status_code == 200
-    response = httpx.get(f"{instance_url(server, ds)}/frames/1", headers={"Accept": "image/jpeg"})
+    response = authed.get(f"{instance_url(server, ds)}/frames/1", headers={"Accept": "image/jpeg"})
     assert response.status_code == 406
     detail = response.json()["detail"]
     assert "image/jpeg" in detail and "image/jphc" in detail and "application/octet-stream" in detail

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
@@ -23,6 +22,7 @@ from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from tests import authed
 from tests.conftest import RunningServer, free_port, require_binary
 from tests.helpers import instance_url, response_parts
 
@@ -95,7 +95,7 @@ def store(server: RunningServer, *datasets: Dataset, calling: str = "TESTSCU") -
 
 def read_back(server: RunningServer, ds: Dataset, syntax: str = EXPLICIT_LE) -> Dataset:
     """The stored instance of ``ds`` as WADO-RS returns it in ``syntax``."""
-    response = httpx.get(
+    response = authed.get(
         instance_url(server, ds),
         headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={syntax}'},
         timeout=30,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 from radstack.config import PeerSetting, Settings
 from radstack.store.index import create_index_engine, migrate
 from radstack.store.models import Base
+from tests import authed
 from tests.conftest import RunningServer, free_port, start_server
 
 PACS = PeerSetting(ae_title="PACS", host="10.0.0.5", port=104)
@@ -30,29 +30,29 @@ def peers_url(server: RunningServer, ae_title: str = "") -> str:
 
 def test_put_get_list_delete(with_config: RunningServer) -> None:
     server = with_config
-    created = httpx.put(peers_url(server, "VIEWER"), json={"host": "viewer.local", "port": 11113})
+    created = authed.put(peers_url(server, "VIEWER"), json={"host": "viewer.local", "port": 11113})
     assert created.status_code == 201
     assert created.json() == {"ae_title": "VIEWER", "host": "viewer.local", "port": 11113, "source": "api"}
-    changed = httpx.put(peers_url(server, "VIEWER"), json={"host": "192.168.1.9", "port": 4242})
+    changed = authed.put(peers_url(server, "VIEWER"), json={"host": "192.168.1.9", "port": 4242})
     assert changed.status_code == 200
-    assert httpx.get(peers_url(server, "VIEWER")).json()["host"] == "192.168.1.9"
-    listed = httpx.get(peers_url(server)).json()
+    assert authed.get(peers_url(server, "VIEWER")).json()["host"] == "192.168.1.9"
+    listed = authed.get(peers_url(server)).json()
     assert listed == [
         {"ae_title": "PACS", "host": "10.0.0.5", "port": 104, "source": "config"},
         {"ae_title": "VIEWER", "host": "192.168.1.9", "port": 4242, "source": "api"},
     ]
-    assert httpx.delete(peers_url(server, "VIEWER")).status_code == 204
-    assert httpx.get(peers_url(server, "VIEWER")).status_code == 404
-    assert httpx.delete(peers_url(server, "VIEWER")).status_code == 404
-    assert [p["ae_title"] for p in httpx.get(peers_url(server)).json()] == ["PACS"]
+    assert authed.delete(peers_url(server, "VIEWER")).status_code == 204
+    assert authed.get(peers_url(server, "VIEWER")).status_code == 404
+    assert authed.delete(peers_url(server, "VIEWER")).status_code == 404
+    assert [p["ae_title"] for p in authed.get(peers_url(server)).json()] == ["PACS"]
 
 
 def test_configured_peer_is_read_only(with_config: RunningServer) -> None:
     server = with_config
-    assert httpx.get(peers_url(server, "PACS")).json()["source"] == "config"
+    assert authed.get(peers_url(server, "PACS")).json()["source"] == "config"
     for response in (
-        httpx.put(peers_url(server, "PACS"), json={"host": "10.0.0.6", "port": 104}),
-        httpx.delete(peers_url(server, "PACS")),
+        authed.put(peers_url(server, "PACS"), json={"host": "10.0.0.6", "port": 104}),
+        authed.delete(peers_url(server, "PACS")),
     ):
         assert response.status_code == 409
         assert "RADSTACK_PEERS" in response.json()["detail"]
@@ -70,24 +70,24 @@ def test_configured_peer_is_read_only(with_config: RunningServer) -> None:
 def test_bad_peer_is_refused(
     server: RunningServer, ae_title: str, body: dict[str, object], detail: str
 ) -> None:
-    response = httpx.put(peers_url(server, ae_title), json=body)
+    response = authed.put(peers_url(server, ae_title), json=body)
     assert response.status_code == 400
     assert detail in response.json()["detail"]
-    assert httpx.get(peers_url(server)).json() == []
+    assert authed.get(peers_url(server)).json() == []
 
 
 def test_api_peers_survive_a_restart(settings: Settings) -> None:
     running = start_server(settings)
     server = next(running)
     assert (
-        httpx.put(peers_url(server, "ARCHIVE"), json={"host": "127.0.0.1", "port": 5104}).status_code == 201
+        authed.put(peers_url(server, "ARCHIVE"), json={"host": "127.0.0.1", "port": 5104}).status_code == 201
     )
     running.close()
     again = settings.model_copy(update={"http_port": free_port(), "dicom_port": free_port()})
     running = start_server(again)
     server = next(running)
     try:
-        assert httpx.get(peers_url(server, "ARCHIVE")).json()["port"] == 5104
+        assert authed.get(peers_url(server, "ARCHIVE")).json()["port"] == 5104
     finally:
         running.close()
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -17,6 +16,7 @@ from pydicom.uid import MRImageStorage, generate_uid
 from pynetdicom import evt
 
 from radstack.config import PeerSetting, Settings
+from tests import authed
 from tests.conftest import RunningServer, start_server
 from tests.dimse.helpers import (
     CT_STORAGE,
@@ -244,7 +244,7 @@ def c_move(server: RunningServer, identifier: Dataset, destination: str, model: 
 
 
 def register(server: RunningServer, ae_title: str, port: int) -> None:
-    response = httpx.put(f"{server.url}/api/v1/peers/{ae_title}", json={"host": "127.0.0.1", "port": port})
+    response = authed.put(f"{server.url}/api/v1/peers/{ae_title}", json={"host": "127.0.0.1", "port": port})
     assert response.status_code in (200, 201), response.text
 
 

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import imagecodecs
 import numpy as np
 import pydicom
@@ -21,6 +20,7 @@ from pynetdicom import AE
 
 from radstack.config import Settings
 from radstack.dimse.scp import error_comment
+from tests import authed
 from tests.conftest import RunningServer, free_port, start_server
 from tests.dimse.helpers import (
     STUDY_FIND,
@@ -63,7 +63,7 @@ def renamed(name: str, directory: Path) -> tuple[Dataset, Path]:
 
 
 def versions(server: RunningServer, study: str) -> list[dict[str, object]]:
-    response = httpx.get(f"{server.url}/api/v1/studies/{study}/versions")
+    response = authed.get(f"{server.url}/api/v1/studies/{study}/versions")
     assert response.status_code == 200, response.text
     result: list[dict[str, object]] = response.json()
     return result
@@ -82,7 +82,7 @@ def test_port_zero_runs_no_listener(tmp_path: Path) -> None:
     running = start_server(settings)
     server = next(running)
     try:
-        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        assert authed.get(f"{server.url}/healthz").status_code == 200
         assert not server.platform.settings.dicom_port
     finally:
         running.close()
@@ -301,12 +301,13 @@ def test_error_comment_keeps_the_problem() -> None:
 def test_a_full_disk_is_0xa700_and_leaves_nothing_behind(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from radstack.security.crypto import EncryptedBlobStore
     from radstack.store.blobs import LocalBlobStore
     from tests.helpers import FullDisk
 
     store_ = server.platform.store
     healthy = store_.blobs
-    assert isinstance(healthy, LocalBlobStore)
+    assert isinstance(healthy, EncryptedBlobStore) and isinstance(healthy.inner, LocalBlobStore)
     before = {info.key for prefix in ("f", "h", "j") for info in healthy.list(prefix)}
 
     monkeypatch.setattr(store_, "blobs", FullDisk(healthy))
@@ -316,7 +317,7 @@ def test_a_full_disk_is_0xa700_and_leaves_nothing_behind(
     monkeypatch.setattr(store_, "blobs", healthy)
     after = {info.key for prefix in ("f", "h", "j") for info in healthy.list(prefix)}
     assert after == before, "no blob of the refused instance"
-    response = httpx.get(
+    response = authed.get(
         f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/metadata"
     )
     assert response.status_code == 404

@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from tests import authed
 from tests.conftest import RunningServer
 from tests.helpers import part10, synthetic_ct
 from tests.processes import ServerProcess
@@ -26,13 +27,13 @@ TERMINAL = {"SUCCEEDED", "FAILED", "DEAD"}
 
 def start_import(server_url: str, source: Path | str, token: str | None = None) -> httpx.Response:
     body = {"source": str(source), **({"client_token": token} if token else {})}
-    return httpx.post(f"{server_url}/api/v1/import-jobs", json=body, timeout=30)
+    return authed.post(f"{server_url}/api/v1/import-jobs", json=body, timeout=30)
 
 
 def wait_done(server_url: str, job_id: str, timeout: float = 120) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
-        job: dict[str, object] = httpx.get(f"{server_url}/api/v1/import-jobs/{job_id}", timeout=30).json()
+        job: dict[str, object] = authed.get(f"{server_url}/api/v1/import-jobs/{job_id}", timeout=30).json()
         if job["state"] in TERMINAL:
             return job
         assert time.monotonic() < deadline, f"import job {job_id} did not finish: {job}"
@@ -40,7 +41,7 @@ def wait_done(server_url: str, job_id: str, timeout: float = 120) -> dict[str, o
 
 
 def manifest(server_url: str, job_id: str, name: str) -> list[dict[str, object]]:
-    response = httpx.get(f"{server_url}/api/v1/import-jobs/{job_id}/{name}.ndjson", timeout=30)
+    response = authed.get(f"{server_url}/api/v1/import-jobs/{job_id}/{name}.ndjson", timeout=30)
     assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
     return [json.loads(line) for line in response.text.splitlines()]
 
@@ -94,7 +95,7 @@ def test_import_job_stores_a_tree_reports_progress_and_manifests(
     assert failures["notes.txt"]["status"] == 0xC000
     assert "DICOMDIR" in str(failures["DICOMDIR"]["reason"])
 
-    studies = httpx.get(f"{server.dicomweb}/studies").json()
+    studies = authed.get(f"{server.dicomweb}/studies").json()
     assert len(studies) == 3
 
     # A retry of the same request (same client token) gets the same job back, not a new import.
@@ -106,7 +107,7 @@ def test_import_job_stores_a_tree_reports_progress_and_manifests(
     assert second["progress"]["duplicate"] == 5 and second["progress"]["stored"] == 0  # type: ignore[index]
     assert (
         sum(
-            len(httpx.get(f"{server.dicomweb}/studies/{s['0020000D']['Value'][0]}/instances").json())
+            len(authed.get(f"{server.dicomweb}/studies/{s['0020000D']['Value'][0]}/instances").json())
             for s in studies
         )
         == 5
@@ -177,7 +178,7 @@ def test_kill_9_in_the_middle_of_an_import_loses_and_doubles_nothing(
     job_id = start_import(served.url, source).json()["id"]
     deadline = time.monotonic() + 120
     while True:  # let it get well into the import, then kill the server outright
-        progress = httpx.get(f"{served.url}/api/v1/import-jobs/{job_id}").json()["progress"]
+        progress = authed.get(f"{served.url}/api/v1/import-jobs/{job_id}").json()["progress"]
         if progress.get("files_done", 0) >= 200:
             break
         assert time.monotonic() < deadline, "the import made no progress"
@@ -194,7 +195,7 @@ def test_kill_9_in_the_middle_of_an_import_loses_and_doubles_nothing(
     assert progress["stored"] + progress["duplicate"] == 1000
     stored: list[str] = []
     for study in range(4):
-        instances = httpx.get(
+        instances = authed.get(
             f"{served.url}/dicomweb/studies/1.2.826.0.1.3680043.8.498.9.{study}/instances",
             params={"limit": 1000},
         ).json()
@@ -216,7 +217,8 @@ def test_import_from_a_bucket_prefix(server: RunningServer, archive: Path, s3_bu
     assert response.status_code == 202, response.text
     job = wait_done(server.url, response.json()["id"])
     assert job["state"] == "SUCCEEDED", job
-    assert job["params"] == {"source": f"s3://{s3_bucket}/exports/2024"}
+    assert job["params"]["source"] == f"s3://{s3_bucket}/exports/2024"
+    assert job["params"]["submitted_by"] == {"subject": "admin", "role": "admin"}
     progress = job["progress"]
     assert isinstance(progress, dict)
     assert (progress["files_total"], progress["stored"], progress["failed"]) == (7, 5, 2)

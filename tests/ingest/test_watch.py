@@ -8,13 +8,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
 from radstack.config import Settings
+from radstack.security.crypto import EncryptedBlobStore
 from radstack.store.blobs import LocalBlobStore
+from tests import authed
 from tests.conftest import RunningServer, free_port, start_server
 from tests.helpers import FullDisk, part10, synthetic_ct
 
@@ -65,8 +66,8 @@ def test_dropped_files_are_stored_or_set_aside_with_a_reason(watched: RunningSer
 
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm") or "")
     for study in (ct.StudyInstanceUID, "1.2.826.0.1.3680043.8.498.44"):
-        assert httpx.get(f"{watched.dicomweb}/studies/{study}/instances").status_code == 200
-    jobs = httpx.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json()
+        assert authed.get(f"{watched.dicomweb}/studies/{study}/instances").status_code == 200
+    jobs = authed.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json()
     assert sorted(j["state"] for j in jobs) == ["SUCCEEDED"] * 3
 
 
@@ -75,7 +76,7 @@ def test_a_file_stays_in_the_inbox_until_it_is_stored(
 ) -> None:
     store = watched.platform.store
     healthy = store.blobs
-    assert isinstance(healthy, LocalBlobStore)
+    assert isinstance(healthy, EncryptedBlobStore) and isinstance(healthy.inner, LocalBlobStore)
     monkeypatch.setattr(store, "blobs", FullDisk(healthy))
     watched.platform.jobs.backoff_seconds = 0.1
     inbox = tmp_path / "inbox"
@@ -84,7 +85,7 @@ def test_a_file_stays_in_the_inbox_until_it_is_stored(
 
     deadline = time.monotonic() + 30
     while (
-        not (jobs := httpx.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json())
+        not (jobs := authed.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json())
         or jobs[0]["attempts"] < 2
     ):
         assert time.monotonic() < deadline, "the job was not retried"
@@ -124,5 +125,5 @@ def test_a_bucket_inbox_is_polled_like_the_directory(tmp_path: Path, s3_bucket: 
         assert [info.key for info in bucket.list("incoming")] == []
         assert bucket.get("failed/bad.dcm") == b"DICM? no"
         assert json.loads(bucket.get("failed/bad.dcm.reason.json"))["status"] == 0xC000
-        assert httpx.get(f"{server.dicomweb}/studies/{good.StudyInstanceUID}/instances").status_code == 200
+        assert authed.get(f"{server.dicomweb}/studies/{good.StudyInstanceUID}/instances").status_code == 200
         assert not (tmp_path / "data" / "inbox").exists(), "the directory inbox is off"

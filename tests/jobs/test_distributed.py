@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
+from tests import authed
 from tests.helpers import DICOM_MULTIPART, dicom_body, part10, synthetic_ct
 from tests.processes import ServerProcess, start_worker
 
@@ -30,6 +30,7 @@ def cluster(tmp_path: Path, pg_database_url: str, redis_url: str) -> Iterator[li
         "RADSTACK_DATABASE_URL": pg_database_url,
         "RADSTACK_QUEUE_URL": redis_url,
         "RADSTACK_BLOB_URL": f"file://{tmp_path / 'shared-blobs'}",
+        "RADSTACK_KEY_URL": f"file://{tmp_path / 'shared-keys'}",  # every node reads every node's blobs
         "RADSTACK_INGEST_PROCESSES": "0",
         "RADSTACK_STABLE_SECONDS": "1",
     }
@@ -61,7 +62,7 @@ def c_store(api: ServerProcess, datasets: list[Dataset]) -> list[int]:
 
 
 def stow(api: ServerProcess, datasets: list[Dataset]) -> int:
-    response = httpx.post(
+    response = authed.post(
         f"{api.url}/dicomweb/studies",
         content=dicom_body(*datasets),
         headers={"Content-Type": DICOM_MULTIPART},
@@ -89,13 +90,13 @@ def test_two_api_nodes_and_two_workers_store_everything_once(
             pool.submit(c_store, second, series[30:50]),
             pool.submit(stow, first, shared),
         ]
-        job_id = httpx.post(f"{second.url}/api/v1/import-jobs", json={"source": str(archive)}).json()["id"]
+        job_id = authed.post(f"{second.url}/api/v1/import-jobs", json={"source": str(archive)}).json()["id"]
         assert futures[0].result() == 200 and futures[1].result() == 200 and futures[4].result() == 200
         assert futures[2].result() == [0] * 10 and futures[3].result() == [0] * 20
 
     deadline = time.monotonic() + 120
     while True:
-        jobs = httpx.get(f"{first.url}/api/v1/jobs", params={"limit": 1000}).json()
+        jobs = authed.get(f"{first.url}/api/v1/jobs", params={"limit": 1000}).json()
         kinds = {j["kind"] for j in jobs}
         if {j["state"] for j in jobs} == {"SUCCEEDED"} and {"import", "study-stable"} <= kinds:
             break
@@ -105,7 +106,7 @@ def test_two_api_nodes_and_two_workers_store_everything_once(
     assert next(j for j in jobs if j["id"] == job_id)["progress"]["stored"] == 10
 
     for api in cluster:  # both nodes see the same, complete study
-        instances = httpx.get(f"{api.url}/dicomweb/studies/{STUDY}/instances", params={"limit": 1000}).json()
+        instances = authed.get(f"{api.url}/dicomweb/studies/{STUDY}/instances", params={"limit": 1000}).json()
         uids = [i["00080018"]["Value"][0] for i in instances]
         assert len(uids) == len(set(uids)) == 60, "every instance stored exactly once"
         assert set(uids) == {str(ds.SOPInstanceUID) for ds in series}

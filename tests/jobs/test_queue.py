@@ -10,11 +10,11 @@ import threading
 import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from radstack.errors import BadRequest
 from radstack.jobs import JobContext, JobState
+from tests import authed
 from tests.conftest import RunningServer
 
 
@@ -23,7 +23,7 @@ def wait_for_state(
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
-        job: dict[str, object] = httpx.get(f"{server.url}/api/v1/jobs/{job_id}").json()
+        job: dict[str, object] = authed.get(f"{server.url}/api/v1/jobs/{job_id}").json()
         if job["state"] in states:
             return job
         assert time.monotonic() < deadline, f"job {job_id} stayed {job['state']}"
@@ -72,16 +72,16 @@ def test_after_the_last_attempt_a_job_is_dead_until_requeued(fast_retries: Runni
     dead = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
     assert dead["state"] == "DEAD" and dead["attempts"] == fast_retries.platform.settings.job_max_attempts
     assert "RuntimeError: the peer refused the association" in str(dead["last_error"])
-    letters = httpx.get(f"{fast_retries.url}/api/v1/jobs", params={"state": "DEAD"}).json()
+    letters = authed.get(f"{fast_retries.url}/api/v1/jobs", params={"state": "DEAD"}).json()
     assert [j["id"] for j in letters] == [job.id]
 
     healthy.set()
-    requeued = httpx.post(f"{fast_retries.url}/api/v1/jobs/{job.id}/requeue")
+    requeued = authed.post(f"{fast_retries.url}/api/v1/jobs/{job.id}/requeue")
     assert requeued.status_code == 200 and requeued.json()["state"] in ("QUEUED", "RUNNING", "SUCCEEDED")
     done = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
     assert done["state"] == "SUCCEEDED" and done["attempts"] == 1
 
-    again = httpx.post(f"{fast_retries.url}/api/v1/jobs/{job.id}/requeue")
+    again = authed.post(f"{fast_retries.url}/api/v1/jobs/{job.id}/requeue")
     assert again.status_code == 409 and "only FAILED or DEAD" in again.json()["detail"]
 
 
@@ -113,7 +113,7 @@ def test_a_job_whose_worker_vanished_is_resumed_by_the_sweep(server: RunningServ
 
 
 def test_unknown_jobs_are_404_problems(server: RunningServer) -> None:
-    response = httpx.get(f"{server.url}/api/v1/jobs/0123456789abcdef")
+    response = authed.get(f"{server.url}/api/v1/jobs/0123456789abcdef")
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "0123456789abcdef" in response.json()["detail"]

@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pydicom
 import pytest
 
 from radstack.config import Settings
+from tests import authed
 from tests.conftest import RunningServer, free_port, start_server
 from tests.helpers import dicom_body, pixels_of, stow, synthetic_ct
 
@@ -62,7 +62,16 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, receiver: Receiver) -> Iterator[RunningServer]:
+def archive(tmp_path: Path) -> Iterator[RunningServer]:
+    settings = Settings(
+        data_dir=tmp_path / "archive", http_port=free_port(), dicom_port=0, ingest_processes=0
+    )
+    yield from start_server(settings)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, receiver: Receiver, archive: RunningServer) -> Iterator[RunningServer]:
+    """The server whose rules route; it forwards to ``archive`` with a token of the archive's."""
     settings = Settings(
         data_dir=tmp_path / "hub",
         http_port=free_port(),
@@ -70,14 +79,7 @@ def hub(tmp_path: Path, receiver: Receiver) -> Iterator[RunningServer]:
         ingest_processes=0,
         stable_seconds=STABLE_SECONDS,
         event_webhooks=[receiver.url],
-    )
-    yield from start_server(settings)
-
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Iterator[RunningServer]:
-    settings = Settings(
-        data_dir=tmp_path / "archive", http_port=free_port(), dicom_port=0, ingest_processes=0
+        outbound_tokens={archive.dicomweb: archive.token},
     )
     yield from start_server(settings)
 
@@ -86,7 +88,7 @@ def finished_job(server: RunningServer, kind: str, timeout: float = 30) -> dict[
     """The newest job of ``kind`` once it has finished."""
     deadline = time.monotonic() + timeout
     while True:
-        jobs = httpx.get(f"{server.url}/api/v1/jobs", params={"kind": kind}).json()
+        jobs = authed.get(f"{server.url}/api/v1/jobs", params={"kind": kind}).json()
         if jobs and jobs[0]["state"] in ("SUCCEEDED", "FAILED", "DEAD"):
             return dict(jobs[0])
         assert time.monotonic() < deadline, f"no finished {kind} job: {jobs}"
@@ -110,13 +112,13 @@ def test_stable_study_is_routed_to_another_archive_and_announced(
         "conditions": {"Modality": ["CR", "DX"], "BodyPartExamined": ["CH*"]},
         "actions": [{"type": "stow", "url": archive.dicomweb}, {"type": "webhook", "url": receiver.url}],
     }
-    assert httpx.put(f"{hub.url}/api/v1/routing-rules/chest-to-archive", json=rule).status_code == 201
+    assert authed.put(f"{hub.url}/api/v1/routing-rules/chest-to-archive", json=rule).status_code == 201
     other = {
         "name": "ct-only",
         "conditions": {"Modality": ["CT"]},
         "actions": [{"type": "webhook", "url": receiver.url}],
     }
-    assert httpx.put(f"{hub.url}/api/v1/routing-rules/ct-only", json=other).status_code == 201
+    assert authed.put(f"{hub.url}/api/v1/routing-rules/ct-only", json=other).status_code == 201
 
     study = "1.2.826.0.1.3680043.8.498.61"
     series = chest_series(study)
@@ -134,10 +136,10 @@ def test_stable_study_is_routed_to_another_archive_and_announced(
     assert route == {"type": "route", "rule": "chest-to-archive", "study_uid": study}
 
     deadline = time.monotonic() + 30
-    while len(httpx.get(f"{archive.dicomweb}/studies/{study}/instances").json() or []) < 3:
+    while len(authed.get(f"{archive.dicomweb}/studies/{study}/instances").json() or []) < 3:
         assert time.monotonic() < deadline, "the study was not forwarded"
         time.sleep(0.1)
-    forwarded = httpx.get(
+    forwarded = authed.get(
         f"{archive.dicomweb}/studies/{study}/series/{study}.1/instances/{series[0].SOPInstanceUID}",
         headers={
             "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
@@ -152,7 +154,7 @@ def test_event_stream_replays_and_follows(hub: RunningServer) -> None:
     study = "1.2.826.0.1.3680043.8.498.62"
     assert stow(hub, dicom_body(*chest_series(study, 1))).status_code == 200
     lines: list[str] = []
-    with httpx.stream("GET", f"{hub.url}/api/v1/events", params={"since": 0}, timeout=30) as response:
+    with authed.stream("GET", f"{hub.url}/api/v1/events", params={"since": 0}, timeout=30) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             lines.append(line)
@@ -165,7 +167,7 @@ def test_event_stream_replays_and_follows(hub: RunningServer) -> None:
     # Resuming after the last event seen: nothing is repeated, the next study's event comes.
     second = "1.2.826.0.1.3680043.8.498.63"
     assert stow(hub, dicom_body(*chest_series(second, 1))).status_code == 200
-    with httpx.stream(
+    with authed.stream(
         "GET", f"{hub.url}/api/v1/events", headers={"Last-Event-ID": event_id}, timeout=30
     ) as response:
         for line in response.iter_lines():
@@ -182,7 +184,7 @@ def test_a_receiver_that_is_down_gets_the_event_when_it_is_back(
     assert stow(hub, dicom_body(*chest_series("1.2.826.0.1.3680043.8.498.64", 1))).status_code == 200
     deadline = time.monotonic() + 30
     while (
-        not (jobs := httpx.get(f"{hub.url}/api/v1/jobs", params={"kind": "webhook"}).json())
+        not (jobs := authed.get(f"{hub.url}/api/v1/jobs", params={"kind": "webhook"}).json())
         or jobs[0]["attempts"] < 2
     ):
         assert time.monotonic() < deadline
@@ -211,7 +213,7 @@ def test_a_receiver_that_is_down_gets_the_event_when_it_is_back(
 def test_bad_rules_are_refused_with_the_reason(
     hub: RunningServer, rule: dict[str, object], reason: str
 ) -> None:
-    response = httpx.put(f"{hub.url}/api/v1/routing-rules/x", json=rule)
+    response = authed.put(f"{hub.url}/api/v1/routing-rules/x", json=rule)
     assert response.status_code == 400 and reason in response.json()["detail"]
 
 
@@ -222,7 +224,9 @@ def test_a_rule_forwards_by_c_store_in_a_syntax_the_peer_accepts(hub: RunningSer
     series = chest_series(study, 2)
     with storescp(tmp_path / "received", ae_title="READING") as port:
         assert (
-            httpx.put(f"{hub.url}/api/v1/peers/READING", json={"host": "127.0.0.1", "port": port}).status_code
+            authed.put(
+                f"{hub.url}/api/v1/peers/READING", json={"host": "127.0.0.1", "port": port}
+            ).status_code
             == 201
         )
         rule = {
@@ -230,7 +234,7 @@ def test_a_rule_forwards_by_c_store_in_a_syntax_the_peer_accepts(hub: RunningSer
             "conditions": {"SOPClassUID": [str(series[0].SOPClassUID)]},
             "actions": [{"type": "forward", "peer": "READING"}],
         }
-        assert httpx.put(f"{hub.url}/api/v1/routing-rules/to-reading", json=rule).status_code == 201
+        assert authed.put(f"{hub.url}/api/v1/routing-rules/to-reading", json=rule).status_code == 201
         assert stow(hub, dicom_body(*series)).status_code == 200
         job = finished_job(hub, "route-action")
     received = {
@@ -245,7 +249,7 @@ def test_a_rule_forwards_by_c_store_in_a_syntax_the_peer_accepts(hub: RunningSer
 
 def test_forwarding_to_an_unknown_peer_fails_with_the_reason(hub: RunningServer) -> None:
     rule = {"name": "nowhere", "actions": [{"type": "forward", "peer": "NOSUCHPEER"}]}
-    assert httpx.put(f"{hub.url}/api/v1/routing-rules/nowhere", json=rule).status_code == 201
+    assert authed.put(f"{hub.url}/api/v1/routing-rules/nowhere", json=rule).status_code == 201
     assert stow(hub, dicom_body(*chest_series("1.2.826.0.1.3680043.8.498.66", 1))).status_code == 200
     job = finished_job(hub, "route-action")
     assert job["state"] == "FAILED" and "NOSUCHPEER" in job["last_error"]
@@ -257,9 +261,9 @@ def test_a_peer_that_accepts_no_producible_syntax_fails_the_job_with_the_reason(
     jpeg_only = StorageSCP("JPEGONLY", syntaxes=["1.2.840.10008.1.2.4.50"])  # JPEG baseline: lossy
     try:
         peer = {"host": "127.0.0.1", "port": jpeg_only.port}
-        assert httpx.put(f"{hub.url}/api/v1/peers/JPEGONLY", json=peer).status_code == 201
+        assert authed.put(f"{hub.url}/api/v1/peers/JPEGONLY", json=peer).status_code == 201
         rule = {"name": "lossy-peer", "actions": [{"type": "forward", "peer": "JPEGONLY"}]}
-        assert httpx.put(f"{hub.url}/api/v1/routing-rules/lossy-peer", json=rule).status_code == 201
+        assert authed.put(f"{hub.url}/api/v1/routing-rules/lossy-peer", json=rule).status_code == 201
         assert stow(hub, dicom_body(*chest_series("1.2.826.0.1.3680043.8.498.67", 1))).status_code == 200
         job = finished_job(hub, "route-action")
     finally:
@@ -277,7 +281,7 @@ def test_rules_match_the_calling_ae_title_of_c_store(hub: RunningServer, receive
         "conditions": {"CallingAETitle": ["XRAY*"]},
         "actions": [{"type": "webhook", "url": receiver.url}],
     }
-    assert httpx.put(f"{hub.url}/api/v1/routing-rules/from-xray", json=rule).status_code == 201
+    assert authed.put(f"{hub.url}/api/v1/routing-rules/from-xray", json=rule).status_code == 201
     from_xray = chest_series("1.2.826.0.1.3680043.8.498.68", 1)
     from_ct = chest_series("1.2.826.0.1.3680043.8.498.69", 1)
     assert [s.Status for s in store(hub, *from_xray, calling="XRAY1")] == [0]

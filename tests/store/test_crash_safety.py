@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from radstack.store.studies import Batch, CommitOutcome, NewInstance, StudyStore
+from tests import authed
 from tests.conftest import RunningServer
 from tests.helpers import (
     FullDisk,
@@ -65,7 +66,7 @@ def crash(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> CommitCrash
 
 
 def retrieve(server: RunningServer, ds: Dataset) -> httpx.Response:
-    return httpx.get(
+    return authed.get(
         instance_url(server, ds), headers={"Accept": 'multipart/related; type="application/dicom"'}
     )
 
@@ -75,7 +76,7 @@ def assert_invisible(server: RunningServer, existing: Dataset, failed: Dataset, 
     study = str(existing.StudyInstanceUID)
     assert [r.sop_uid for r in store.list_instances(study)] == [existing.SOPInstanceUID], "no index row"
     assert retrieve(server, failed).status_code == 404
-    assert httpx.get(f"{instance_url(server, failed)}/metadata").status_code == 404
+    assert authed.get(f"{instance_url(server, failed)}/metadata").status_code == 404
     assert store.metadata_document(study) == document, "the study's metadata document is unchanged"
     assert [v.version for v in store.list_versions(study)] == [1], "no new study version"
     assert retrieve(server, existing).status_code == 200
@@ -126,7 +127,7 @@ def test_full_disk_is_out_of_resources(server: RunningServer, existing: Dataset)
     assert "full" in response.headers["Warning"]
     assert_invisible(server, existing, failed, document)
     assert store.list_instances(str(other_study.StudyInstanceUID)) == []
-    assert httpx.get(f"{server.dicomweb}/studies/{other_study.StudyInstanceUID}/metadata").status_code == 404
+    assert authed.get(f"{server.dicomweb}/studies/{other_study.StudyInstanceUID}/metadata").status_code == 404
 
     assert stow(server, dicom_body(failed)).status_code == 200
     assert_reads_back(server, failed)
@@ -152,6 +153,6 @@ def test_failed_replacement_keeps_the_old_content(
 def test_unrelated_study_is_not_created_by_a_crash(server: RunningServer, crash: CommitCrash) -> None:
     ds = synthetic_ct(study=generate_uid())
     assert failure_reasons(stow(server, dicom_body(ds))) == [0x0110]
-    assert httpx.get(f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/metadata").status_code == 404
-    assert httpx.get(f"{server.dicomweb}/studies/{ds.StudyInstanceUID}").status_code == 404
-    assert httpx.get(f"{server.url}/api/v1/studies/{ds.StudyInstanceUID}/versions").status_code == 404
+    assert authed.get(f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/metadata").status_code == 404
+    assert authed.get(f"{server.dicomweb}/studies/{ds.StudyInstanceUID}").status_code == 404
+    assert authed.get(f"{server.url}/api/v1/studies/{ds.StudyInstanceUID}/versions").status_code == 404

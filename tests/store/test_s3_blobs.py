@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -24,6 +23,7 @@ from PIL import Image
 from radstack.config import Settings
 from radstack.errors import NotFound
 from radstack.store.blobs import S3BlobStore, open_blob_store
+from tests import authed
 from tests.conftest import free_port, start_server
 from tests.helpers import dicom_body, instance_url, pixels_of, response_parts, stow, synthetic_ct
 
@@ -145,7 +145,7 @@ def test_stow_and_wado_through_a_bucket(s3_bucket: str, tmp_path: Path, ingest_p
     try:
         assert stow(server, dicom_body(*datasets)).status_code == 200
         for ds in datasets:
-            response = httpx.get(
+            response = authed.get(
                 instance_url(server, ds),
                 headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
             )
@@ -154,14 +154,14 @@ def test_stow_and_wado_through_a_bucket(s3_bucket: str, tmp_path: Path, ingest_p
             back = pydicom.dcmread(io.BytesIO(part))
             assert np.array_equal(back.pixel_array.reshape(-1, ds.Rows, ds.Columns), pixels_of(ds))
         # A reduced-resolution rendering reads a prefix of the frame blob (HTTP Range on S3).
-        rendered = httpx.get(
+        rendered = authed.get(
             f"{instance_url(server, datasets[2])}/rendered",
             params={"viewport": "48,64"},
             headers={"Accept": "image/png"},
         )
         assert rendered.status_code == 200
         assert Image.open(io.BytesIO(rendered.content)).size == (48, 64)
-        metadata = httpx.get(f"{server.dicomweb}/studies/{study}/metadata")
+        metadata = authed.get(f"{server.dicomweb}/studies/{study}/metadata")
         assert metadata.status_code == 200 and len(metadata.json()) == 3
     finally:
         served.close()

@@ -13,6 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from tests import authed
 from tests.conftest import RunningServer
 
 BOUNDARY = "v3rsions"
@@ -45,7 +46,7 @@ def stow(server: RunningServer, datasets: list[Dataset]) -> httpx.Response:
         )
     payload += f"--{BOUNDARY}--\r\n".encode()
     content_type = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-    return httpx.post(f"{server.dicomweb}/studies", content=payload, headers={"Content-Type": content_type})
+    return authed.post(f"{server.dicomweb}/studies", content=payload, headers={"Content-Type": content_type})
 
 
 def names(document: list[dict[str, Any]]) -> set[str]:
@@ -53,14 +54,14 @@ def names(document: list[dict[str, Any]]) -> set[str]:
 
 
 def version_metadata(server: RunningServer, study: str, version: int) -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.url}/api/v1/studies/{study}/versions/{version}/metadata")
+    response = authed.get(f"{server.url}/api/v1/studies/{study}/versions/{version}/metadata")
     assert response.status_code == 200
     result: list[dict[str, Any]] = response.json()
     return result
 
 
 def current_metadata(server: RunningServer, study: str) -> httpx.Response:
-    return httpx.get(f"{server.dicomweb}/studies/{study}/metadata")
+    return authed.get(f"{server.dicomweb}/studies/{study}/metadata")
 
 
 def frame(server: RunningServer, ds: Dataset) -> np.ndarray:
@@ -68,7 +69,7 @@ def frame(server: RunningServer, ds: Dataset) -> np.ndarray:
         f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
         f"/instances/{ds.SOPInstanceUID}/frames/1"
     )
-    response = httpx.get(url, headers={"Accept": "application/octet-stream"})
+    response = authed.get(url, headers={"Accept": "application/octet-stream"})
     assert response.status_code == 200
     return np.frombuffer(response.content, dtype="<i2").reshape(ds.Rows, ds.Columns)
 
@@ -79,17 +80,17 @@ def test_update_delete_revert(backend_server: RunningServer) -> None:
     study = str(datasets[0].StudyInstanceUID)
     assert stow(server, datasets).status_code == 200
 
-    update = httpx.patch(
+    update = authed.patch(
         f"{server.url}/api/v1/studies/{study}", json={"attributes": {"PatientName": "Renamed^Patient"}}
     )
     assert update.status_code == 200 and update.json()["version"] == 2
-    listed = httpx.get(f"{server.url}/api/v1/studies/{study}/versions").json()
+    listed = authed.get(f"{server.url}/api/v1/studies/{study}/versions").json()
     assert [v["version"] for v in listed] == [1, 2]
     assert names(current_metadata(server, study).json()) == {"Renamed^Patient"}
     assert names(version_metadata(server, study, 1)) == {"Original^Name"}, "version 1 keeps the old name"
     assert np.array_equal(frame(server, datasets[1]), datasets[1].pixel_array), "updates never touch pixels"
 
-    revert = httpx.post(f"{server.url}/api/v1/studies/{study}/versions/1/revert")
+    revert = authed.post(f"{server.url}/api/v1/studies/{study}/versions/1/revert")
     assert revert.json()["version"] == 3
     assert names(current_metadata(server, study).json()) == {"Original^Name"}
     for ds in datasets:
@@ -97,23 +98,23 @@ def test_update_delete_revert(backend_server: RunningServer) -> None:
 
     gone = datasets[2]
     url = f"{server.dicomweb}/studies/{study}/series/{gone.SeriesInstanceUID}/instances/{gone.SOPInstanceUID}"
-    deleted = httpx.delete(url)
+    deleted = authed.delete(url)
     assert deleted.status_code == 204 and deleted.headers["X-Radstack-Study-Version"] == "4"
-    assert httpx.get(f"{url}/metadata").status_code == 404
+    assert authed.get(f"{url}/metadata").status_code == 404
     assert len(current_metadata(server, study).json()) == 2
     assert len(version_metadata(server, study, 3)) == 3, "the deleted instance is still in version 3"
 
-    assert httpx.delete(f"{server.dicomweb}/studies/{study}").status_code == 204
+    assert authed.delete(f"{server.dicomweb}/studies/{study}").status_code == 204
     assert current_metadata(server, study).status_code == 404
-    assert httpx.get(f"{server.dicomweb}/studies/{study}").status_code == 404
-    assert httpx.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}).json() == []
+    assert authed.get(f"{server.dicomweb}/studies/{study}").status_code == 404
+    assert authed.get(f"{server.dicomweb}/studies", params={"StudyInstanceUID": study}).json() == []
 
-    assert httpx.post(f"{server.url}/api/v1/studies/{study}/versions/3/revert").json()["version"] == 6
+    assert authed.post(f"{server.url}/api/v1/studies/{study}/versions/3/revert").json()["version"] == 6
     assert len(current_metadata(server, study).json()) == 3
     for ds in datasets:
         assert np.array_equal(frame(server, ds), ds.pixel_array)
 
-    reasons = [v["reason"] for v in httpx.get(f"{server.url}/api/v1/studies/{study}/versions").json()]
+    reasons = [v["reason"] for v in authed.get(f"{server.url}/api/v1/studies/{study}/versions").json()]
     assert reasons == ["stow", "update", "revert", "delete", "delete", "revert"]
 
 
@@ -127,11 +128,11 @@ def test_update_refuses_uids_and_unknown_attributes(backend_server: RunningServe
         ({"Rows": 4}, "00280010"),
         ({"NotAKeyword": "x"}, "NotAKeyword"),
     ]:
-        response = httpx.patch(f"{server.url}/api/v1/studies/{study}", json={"attributes": attributes})
+        response = authed.patch(f"{server.url}/api/v1/studies/{study}", json={"attributes": attributes})
         assert response.status_code == 400
         assert words in response.json()["detail"]
-    assert httpx.get(f"{server.url}/api/v1/studies/{study}/versions/9/metadata").status_code == 404
-    assert [v["version"] for v in httpx.get(f"{server.url}/api/v1/studies/{study}/versions").json()] == [1]
+    assert authed.get(f"{server.url}/api/v1/studies/{study}/versions/9/metadata").status_code == 404
+    assert [v["version"] for v in authed.get(f"{server.url}/api/v1/studies/{study}/versions").json()] == [1]
 
 
 def test_same_uid_new_content_is_a_new_version(backend_server: RunningServer) -> None:
@@ -149,9 +150,9 @@ def test_same_uid_new_content_is_a_new_version(backend_server: RunningServer) ->
     assert response.status_code == 200
     assert "stays readable in the previous study version" in response.headers["Warning"]
     assert np.array_equal(frame(server, changed), pixels)
-    versions = httpx.get(f"{server.url}/api/v1/studies/{study}/versions").json()
+    versions = authed.get(f"{server.url}/api/v1/studies/{study}/versions").json()
     assert [v["version"] for v in versions] == [1, 2]
-    document = httpx.get(
+    document = authed.get(
         f"{server.url}/api/v1/studies/{study}/versions/1/metadata", headers={"Accept-Encoding": "gzip"}
     )
     assert document.headers["content-encoding"] == "gzip", "served as precompressed"

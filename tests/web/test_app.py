@@ -14,15 +14,18 @@ import pydicom
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
 
+from tests import authed
 from tests.conftest import RunningServer, free_port
 
 
 def test_health_ready_and_metrics(server: RunningServer) -> None:
-    assert httpx.get(f"{server.url}/healthz").text == "ok"
-    assert httpx.get(f"{server.url}/readyz").status_code == 200
-    DICOMwebClient(server.dicomweb).store_instances([pydicom.dcmread(get_testdata_file("CT_small.dcm"))])
-    httpx.get(f"{server.dicomweb}/studies")
-    metrics = httpx.get(f"{server.url}/metrics").text
+    assert authed.get(f"{server.url}/healthz").text == "ok"
+    assert authed.get(f"{server.url}/readyz").status_code == 200
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances(
+        [pydicom.dcmread(get_testdata_file("CT_small.dcm"))]
+    )
+    authed.get(f"{server.dicomweb}/studies")
+    metrics = authed.get(f"{server.url}/metrics").text
     assert 'radstack_http_requests_total{method="POST",route="/studies",status="200"} 1.0' in metrics
     assert 'route="/studies",status="200"' in metrics
     # Route templates, never UIDs (which can identify patients), label the series.
@@ -30,13 +33,13 @@ def test_health_ready_and_metrics(server: RunningServer) -> None:
 
 
 def test_openapi_document_lists_the_native_api(server: RunningServer) -> None:
-    spec = httpx.get(f"{server.url}/api/v1/openapi.json").json()
+    spec = authed.get(f"{server.url}/api/v1/openapi.json").json()
     assert "/api/v1/studies/{study}/versions" in spec["paths"]
     assert "/dicomweb/studies" in spec["paths"]
 
 
 def test_unknown_route_is_a_problem_document(server: RunningServer) -> None:
-    response = httpx.get(f"{server.url}/dicomweb/nothing-here")
+    response = authed.get(f"{server.url}/dicomweb/nothing-here")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["status"] == 404
@@ -65,7 +68,7 @@ def test_cli_serve_starts_on_the_embedded_defaults(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                if authed.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -171,6 +171,10 @@ def _run(
     return rows, tuple(warnings), truncated
 
 
+def _scoped(scope: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
+    return [] if scope is None else [scope]
+
+
 def _check_level(query: Query, level: QueryLevelValues) -> None:
     if query.level is not level:
         raise ValueError(f"a {query.level.value} query cannot search the {level.value} level")
@@ -188,7 +192,14 @@ def _series_order() -> list[ColumnElement[Any]]:
     return [SeriesRow.series_number.asc().nulls_last(), SeriesRow.series_uid.asc()]
 
 
-def search_studies(store: StudyStore, query: Query, *, base_url: str, max_limit: int) -> SearchResult:
+def search_studies(
+    store: StudyStore,
+    query: Query,
+    *,
+    base_url: str,
+    max_limit: int,
+    scope: ColumnElement[bool] | None = None,
+) -> SearchResult:
     """Search for studies: ``GET /studies`` (PS3.18 §10.6.1, return attributes Table 10.6.3-3).
 
     Parameters
@@ -201,6 +212,9 @@ def search_studies(store: StudyStore, query: Query, *, base_url: str, max_limit:
         Absolute DICOMweb root for the RetrieveURL (0008,1190) of each match.
     max_limit
         The server's cap on matches per response (``Settings.qido_max_limit``).
+    scope
+        A condition on :class:`StudyRow` that keeps the caller within its studies
+        (:meth:`radstack.security.policy.Policy.study_condition`); None searches all.
 
     Returns
     -------
@@ -209,7 +223,9 @@ def search_studies(store: StudyStore, query: Query, *, base_url: str, max_limit:
     """
     _check_level(query, QueryLevelValues.STUDY)
     statement = (
-        select(StudyRow).where(StudyRow.num_instances > 0, *conditions(query)).order_by(*_study_order())
+        select(StudyRow)
+        .where(StudyRow.num_instances > 0, *conditions(query), *_scoped(scope))
+        .order_by(*_study_order())
     )
     rows, warnings, truncated = _run(store, statement, query, max_limit)
     matches = []
@@ -220,7 +236,13 @@ def search_studies(store: StudyStore, query: Query, *, base_url: str, max_limit:
 
 
 def search_series(
-    store: StudyStore, query: Query, *, study_uid: str | None = None, base_url: str, max_limit: int
+    store: StudyStore,
+    query: Query,
+    *,
+    study_uid: str | None = None,
+    base_url: str,
+    max_limit: int,
+    scope: ColumnElement[bool] | None = None,
 ) -> SearchResult:
     """Search for series: ``GET /series`` or ``GET /studies/{study}/series`` (PS3.18 §10.6.1).
 
@@ -249,7 +271,7 @@ def search_series(
     statement = (
         select(SeriesRow, StudyRow)
         .join(StudyRow, SeriesRow.study_pk == StudyRow.id)
-        .where(SeriesRow.num_instances > 0, StudyRow.num_instances > 0, *conditions(query))
+        .where(SeriesRow.num_instances > 0, StudyRow.num_instances > 0, *conditions(query), *_scoped(scope))
     )
     if study_uid is not None:
         statement = statement.where(SeriesRow.study_uid == study_uid).order_by(*_series_order())
@@ -275,6 +297,7 @@ def search_instances(
     series_uid: str | None = None,
     base_url: str,
     max_limit: int,
+    scope: ColumnElement[bool] | None = None,
 ) -> SearchResult:
     """Search for instances: ``GET /instances``, ``/studies/{study}/instances`` or
     ``/studies/{study}/series/{series}/instances`` (PS3.18 §10.6.1).
@@ -306,7 +329,12 @@ def search_instances(
         select(InstanceRow, SeriesRow, StudyRow)
         .join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
         .join(StudyRow, StudyRow.id == SeriesRow.study_pk)
-        .where(InstanceRow.version_removed.is_(None), StudyRow.num_instances > 0, *conditions(query))
+        .where(
+            InstanceRow.version_removed.is_(None),
+            StudyRow.num_instances > 0,
+            *conditions(query),
+            *_scoped(scope),
+        )
     )
     if study_uid is not None:
         statement = statement.where(InstanceRow.study_uid == study_uid)

@@ -34,6 +34,10 @@ class StowResponse:
     status: int
     body: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    #: Studies that instances were stored into, and how many were stored and refused.
+    studies: tuple[str, ...] = ()
+    stored: int = 0
+    failed: int = 0
 
 
 def check_request(content_type: str | None, content_length: str | None, max_bytes: int) -> str:
@@ -197,4 +201,4 @@ def build_response(results: list[IngestResult], base_url: str, expected_study: s
         status = 202
     else:
         status = 200
-    return StowResponse(status=status, body=body, warnings=warnings)
+    return StowResponse(status, body, warnings, tuple(sorted(studies)), len(referenced), len(failed))

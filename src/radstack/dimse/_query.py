@@ -23,7 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from radstack.dicomweb import qido
 from radstack.errors import BadRequest, IdentifierMismatch
@@ -222,7 +222,7 @@ def parse_find(identifier: Dataset, sop_class_uid: str) -> FindRequest:
 
 
 # ----------------------------------------------------------------------------- C-FIND
-def _search_all(store: StudyStore, query: Query) -> Iterator[JsonDict]:
+def _search_all(store: StudyStore, query: Query, scope: ColumnElement[bool] | None) -> Iterator[JsonDict]:
     """Every match of ``query``, page by page (C-FIND has no paging of its own)."""
     search = {
         QueryLevelValues.STUDY: qido.search_studies,
@@ -231,7 +231,9 @@ def _search_all(store: StudyStore, query: Query) -> Iterator[JsonDict]:
     }[query.level]
     offset = 0
     while True:
-        page = search(store, replace(query, offset=offset, limit=None), base_url="", max_limit=_PAGE)
+        page = search(
+            store, replace(query, offset=offset, limit=None), base_url="", max_limit=_PAGE, scope=scope
+        )
         yield from page.matches
         if not page.truncated:
             return
@@ -269,13 +271,16 @@ def _patients(matches: Iterable[JsonDict]) -> Iterator[JsonDict]:
         }
 
 
-def find(store: StudyStore, request: FindRequest, ae_title: str) -> Iterator[Dataset]:
-    """The response identifiers of a C-FIND (PS3.4 §C.4.1.1.3.2), one per match.
+def find(
+    store: StudyStore, request: FindRequest, ae_title: str, scope: ColumnElement[bool] | None = None
+) -> Iterator[Dataset]:
+    """The response identifiers of a C-FIND (PS3.4 §C.4.1.1.3.2), one per match within ``scope``
+    (a condition on the study row; None: every study).
 
     Each carries every key of the request (zero length when there is no value), the unique keys
     of its level and the levels above, and the Query/Retrieve Level.
     """
-    matches = _search_all(store, request.query)
+    matches = _search_all(store, request.query, scope)
     if request.level == "PATIENT":
         matches = _patients(matches)
     levels = request.model.levels
@@ -303,8 +308,11 @@ def _dataset(attrs: JsonDict, level: str) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- C-GET, C-MOVE
-def retrieve_records(store: StudyStore, identifier: Dataset, sop_class_uid: str) -> list[InstanceRecord]:
-    """The current instances a C-GET or C-MOVE identifier names (PS3.4 §C.4.2.2.1, §C.4.3.2.1).
+def retrieve_records(
+    store: StudyStore, identifier: Dataset, sop_class_uid: str, scope: ColumnElement[bool] | None = None
+) -> list[InstanceRecord]:
+    """The current instances a C-GET or C-MOVE identifier names (PS3.4 §C.4.2.2.1, §C.4.3.2.1),
+    of studies within ``scope`` (a condition on the study row; None: every study).
 
     The identifier holds the unique key of its level (a UID list for UIDs) and may hold those of
     the levels above; other keys are ignored.
@@ -335,7 +343,7 @@ def retrieve_records(store: StudyStore, identifier: Dataset, sop_class_uid: str)
         select(*InstanceRow.__table__.columns)
         .join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
         .join(StudyRow, StudyRow.id == SeriesRow.study_pk)
-        .where(InstanceRow.version_removed.is_(None), *conditions(query))
+        .where(InstanceRow.version_removed.is_(None), *conditions(query), *([] if scope is None else [scope]))
         .order_by(
             InstanceRow.study_uid,
             InstanceRow.series_uid,

@@ -22,12 +22,13 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
@@ -56,13 +57,17 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
-from pynetdicom.transport import ThreadedAssociationServer
 
 from radstack.dicomweb.wado import part10
 from radstack.dimse import _query
+from radstack.dimse._tls import DeferredHandshakeServer
 from radstack.dimse.scu import VERIFICATION, choose_syntax, offered_syntaxes, propose_contexts
-from radstack.errors import CannotUnderstand, ProcessingFailure, RadstackError
+from radstack.errors import CannotUnderstand, Forbidden, ProcessingFailure, RadstackError
 from radstack.ingest.pipeline import ingest_file
+from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues
+from radstack.security.policy import ActionValues, Principal
+from radstack.security.tls import server_ssl_context
+from radstack.security.views import View
 from radstack.store.studies import Batch, InstanceRecord, StoreOutcomeValues
 
 if TYPE_CHECKING:
@@ -153,6 +158,7 @@ class _Inbound:
     stored: int = 0
     duplicates: int = 0
     failed: int = 0
+    studies: set[str] = field(default_factory=set)
 
 
 def _unsendable(record: InstanceRecord) -> Dataset:
@@ -194,7 +200,7 @@ class _SharedContexts(list[PresentationContext]):
         return list(self)
 
 
-class _AssociationServer(ThreadedAssociationServer):
+class _AssociationServer(DeferredHandshakeServer):
     """pynetdicom's threaded server, sharing its contexts and checking for shutdown every 50 ms
     (socketserver's default of 500 ms made every stop take half a second)."""
 
@@ -211,14 +217,17 @@ class _AssociationServer(ThreadedAssociationServer):
 
 
 class DimseServer:
-    """The DIMSE listener of one platform: ``start()`` binds ``settings.dicom_port``, ``stop()`` ends it."""
+    """The DIMSE listeners of one platform: ``start()`` binds ``settings.dicom_port`` and, for DICOM
+    over TLS, ``settings.dicom_tls_port``; ``stop()`` ends them."""
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
         self.peers = platform.peers
         self._inbound: dict[Association, _Inbound] = {}
+        self._principals: dict[Association, Principal] = {}
         self._lock = threading.Lock()
         self._server: _AssociationServer | None = None
+        self._tls_server: _AssociationServer | None = None
         self.ae = self._application_entity()
 
     def _application_entity(self) -> AE:
@@ -242,8 +251,17 @@ class DimseServer:
         port: int = self._server.server_address[1]
         return port
 
+    @property
+    def tls_port(self) -> int:
+        """The port the DICOM TLS listener is bound to."""
+        if self._tls_server is None:
+            raise RuntimeError("the DICOM TLS listener is not running")
+        port: int = self._tls_server.server_address[1]
+        return port
+
     def start(self) -> None:
-        """Listen on ``settings.host``:``settings.dicom_port`` in background threads."""
+        """Listen on ``settings.host``:``settings.dicom_port`` (0: not) and ``dicom_tls_port`` (0: not)
+        in background threads."""
         # pynetdicom logs C-FIND/GET/MOVE identifiers (patient names, IDs) unless told not to.
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
@@ -258,31 +276,50 @@ class DimseServer:
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
+        tls = server_ssl_context(settings, verify_clients=True) if settings.dicom_tls_port else None
+        if settings.dicom_port:
+            self._server = self._listen(settings.dicom_port, handlers, None)
+        if tls is not None:
+            self._tls_server = self._listen(settings.dicom_tls_port, handlers, tls)
+
+    def _listen(self, port: int, handlers: list[Any], tls: ssl.SSLContext | None) -> _AssociationServer:
+        settings = self.platform.settings
         server = cast(
             _AssociationServer,
             self.ae.make_server(
-                (settings.host, settings.dicom_port),
+                (settings.host, port),
                 contexts=list(supported_contexts()),
+                ssl_context=tls,
                 evt_handlers=handlers,
                 server_class=_AssociationServer,
             ),
         )
-        threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True).start()
-        self._server = server
-        log.info("DICOM service %s listening on %s:%d", settings.ae_title, settings.host, self.port)
+        name = "dimse-tls-listener" if tls else "dimse-listener"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        log.info(
+            "DICOM service %s listening on %s:%d%s",
+            settings.ae_title,
+            settings.host,
+            server.server_address[1],
+            " (TLS)" if tls else "",
+        )
+        return server
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop listening, abort open associations and finish their batches."""
-        server, self._server = self._server, None
-        if server is None:
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        self._server = self._tls_server = None
+        if not servers:
             return
-        server.shutdown()
-        associations = list(server.active_associations)
+        for server in servers:
+            server.shutdown()
+        associations = [assoc for server in servers for assoc in server.active_associations]
         for assoc in associations:
             assoc.abort()
         for assoc in associations:
             assoc.join(timeout)
-        server.server_close()
+        for server in servers:
+            server.server_close()
         with self._lock:
             leftover, self._inbound = list(self._inbound.items()), {}
         for assoc, inbound in leftover:
@@ -301,6 +338,19 @@ class DimseServer:
             inbound = self._inbound.pop(event.assoc, None)
         if inbound is not None:
             self._finish(event.assoc, inbound)
+            self._audit(
+                event,
+                AuditActionValues.WRITE,
+                {
+                    "operation": "C-STORE",
+                    "studies": sorted(inbound.studies),
+                    "stored": inbound.stored,
+                    "duplicates": inbound.duplicates,
+                    "failed": inbound.failed,
+                },
+            )
+        with self._lock:
+            self._principals.pop(event.assoc, None)
 
     def _finish(self, assoc: Association, inbound: _Inbound) -> None:
         """An association ended: rebuild the metadata documents of what it changed (as STOW-RS does)."""
@@ -315,6 +365,51 @@ class DimseServer:
             inbound.failed,
         )
 
+    def _principal(self, event: Event) -> Principal:
+        """Who the calling AE is: the service account with its AE title, else (when configured) an
+        account of the default role; otherwise it may do nothing (0x0124, refused: not authorised)."""
+        with self._lock:
+            known = self._principals.get(event.assoc)
+        if known is not None:
+            return known
+        calling = _calling(event)
+        principal = self.platform.accounts.dicom_principal(calling)
+        if principal is None:
+            role = self.platform.settings.dicom_default_role
+            if not role:
+                raise Forbidden(f"calling AE title {calling} is no service account here")
+            principal = Principal(f"ae:{calling}", role, "dicom")
+        principal = principal.with_source(str(event.assoc.requestor.address))
+        with self._lock:
+            self._principals[event.assoc] = principal
+        return principal
+
+    def _require(self, event: Event, action: ActionValues, study: str | None = None) -> Principal:
+        principal = self._principal(event)
+        self.platform.policy.require(principal, action, study)
+        return principal
+
+    def _view(self, principal: Principal) -> View:
+        """How the calling AE's role sees headers (identifiers and the data sets it is sent)."""
+        return self.platform.view(self.platform.policy.role(principal))
+
+    def _audit(
+        self, event: Event, action: AuditActionValues, resource: dict[str, Any], failure: str | None = None
+    ) -> None:
+        with self._lock:
+            principal = self._principals.get(event.assoc)
+        self.platform.audit.submit(
+            AuditEntry(
+                principal.subject if principal else f"ae:{_calling(event)}",
+                principal.role if principal else "",
+                str(event.assoc.requestor.address),
+                action,
+                {"protocol": "dimse", "calling_ae": _calling(event), **resource},
+                AuditOutcomeValues.FAILURE if failure else AuditOutcomeValues.SUCCESS,
+                failure,
+            )
+        )
+
     def _batch_of(self, event: Event) -> _Inbound:
         with self._lock:
             inbound = self._inbound.get(event.assoc)
@@ -326,12 +421,20 @@ class DimseServer:
 
     # ------------------------------------------------------------------ C-ECHO, C-STORE
     def _on_echo(self, event: Event) -> int:
+        try:
+            self._principal(event)
+        except Forbidden:
+            return 0x0124
         return 0x0000
 
     def _on_store(self, event: Event) -> Dataset:
         """C-STORE (PS3.4 §B.2.3): the data set as sent, through the ingest pipeline."""
         inbound = self._batch_of(event)
         sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
+        try:
+            self._require(event, ActionValues.INGEST)
+        except RadstackError as error:
+            return self._store_failed(event, inbound, sop_uid, error)
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # the request carries no data set
@@ -346,6 +449,8 @@ class DimseServer:
         )
         if result.error is not None:
             return self._store_failed(event, inbound, sop_uid, result.error)
+        if result.study_uid:
+            inbound.studies.add(result.study_uid)
         if result.outcome is StoreOutcomeValues.DUPLICATE:
             inbound.duplicates += 1
         else:
@@ -370,9 +475,15 @@ class DimseServer:
         """C-FIND (PS3.4 §C.4.1): one pending response per match, then success."""
         matches = 0
         try:
-            request = _query.parse_find(_identifier(event), str(event.request.AffectedSOPClassUID))
+            principal = self._require(event, ActionValues.READ_METADATA)
+            view = self._view(principal)
+            request = _query.parse_find(
+                view.identifier(_identifier(event)), str(event.request.AffectedSOPClassUID)
+            )
             pending = _PENDING_WARNING if request.unsupported else _PENDING
-            for identifier in _query.find(self.platform.store, request, self.platform.settings.ae_title):
+            scope = self.platform.policy.study_condition(principal)
+            for found in _query.find(self.platform.store, request, self.platform.settings.ae_title, scope):
+                identifier = view.dataset(found) if view.shapes else found
                 _wait_until_sent(event.assoc)
                 if event.is_cancelled:
                     log.info("C-FIND from %s cancelled after %d matches", _calling(event), matches)
@@ -381,8 +492,14 @@ class DimseServer:
                 matches += 1
                 yield pending, identifier
         except Exception as exc:
+            self._audit(event, AuditActionValues.QUERY, {"operation": "C-FIND"}, _as_radstack(exc).message)
             yield self._failed("C-FIND", event, exc), None
             return
+        self._audit(
+            event,
+            AuditActionValues.QUERY,
+            {"operation": "C-FIND", "level": request.level, "matches": matches},
+        )
         log.info("C-FIND at the %s level from %s: %d matches", request.level, _calling(event), matches)
 
     def _failed(self, operation: str, event: Event, exc: Exception) -> Dataset:
@@ -393,22 +510,41 @@ class DimseServer:
         return _status(error.dicom_status, error.message)
 
     # ------------------------------------------------------------------ C-GET, C-MOVE
-    def _records(self, event: Event) -> list[InstanceRecord]:
-        return _query.retrieve_records(
-            self.platform.store, _identifier(event), str(event.request.AffectedSOPClassUID)
+    def _records(self, event: Event, operation: str) -> tuple[list[InstanceRecord], View]:
+        """What a C-GET or C-MOVE names, within the caller's scope, and how the caller sees headers;
+        audited as a read."""
+        try:
+            self._require(event, ActionValues.READ_METADATA)
+            principal = self._require(event, ActionValues.READ_PIXELS)
+            view = self._view(principal)
+            records = _query.retrieve_records(
+                self.platform.store,
+                view.identifier(_identifier(event)),
+                str(event.request.AffectedSOPClassUID),
+                self.platform.policy.study_condition(principal),
+            )
+        except Exception as exc:
+            self._audit(event, AuditActionValues.READ, {"operation": operation}, _as_radstack(exc).message)
+            raise
+        studies = sorted({record.study_uid for record in records})
+        self._audit(
+            event,
+            AuditActionValues.READ,
+            {"operation": operation, "studies": studies, "instances": len(records)},
         )
+        return records, view
 
     def _on_get(self, event: Event) -> Iterator[Any]:
         """C-GET (PS3.4 §C.4.3): C-STORE sub-operations on the requestor's own association."""
         try:
-            records = self._records(event)
+            records, view = self._records(event, "C-GET")
         except Exception as exc:
             yield 1  # pynetdicom answers a failure only after the sub-operation count
             yield self._failed("C-GET", event, exc), None
             return
         log.info("C-GET from %s: %d instances", _calling(event), len(records))
         yield len(records)
-        yield from self._sub_operations(event, records, offered_syntaxes(event.assoc))
+        yield from self._sub_operations(event, records, offered_syntaxes(event.assoc), view)
 
     def _on_move(self, event: Event) -> Iterator[Any]:
         """C-MOVE (PS3.4 §C.4.2): C-STORE sub-operations on a new association to a registered peer."""
@@ -420,8 +556,9 @@ class DimseServer:
             return
         error: Exception | None = None
         records: list[InstanceRecord] = []
+        view: View | None = None
         try:
-            records = self._records(event)
+            records, view = self._records(event, "C-MOVE")
         except Exception as exc:
             error = exc
         established: list[Association] = []
@@ -436,26 +573,27 @@ class DimseServer:
                 ],
             },
         )
-        if error is not None:
+        if error is not None or view is None:
             # pynetdicom reports a failure only after the destination association is open; with
             # nothing to send, it proposes Verification only (propose_contexts([])).
             yield 1
-            yield self._failed("C-MOVE", event, error), None
+            yield self._failed("C-MOVE", event, error or ProcessingFailure("no records")), None
             return
         log.info("C-MOVE from %s to %s: %d instances", _calling(event), peer.ae_title, len(records))
         yield len(records)
         yield from self._sub_operations(
-            event, records, offered_syntaxes(established[0]) if established else {}
+            event, records, offered_syntaxes(established[0]) if established else {}, view
         )
 
     def _sub_operations(
-        self, event: Event, records: Sequence[InstanceRecord], offered: dict[str, list[str]]
+        self, event: Event, records: Sequence[InstanceRecord], offered: dict[str, list[str]], view: View
     ) -> HandlerResult:
         for record in records:
             if event.is_cancelled:
                 yield _CANCEL, None
                 return
-            yield _PENDING, self._outgoing(record, offered.get(record.sop_class_uid, []))
+            outgoing = self._outgoing(record, offered.get(record.sop_class_uid, []))
+            yield _PENDING, view.dataset(outgoing, record.study_uid) if view.shapes else outgoing
 
     def _outgoing(self, record: InstanceRecord, offered: Sequence[str]) -> Dataset:
         """``record`` rebuilt in a transfer syntax the receiver accepted."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from radstack.errors import BadRequest, CannotUnderstand, NotFound, RadstackError
 from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
 from radstack.jobs.queue import JobContext
+from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.store.blobs import S3BlobStore
 from radstack.store.studies import Batch, StudyStore
 
@@ -124,13 +125,19 @@ def _open_source(source: str) -> _Source:
 class ImportRunner:
     """The job handler for ``import`` jobs (registered with the queue by the platform)."""
 
-    def __init__(self, store: StudyStore, analyser: Analyser | None, parallel: int) -> None:
+    def __init__(self, store: StudyStore, analyser: Analyser | None, parallel: int, policy: Policy) -> None:
         self.store = store
+        self.policy = policy
         self.analyser = analyser
         self.parallel = max(1, parallel)
 
     def __call__(self, context: JobContext) -> JsonDict:
         job = context.job
+        # The worker acts for whoever submitted the job (an API caller), or the platform (CLI).
+        submitter = job.params.get("submitted_by")
+        if isinstance(submitter, dict):
+            principal = Principal(str(submitter["subject"]), str(submitter["role"]), "job")
+            self.policy.require(principal, ActionValues.INGEST)
         source = _open_source(check_source(str(job.params["source"])))
         files = list(source.scan())
         done = context.records.import_paths_done(job.id)

@@ -16,7 +16,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 from radstack.errors import ProcessingFailure
 from radstack.ingest.pipeline import IngestResult, stage_file
-from radstack.store.blobs import BlobStore, open_blob_store
+from radstack.security.crypto import KeyConfig, open_encrypted_blob_store
+from radstack.store.blobs import BlobStore
 from radstack.store.studies import NewInstance
 
 __all__ = ["IngestPool"]
@@ -24,13 +25,14 @@ __all__ = ["IngestPool"]
 _blobs: BlobStore | None = None
 
 
-def _start_worker(blob_url: str) -> None:
-    """Open the blob store once per worker and import the codecs, so the first instance is not slower."""
+def _start_worker(blob_url: str, keys: KeyConfig) -> None:
+    """Open the (encrypted) blob store once per worker and import the codecs, so the first instance
+    is not slower."""
     global _blobs
     import imagecodecs  # noqa: F401
     import pydicom.pixels  # noqa: F401
 
-    _blobs = open_blob_store(blob_url)
+    _blobs = open_encrypted_blob_store(blob_url, keys)
 
 
 def _ready() -> None:
@@ -45,9 +47,10 @@ def _stage(data: bytes, expected_study: str | None, encode: bool) -> tuple[Inges
 class IngestPool:
     """An :class:`~radstack.ingest.pipeline.Analyser` backed by a pool of worker processes."""
 
-    def __init__(self, processes: int, blob_url: str) -> None:
+    def __init__(self, processes: int, blob_url: str, keys: KeyConfig) -> None:
         self.processes = processes if processes > 0 else (os.cpu_count() or 1)
         self.blob_url = blob_url
+        self.keys = keys
         self._lock = threading.Lock()
         self._executor = self._start()
 
@@ -56,7 +59,7 @@ class IngestPool:
         the first instances of a STOW request would otherwise wait for."""
         context = multiprocessing.get_context("spawn")
         executor = ProcessPoolExecutor(
-            self.processes, mp_context=context, initializer=_start_worker, initargs=(self.blob_url,)
+            self.processes, mp_context=context, initializer=_start_worker, initargs=(self.blob_url, self.keys)
         )
         for future in [executor.submit(_ready) for _ in range(self.processes)]:
             future.result()

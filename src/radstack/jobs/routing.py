@@ -16,7 +16,7 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -224,9 +224,23 @@ class StableStudyRunner:
 class RouteActionRunner:
     """The ``route-action`` job: one action of one rule for one study."""
 
-    def __init__(self, store: StudyStore, forward: Callable[[str, list[InstanceRecord]], JsonDict]) -> None:
+    def __init__(
+        self,
+        store: StudyStore,
+        forward: Callable[[str, list[InstanceRecord]], JsonDict],
+        tokens: Mapping[str, str] | None = None,
+    ) -> None:
         self.store = store
         self.forward = forward
+        #: URL prefix → bearer token sent to it (``RADSTACK_OUTBOUND_TOKENS``); kept out of the rules.
+        self.tokens = dict(tokens or {})
+
+    def _authorization(self, url: str) -> dict[str, str]:
+        """The Authorization header for ``url``: the token of its longest configured prefix."""
+        prefixes = [prefix for prefix in self.tokens if url.startswith(prefix)]
+        if not prefixes:
+            return {}
+        return {"Authorization": f"Bearer {self.tokens[max(prefixes, key=len)]}"}
 
     def __call__(self, context: JobContext) -> JsonDict:
         study_uid = str(context.job.params["study_uid"])
@@ -251,15 +265,13 @@ class RouteActionRunner:
                 + b"\r\n"
                 for record in records[start : start + _STOW_INSTANCES]
             ]
-            _post_stow(
-                f"{url.rstrip('/')}/studies/{study_uid}",
-                b"".join(parts) + f"--{boundary}--\r\n".encode(),
-                boundary,
-            )
+            target = f"{url.rstrip('/')}/studies/{study_uid}"
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            _post_stow(target, body, boundary, self._authorization(target))
         return {"sent": len(records)}
 
 
-def _post_stow(url: str, body: bytes, boundary: str) -> None:
+def _post_stow(url: str, body: bytes, boundary: str, authorization: dict[str, str]) -> None:
     request = urllib.request.Request(
         url,
         data=body,
@@ -267,6 +279,7 @@ def _post_stow(url: str, body: bytes, boundary: str) -> None:
         headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
+            **authorization,
         },
     )
     try:

@@ -21,11 +21,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import secrets
-import stat
+import logging
+import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -38,16 +37,19 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from radstack.errors import RadstackError
+from radstack.security.keyfile import load_secret
 from radstack.store.models import Base
 
 __all__ = [
     "GENESIS",
     "AuditActionValues",
+    "AuditEntry",
     "AuditHeadRow",
     "AuditLog",
     "AuditOutcomeValues",
     "AuditRecord",
     "AuditRow",
+    "AuditWriter",
     "ChainFault",
     "ChainProblem",
     "VerifyReport",
@@ -63,6 +65,8 @@ GENESIS = "0" * 64
 KEY_FILE = "audit.key"
 
 _HEAD_ID = 1
+
+log = logging.getLogger(__name__)
 
 
 class AuditActionValues(StrEnum):
@@ -143,6 +147,19 @@ class AuditRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One action to record (the record gets its sequence number, time and hashes when appended)."""
+
+    actor: str
+    role: str
+    source: str
+    action: AuditActionValues
+    resource: dict[str, Any]
+    outcome: AuditOutcomeValues = AuditOutcomeValues.SUCCESS
+    reason: str | None = None
+
+
 class AuditChainBroken(RadstackError):
     """The chain head row is gone: the log cannot be appended to until someone looks at it."""
 
@@ -206,27 +223,7 @@ def load_audit_key(data_dir: Path, *, create: bool = True) -> bytes | None:
     RadstackError
         The key file can be read by group or others, or is not 32 bytes.
     """
-    path = data_dir / KEY_FILE
-    if create and not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first: read theirs
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(32))
-                handle.flush()
-                os.fsync(handle.fileno())
-    if not path.exists():
-        return None
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise RadstackError(f"audit key {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})")
-    key = path.read_bytes()
-    if len(key) != 32:
-        raise RadstackError(f"audit key {path} holds {len(key)} bytes; a key is 32 random bytes")
-    return key
+    return load_secret(data_dir / KEY_FILE, "audit key", create=create)
 
 
 class AuditLog:
@@ -272,73 +269,72 @@ class AuditLog:
         outcome, reason
             Success or failure, and why it failed.
         """
-        resource_json = _canonical_json(dict(resource))
+        entry = AuditEntry(actor, role, source, AuditActionValues(action), dict(resource), outcome, reason)
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Record several actions, chained in order, in one transaction."""
+        if not entries:
+            return []
         for attempt in range(5):
             try:
                 if self._sqlite:
                     with self._lock, self.engine.begin() as connection:
-                        return self._append(
-                            connection, actor, role, source, action, resource_json, outcome, reason
-                        )
+                        return self._append(connection, entries)
                 with self.engine.begin() as connection:
-                    return self._append(
-                        connection, actor, role, source, action, resource_json, outcome, reason
-                    )
+                    return self._append(connection, entries)
             except (IntegrityError, OperationalError):
                 # A busy SQLite past its timeout, a dropped connection: nothing was committed.
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
 
-    def _append(
-        self,
-        connection: Connection,
-        actor: str,
-        role: str,
-        source: str,
-        action: AuditActionValues,
-        resource_json: str,
-        outcome: AuditOutcomeValues,
-        reason: str | None,
-    ) -> AuditRecord:
+    def _append(self, connection: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         head = AuditHeadRow.__table__.c
         # The write comes first so the transaction holds the lock before it reads the head:
         # PostgreSQL's row lock (a second writer blocks here, then re-reads the committed head)
         # and SQLite's write lock (a deferred transaction that read first could not upgrade).
         bumped = connection.execute(
-            update(AuditHeadRow).where(head.id == _HEAD_ID).values(seq=head.seq + 1)
+            update(AuditHeadRow).where(head.id == _HEAD_ID).values(seq=head.seq + len(entries))
         ).rowcount
         if bumped != 1:
             raise AuditChainBroken("the audit chain head row is missing; run 'radstack audit verify'")
-        seq, prev_hash = connection.execute(select(head.seq, head.hash).where(head.id == _HEAD_ID)).one()
-        fields: dict[str, Any] = {
-            "seq": seq,
-            "at": datetime.now(UTC),
-            "actor": actor,
-            "role": role,
-            "source": source,
-            "action": AuditActionValues(action).value,
-            "resource": resource_json,
-            "outcome": AuditOutcomeValues(outcome).value,
-            "reason": reason,
-            "prev_hash": prev_hash,
-        }
-        fields["hash"] = record_hash(fields, self.key)
-        connection.execute(insert(AuditRow).values(**fields))
-        connection.execute(update(AuditHeadRow).where(head.id == _HEAD_ID).values(hash=fields["hash"]))
-        return AuditRecord(
-            seq=seq,
-            at=fields["at"],
-            actor=actor,
-            role=role,
-            source=source,
-            action=AuditActionValues(action),
-            resource=json.loads(resource_json),
-            outcome=AuditOutcomeValues(outcome),
-            reason=reason,
-            prev_hash=prev_hash,
-            hash=fields["hash"],
-        )
+        last_seq, prev_hash = connection.execute(select(head.seq, head.hash).where(head.id == _HEAD_ID)).one()
+        now = datetime.now(UTC)
+        rows: list[dict[str, Any]] = []
+        for seq, entry in enumerate(entries, start=last_seq - len(entries) + 1):
+            fields: dict[str, Any] = {
+                "seq": seq,
+                "at": now,
+                "actor": entry.actor,
+                "role": entry.role,
+                "source": entry.source,
+                "action": AuditActionValues(entry.action).value,
+                "resource": _canonical_json(entry.resource),
+                "outcome": AuditOutcomeValues(entry.outcome).value,
+                "reason": entry.reason,
+                "prev_hash": prev_hash,
+            }
+            fields["hash"] = prev_hash = record_hash(fields, self.key)
+            rows.append(fields)
+        connection.execute(insert(AuditRow), rows)
+        connection.execute(update(AuditHeadRow).where(head.id == _HEAD_ID).values(hash=prev_hash))
+        return [
+            AuditRecord(
+                seq=row["seq"],
+                at=now,
+                actor=row["actor"],
+                role=row["role"],
+                source=row["source"],
+                action=AuditActionValues(row["action"]),
+                resource=json.loads(row["resource"]),
+                outcome=AuditOutcomeValues(row["outcome"]),
+                reason=row["reason"],
+                prev_hash=row["prev_hash"],
+                hash=row["hash"],
+            )
+            for row in rows
+        ]
 
     def records(self, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
         """Up to ``limit`` records with a sequence number above ``after``, oldest first."""
@@ -481,3 +477,69 @@ def verify(engine: Engine, key: bytes | None = None) -> VerifyReport:
         )
     problems.sort(key=lambda problem: problem.seq)
     return VerifyReport(records=count, head_seq=head.seq, problems=tuple(problems))
+
+
+class AuditWriter:
+    """Appends records in the background, many per transaction, so a request never waits on the chain.
+
+    :meth:`submit` only queues; a thread appends what has queued (up to ``batch`` records per
+    transaction) as soon as it can. :meth:`close` writes what is left. Records queued by a
+    process that is killed before they are written are lost, which is why changes (ingest,
+    delete, admin actions) are also recorded in the index's own history (study versions, jobs).
+    """
+
+    def __init__(
+        self,
+        log: AuditLog,
+        *,
+        batch: int = 500,
+        forward: Callable[[list[AuditEntry], datetime], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.batch = batch
+        #: Also hands every appended batch on (DICOM audit messages to syslog, PS3.15 A.5).
+        self.forward = forward
+        self._queue: queue.SimpleQueue[AuditEntry | threading.Event | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, entry: AuditEntry) -> None:
+        self._queue.put(entry)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted before this call is written."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            entries: list[AuditEntry] = []
+            waiting: list[threading.Event] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiting.append(item)
+                else:
+                    entries.append(item)
+                if stop or len(entries) >= self.batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                records = self.log.append_many(entries)
+                if self.forward is not None and records:
+                    self.forward(entries, records[0].at)
+            except Exception:
+                log.exception("could not append %d audit records", len(entries))
+            for event in waiting:
+                event.set()

@@ -8,7 +8,8 @@ under its key.
 
 Two stores, selected by ``RADSTACK_BLOB_URL``: files under a directory (``file:///path``, the
 default; on a shared filesystem it also serves many nodes) and an S3-compatible bucket
-(``s3://bucket/prefix``: AWS S3, MinIO, Ceph RGW, …).
+(``s3://bucket/prefix``: AWS S3, MinIO, Ceph RGW, …). The platform never uses them bare: it wraps
+them in :class:`radstack.security.crypto.EncryptedBlobStore`, so every blob is encrypted at rest.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` atomically; a key that exists is left as it is."""
 
+    def replace(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically, replacing what is there (key rotation's header rewrite)."""
+
     def get(self, key: str) -> bytes:
         """The bytes under ``key``; :class:`NotFound` when absent."""
 
@@ -68,7 +72,7 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def list(self, prefix: str) -> Iterator[BlobInfo]:
-        """Every blob under ``prefix``: its key, when it was written and its size."""
+        """Every blob under ``prefix`` (``""``: every blob): its key, when it was written and its size."""
 
 
 class LocalBlobStore:
@@ -88,6 +92,12 @@ class LocalBlobStore:
         path = self._path(key)
         if path.exists():
             return
+        self._store(path, data)
+
+    def replace(self, key: str, data: bytes) -> None:
+        self._store(self._path(key), data)
+
+    def _store(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
@@ -128,11 +138,12 @@ class LocalBlobStore:
         self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> Iterator[BlobInfo]:
-        base = self._path(prefix)
+        stripped = prefix.strip("/")
+        base = self._path(stripped) if stripped else self.root
         if not base.exists():
             return
         for path in base.rglob("*"):
-            if path.is_file():
+            if path.is_file() and (stripped or path.relative_to(self.root).parts[0] != self._tmp.name):
                 stat = path.stat()
                 yield BlobInfo(path.relative_to(self.root).as_posix(), stat.st_mtime, stat.st_size)
 
@@ -261,6 +272,17 @@ class S3BlobStore:
                 ) from exc
             except BotoCoreError as exc:
                 raise OutOfResources(f"blob store {self.url} is unavailable: {exc}") from exc
+
+    def replace(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` by an unconditional PUT (atomic: readers see the old or the new)."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
+        except ClientError as exc:
+            raise OutOfResources(
+                f"blob store {self.url} refused blob {key!r}: {_status(exc)} {_code(exc)}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise OutOfResources(f"blob store {self.url} is unavailable: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         try:

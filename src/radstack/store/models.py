@@ -27,6 +27,8 @@ class StudyRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    #: The UID a de-identified view shows for this one (PS3.15 Annex E), to map requests back.
+    pseudo_uid: Mapped[str | None] = mapped_column(UID, index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_name: Mapped[str | None] = mapped_column(String(324), index=True)
     patient_birth_date: Mapped[str | None] = mapped_column(String(16))
@@ -55,6 +57,7 @@ class SeriesRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    pseudo_uid: Mapped[str | None] = mapped_column(UID, index=True)
     study_uid: Mapped[str] = mapped_column(UID, index=True)
     modality: Mapped[str | None] = mapped_column(String(16), index=True)
     series_number: Mapped[int | None] = mapped_column(Integer)
@@ -88,6 +91,7 @@ class InstanceRow(Base):
     study_uid: Mapped[str] = mapped_column(UID)
     series_uid: Mapped[str] = mapped_column(UID)
     sop_uid: Mapped[str] = mapped_column(UID)
+    pseudo_uid: Mapped[str | None] = mapped_column(UID, index=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     instance_number: Mapped[int | None] = mapped_column(Integer)
     version_added: Mapped[int] = mapped_column(Integer)

@@ -201,6 +201,8 @@ class StudyStore:
     def __init__(self, engine: Engine, blobs: BlobStore) -> None:
         self.engine = engine
         self.blobs = blobs
+        #: The de-identified view's UID for a real one (set by the platform); stored with each row.
+        self.pseudonym: Callable[[str], str] | None = None
         self._sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer; serialising writers in-process avoids lock-upgrade deadlocks.
         self._write_lock = threading.Lock()
@@ -316,7 +318,7 @@ class StudyStore:
         version = self._version_for(session, study, batch)
         if current is not None:
             current.version_removed = version
-        session.add(_instance_row(new, version))
+        session.add(_instance_row(new, version, self._pseudo(new.sop_uid)))
         if series is None:
             series = self._series_for_update(session, study, new.series_uid, new.attrs)
         if current is not None and current.series_uid != new.series_uid:
@@ -343,7 +345,14 @@ class StudyStore:
             query = query.with_for_update()
         study = session.scalar(query)
         if study is None:
-            study = StudyRow(study_uid=study_uid, version=0, change_seq=0, num_series=0, num_instances=0)
+            study = StudyRow(
+                study_uid=study_uid,
+                pseudo_uid=self._pseudo(study_uid),
+                version=0,
+                change_seq=0,
+                num_series=0,
+                num_instances=0,
+            )
             study.updated_at = _now()
             for key, value in study_columns(attrs).items():
                 setattr(study, key, value)
@@ -377,7 +386,11 @@ class StudyStore:
         series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == series_uid))
         if series is None:
             series = SeriesRow(
-                study_pk=study.id, series_uid=series_uid, study_uid=study.study_uid, num_instances=0
+                study_pk=study.id,
+                series_uid=series_uid,
+                pseudo_uid=self._pseudo(series_uid),
+                study_uid=study.study_uid,
+                num_instances=0,
             )
             for key, value in series_columns(attrs).items():
                 setattr(series, key, value)
@@ -461,6 +474,64 @@ class StudyStore:
         if study is None or study.version == 0 or (study.num_instances == 0 and not include_deleted):
             raise NotFound(f"study {study_uid} is not stored")
         return study
+
+    def _pseudo(self, uid: str) -> str | None:
+        return self.pseudonym(uid) if self.pseudonym is not None else None
+
+    def fill_pseudonyms(self, batch: int = 1000) -> int:
+        """Give rows stored without a pseudonymous UID (before there was one) theirs; returns how many."""
+        if self.pseudonym is None:
+            return 0
+        done = 0
+        for table, column in (
+            (StudyRow, StudyRow.study_uid),
+            (SeriesRow, SeriesRow.series_uid),
+            (InstanceRow, InstanceRow.sop_uid),
+        ):
+            while True:
+                filled = self._write(partial(self._fill_pseudonyms, table, column.key, batch))
+                done += filled
+                if filled < batch:
+                    break
+        return done
+
+    def _fill_pseudonyms(self, table: Any, uid_column: str, batch: int, session: Session) -> int:
+        assert self.pseudonym is not None
+        rows = session.scalars(select(table).where(table.pseudo_uid.is_(None)).limit(batch)).all()
+        for row in rows:
+            row.pseudo_uid = self.pseudonym(getattr(row, uid_column))
+        return len(rows)
+
+    def real_uid(self, level: str, pseudo_uid: str) -> str | None:
+        """The real UID behind a de-identified view's ``pseudo_uid`` at ``level`` (study, series,
+        instance), or None when no stored row has it."""
+        column, pseudo = {
+            "study": (StudyRow.study_uid, StudyRow.pseudo_uid),
+            "series": (SeriesRow.series_uid, SeriesRow.pseudo_uid),
+            "instance": (InstanceRow.sop_uid, InstanceRow.pseudo_uid),
+        }[level]
+        with self.engine.connect() as connection:
+            return connection.execute(select(column).where(pseudo == pseudo_uid).limit(1)).scalar()
+
+    def patient_key(self, study_uid: str) -> str:
+        """What a de-identified view keys a patient's pseudonyms and date shift on: the study's
+        PatientID (the study UID when it has none)."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(StudyRow.patient_id).where(StudyRow.study_uid == study_uid)
+            ).scalar()
+        return found or study_uid
+
+    def study_scope(self, study_uid: str) -> tuple[str | None, str | None] | None:
+        """``(ReferringPhysicianName, InstitutionName)`` of a stored study (what scoping compares),
+        or None when it was never stored."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(StudyRow.referring_physician_name, StudyRow.institution_name).where(
+                    StudyRow.study_uid == study_uid
+                )
+            ).one_or_none()
+        return None if row is None else (row[0], row[1])
 
     def require_series(self, study_uid: str, series_uid: str) -> None:
         with self._session() as session:
@@ -595,7 +666,7 @@ class StudyStore:
             session.flush()
             for item in add:
                 if isinstance(item, NewInstance):
-                    session.add(_instance_row(item, version))
+                    session.add(_instance_row(item, version, self._pseudo(item.sop_uid)))
                 else:
                     session.add(_copy_row(session, item, version))
             session.flush()
@@ -646,12 +717,13 @@ class StudyStore:
         self._refresh_study_aggregates(session, study)
 
 
-def _instance_row(new: NewInstance, version: int) -> InstanceRow:
+def _instance_row(new: NewInstance, version: int, pseudo_uid: str | None) -> InstanceRow:
     pixel = new.pixel
     return InstanceRow(
         study_uid=new.study_uid,
         series_uid=new.series_uid,
         sop_uid=new.sop_uid,
+        pseudo_uid=pseudo_uid,
         sop_class_uid=new.sop_class_uid,
         instance_number=_int(new.attrs, "00200013"),
         version_added=version,

@@ -10,8 +10,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from radstack.dicomweb import wado
+from radstack.security.policy import ActionValues
 from radstack.store import versions
-from radstack.web.dicomweb import check_path_uids, gzip_json, platform_of
+from radstack.web.dicomweb import guard, gzip_json, platform_of
 
 __all__ = ["router"]
 
@@ -50,7 +51,7 @@ class ResolutionLevel(BaseModel):
     "/studies/{study}/versions", response_model=list[VersionOut], summary="List the versions of a study"
 )
 def list_versions(request: Request, study: str) -> list[VersionOut]:
-    check_path_uids(study)
+    guard(request, ActionValues.READ_METADATA, study)
     rows = platform_of(request).store.list_versions(study)
     return [
         VersionOut(version=r.version, reason=r.reason, detail=r.detail, created_at=r.created_at) for r in rows
@@ -59,28 +60,28 @@ def list_versions(request: Request, study: str) -> list[VersionOut]:
 
 @router.get("/studies/{study}/versions/{version}/metadata", summary="Whole-study metadata of one version")
 def version_metadata(request: Request, study: str, version: int) -> Response:
-    check_path_uids(study)
-    return gzip_json(request, platform_of(request).store.version_document(study, version))
+    guard(request, ActionValues.READ_METADATA, study)
+    return gzip_json(request, platform_of(request).store.version_document(study, version), study)
 
 
 @router.get("/studies/{study}/metadata", summary="Whole-study metadata document (gzipped DICOM JSON)")
 def study_document(request: Request, study: str) -> Response:
-    check_path_uids(study)
-    return gzip_json(request, platform_of(request).store.metadata_document(study))
+    guard(request, ActionValues.READ_METADATA, study)
+    return gzip_json(request, platform_of(request).store.metadata_document(study), study)
 
 
 @router.post(
     "/studies/{study}/versions/{version}/revert", response_model=VersionChange, summary="Revert a study"
 )
 def revert_study(request: Request, study: str, version: int) -> VersionChange:
-    check_path_uids(study)
+    guard(request, ActionValues.UPDATE_METADATA, study)
     new_version = versions.revert(platform_of(request).store, study, version)
     return VersionChange(study_uid=study, version=new_version)
 
 
 @router.patch("/studies/{study}", response_model=VersionChange, summary="Update attributes (new version)")
 def update_study(request: Request, study: str, body: AttributeUpdate) -> VersionChange:
-    check_path_uids(study, body.series_uid)
+    guard(request, ActionValues.UPDATE_METADATA, study, body.series_uid)
     new_version = versions.update_attributes(
         platform_of(request).store, study, body.attributes, body.series_uid
     )
@@ -89,13 +90,13 @@ def update_study(request: Request, study: str, body: AttributeUpdate) -> Version
 
 @router.delete("/studies/{study}", response_model=VersionChange, summary="Delete a study (new version)")
 def delete_study(request: Request, study: str) -> VersionChange:
-    check_path_uids(study)
+    guard(request, ActionValues.DELETE, study)
     return VersionChange(study_uid=study, version=versions.delete(platform_of(request).store, study))
 
 
 @router.delete("/studies/{study}/series/{series}", response_model=VersionChange, summary="Delete a series")
 def delete_series(request: Request, study: str, series: str) -> VersionChange:
-    check_path_uids(study, series)
+    guard(request, ActionValues.DELETE, study, series)
     return VersionChange(study_uid=study, version=versions.delete(platform_of(request).store, study, series))
 
 
@@ -107,7 +108,7 @@ def delete_series(request: Request, study: str, series: str) -> VersionChange:
 def frame_levels(
     request: Request, study: str, series: str, instance: str, frame: int
 ) -> list[ResolutionLevel]:
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.READ_PIXELS, study, series, instance)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
     wado.parse_frame_list(str(frame), record)
@@ -122,7 +123,7 @@ def frame_levels(
 def frame_at_level(
     request: Request, study: str, series: str, instance: str, frame: int, level: int
 ) -> Response:
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.READ_PIXELS, study, series, instance)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
     wado.parse_frame_list(str(frame), record)

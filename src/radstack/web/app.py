@@ -20,6 +20,7 @@ from radstack import __version__
 from radstack.config import Settings
 from radstack.errors import RadstackError
 from radstack.platform import Platform
+from radstack.web.transport import install_transport
 
 __all__ = ["create_app", "problem_response"]
 
@@ -28,7 +29,12 @@ log = logging.getLogger(__name__)
 
 def problem_response(error: RadstackError) -> JSONResponse:
     """An RFC 9457 problem document for ``error``."""
-    return JSONResponse(error.problem(), status_code=error.http_status, media_type="application/problem+json")
+    return JSONResponse(
+        error.problem(),
+        status_code=error.http_status,
+        media_type="application/problem+json",
+        headers=error.headers() or None,
+    )
 
 
 class MetricsMiddleware:
@@ -68,13 +74,14 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     platform closes.
     """
     from radstack.dimse import DimseServer
-    from radstack.web import api_v1, dicomweb, dicomweb_qido, jobs, peers, workflows
+    from radstack.web import accounts, api_v1, auth, dicomweb, dicomweb_qido, jobs, peers, workflows
+    from radstack.web.auth import AuthMiddleware
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = platform or Platform.open(settings)
         app.state.platform = opened
-        dimse = DimseServer(opened) if opened.settings.dicom_port else None
+        dimse = DimseServer(opened) if opened.settings.dicom_port or opened.settings.dicom_tls_port else None
         try:
             if dimse is not None:
                 dimse.start()
@@ -158,11 +165,15 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(AuthMiddleware)
     app.add_middleware(MetricsMiddleware, requests=requests, latency=latency)
+    app.include_router(auth.router)
+    app.include_router(accounts.router, prefix="/api/v1")
     app.include_router(dicomweb_qido.router, prefix="/dicomweb")
     app.include_router(dicomweb.router, prefix="/dicomweb")
     app.include_router(api_v1.router, prefix="/api/v1")
     app.include_router(peers.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(workflows.router, prefix="/api/v1")
+    install_transport(app, settings)  # last, so outermost: headers on every response
     return app

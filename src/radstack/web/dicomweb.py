@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from collections.abc import Iterable, Iterator
 
+import pydicom
 from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,7 +20,11 @@ from radstack.dicomweb.accept import parse_accept
 from radstack.dicomweb.multipart import multipart_body, new_boundary
 from radstack.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
 from radstack.platform import Platform
+from radstack.security.audit import AuditActionValues
+from radstack.security.policy import ActionValues, RoleDef
+from radstack.security.views import View
 from radstack.store import versions
+from radstack.web.auth import authorize, note, view_of
 
 __all__ = ["router"]
 
@@ -58,6 +64,7 @@ async def _stow(request: Request, study: str | None) -> Response:
     settings = platform.settings
     if study is not None:
         check_uid(study, "StudyInstanceUID", in_request=True)
+    authorize(request, ActionValues.INGEST, url_study=study)
     boundary = stow.check_request(
         request.headers.get("content-type"), request.headers.get("content-length"), settings.max_request_bytes
     )
@@ -70,6 +77,13 @@ async def _stow(request: Request, study: str | None) -> Response:
         expected_study=study,
         encode=settings.encode_htj2k,
         analyser=platform.analyser,
+    )
+    note(
+        request,
+        AuditActionValues.WRITE,
+        studies=list(result.studies),
+        stored=result.stored,
+        failed=result.failed,
     )
     return dicom_json(result.body, result.status, warning_header(result.warnings))
 
@@ -85,6 +99,22 @@ async def stow_study(request: Request, study: str) -> Response:
 
 
 # ----------------------------------------------------------------------------- WADO-RS
+def guard(
+    request: Request,
+    action: ActionValues,
+    study: str | None,
+    series: str | None = None,
+    instance: str | None = None,
+) -> RoleDef:
+    """Check the path's UIDs, then that the caller may do ``action`` to them (404 outside its scope)."""
+    check_path_uids(study, series, instance)
+    return authorize(request, action, study=study, series=series, instance=instance)
+
+
+#: Bulk data a role with a shaped view may still fetch: the pixels (PS3.18 §10.4.1.1.5).
+_PIXEL_BULKDATA = frozenset({"7FE00010", "7FE00008", "7FE00009"})
+
+
 def check_path_uids(study: str | None, series: str | None = None, instance: str | None = None) -> None:
     """Refuse a malformed UID in any position of a request path (400), before it reaches SQL or a blob key."""
     if study is not None:
@@ -112,16 +142,19 @@ def _multipart(
 def _retrieve(
     request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.READ_METADATA, study, series, instance)
+    guard(request, ActionValues.READ_PIXELS, study, series, instance)
     platform = platform_of(request)
     records = platform.store.current_instances(study, series, instance)
     syntax = wado.instance_syntax(parse_accept(request.headers.get("accept")), records)
     store = platform.store
+    view = view_of(request)
 
     def parts() -> Iterator[tuple[str, bytes]]:
         for record in records:
             chosen = syntax or wado.stored_syntax(record)
-            yield f"application/dicom; transfer-syntax={chosen}", wado.part10(store, record, chosen)
+            data = wado.part10(store, record, chosen)
+            yield f"application/dicom; transfer-syntax={chosen}", shaped_part10(view, data, study)
 
     return _multipart(parts(), "application/dicom", syntax, stream=len(records) > 1)
 
@@ -141,6 +174,16 @@ def retrieve_instance(request: Request, study: str, series: str, instance: str) 
     return _retrieve(request, study, series, instance)
 
 
+def shaped_part10(view: View, data: bytes, study: str) -> bytes:
+    """A Part-10 file whose header is what ``view`` sees (the filtered header travels with the pixels)."""
+    if not view.shapes:
+        return data
+    shaped = view.dataset(pydicom.dcmread(io.BytesIO(data)), study)
+    out = io.BytesIO()
+    shaped.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def _check_json_accept(request: Request) -> None:
     for item in parse_accept(request.headers.get("accept")):
         if item.media_type in (DICOM_JSON, "application/json", "*/*", "application/*"):
@@ -149,14 +192,18 @@ def _check_json_accept(request: Request) -> None:
 
 
 def _metadata(request: Request, study: str, series: str | None = None) -> Response:
-    check_path_uids(study, series)
+    guard(request, ActionValues.READ_METADATA, study, series)
     _check_json_accept(request)
     document = platform_of(request).store.metadata_document(study, series)
-    return gzip_json(request, document)
+    return gzip_json(request, document, study)
 
 
-def gzip_json(request: Request, document: bytes) -> Response:
-    """Send a precomputed gzipped JSON document as is when the client accepts gzip."""
+def gzip_json(request: Request, document: bytes, study: str) -> Response:
+    """Send a precomputed gzipped JSON document as is when the client accepts gzip (and its role
+    sees headers as stored)."""
+    view = view_of(request)
+    if view.shapes:
+        return Response(view.document(document, study), media_type=DICOM_JSON)
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(
             document, media_type=DICOM_JSON, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
@@ -178,10 +225,13 @@ async def series_metadata(request: Request, study: str, series: str) -> Response
     "/studies/{study}/series/{series}/instances/{instance}/metadata", summary="WADO-RS: instance metadata"
 )
 async def instance_metadata(request: Request, study: str, series: str, instance: str) -> Response:
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.READ_METADATA, study, series, instance)
     _check_json_accept(request)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
+    view = view_of(request)
+    if view.shapes:
+        return dicom_json([view.json(json.loads(store.instance_json(record)), study)])
     return Response(b"[" + store.instance_json(record) + b"]", media_type=DICOM_JSON)
 
 
@@ -193,7 +243,7 @@ async def retrieve_frames(
 ) -> Response:
     # Frames served as stored are one index lookup and one blob read (about a millisecond), cheaper
     # than a hop to the thread pool; frames that must be transcoded go to the pool.
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.READ_PIXELS, study, series, instance)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
     numbers = wado.parse_frame_list(frame_list, record)
@@ -246,9 +296,12 @@ def parse_byte_range(value: str, size: int) -> tuple[int, int]:
     "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:path}", summary="WADO-RS: bulk data"
 )
 def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, path: str) -> Response:
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.READ_PIXELS, study, series, instance)
     store = platform_of(request).store
     record = store.get_instance(study, series, instance)
+    if view_of(request).shapes and path.upper() not in _PIXEL_BULKDATA:
+        # Other bulk values may hold what the role must not see (PS3.15 E.1: private, overlays, …).
+        raise NotFound(f"bulk data {path} is not available to this role")
     data = wado.bulkdata(store, record, path)
     for item in parse_accept(request.headers.get("accept")):
         if not item.multipart and item.media_type == "application/octet-stream":
@@ -281,7 +334,7 @@ def _render_params(request: Request, *, thumbnail: bool) -> RenderParams:
 def _rendered(
     request: Request, study: str, series: str | None, instance: str | None, frame: int, *, thumbnail: bool
 ) -> Response:
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.READ_PIXELS, study, series, instance)
     params = _render_params(request, thumbnail=thumbnail)
     platform = platform_of(request)
     if instance is None:
@@ -349,7 +402,7 @@ def thumbnail_frame(request: Request, study: str, series: str, instance: str, fr
 
 # ----------------------------------------------------------------------------- DELETE
 def _delete(request: Request, study: str, series: str | None = None, instance: str | None = None) -> Response:
-    check_path_uids(study, series, instance)
+    guard(request, ActionValues.DELETE, study, series, instance)
     platform = platform_of(request)
     version = versions.delete(platform.store, study, series, instance)
     return Response(status_code=204, headers={"X-Radstack-Study-Version": str(version)})

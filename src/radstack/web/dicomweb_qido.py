@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy import ColumnElement
 
 from radstack.dicomweb import qido
 from radstack.dicomweb.accept import parse_accept
 from radstack.errors import NotAcceptable
+from radstack.security.audit import AuditActionValues
+from radstack.security.policy import ActionValues
 from radstack.store.matching import Query, QueryLevelValues, parse_query
+from radstack.web.auth import authorize, note, principal_of, view_of
 from radstack.web.dicomweb import base_url, check_path_uids, dicom_json, platform_of, warning_header
 
 __all__ = ["router"]
@@ -23,36 +27,62 @@ def _query(request: Request, level: QueryLevelValues) -> Query:
         raise NotAcceptable(
             f"QIDO-RS answers in application/dicom+json, not {request.headers.get('accept')!r} (PS3.18 §10.6.3)"
         )
-    return parse_query(request.query_params.multi_items(), level)
+    return parse_query(view_of(request).query(request.query_params.multi_items()), level)
 
 
-def _respond(result: qido.SearchResult) -> Response:
-    return dicom_json(list(result.matches), 200, warning_header(list(result.warnings)))
+def _scope(request: Request, study: str | None, series: str | None = None) -> ColumnElement[bool] | None:
+    """Authorise the search (a study outside the caller's scope is a 404); the SQL scope condition."""
+    check_path_uids(study, series)
+    authorize(request, ActionValues.READ_METADATA, study=study, series=series, audit=AuditActionValues.QUERY)
+    platform = platform_of(request)
+    return platform.policy.study_condition(principal_of(request))
+
+
+def _respond(request: Request, result: qido.SearchResult, study: str | None = None) -> Response:
+    """The matches as the caller's role sees them (PS3.15 Annex E for a de-identified one)."""
+    note(
+        request,
+        AuditActionValues.QUERY,
+        matches=len(result.matches),
+        keys=sorted(request.query_params.keys()),
+    )
+    view = view_of(request)
+    matches = [view.json(m, study) for m in result.matches] if view.shapes else list(result.matches)
+    return dicom_json(matches, 200, warning_header(list(result.warnings)))
 
 
 @router.get("/studies", summary="QIDO-RS: search for studies (PS3.18 §10.6)")
 def search_studies(request: Request) -> Response:
+    scope = _scope(request, None)
     query = _query(request, QueryLevelValues.STUDY)
     platform = platform_of(request)
     return _respond(
+        request,
         qido.search_studies(
-            platform.store, query, base_url=base_url(request), max_limit=platform.settings.qido_max_limit
-        )
+            platform.store,
+            query,
+            base_url=base_url(request),
+            max_limit=platform.settings.qido_max_limit,
+            scope=scope,
+        ),
     )
 
 
 def _series(request: Request, study: str | None) -> Response:
-    check_path_uids(study)
+    scope = _scope(request, study)
     query = _query(request, QueryLevelValues.SERIES)
     platform = platform_of(request)
     return _respond(
+        request,
         qido.search_series(
             platform.store,
             query,
             study_uid=study,
             base_url=base_url(request),
             max_limit=platform.settings.qido_max_limit,
-        )
+            scope=scope,
+        ),
+        study,
     )
 
 
@@ -67,10 +97,11 @@ def search_study_series(request: Request, study: str) -> Response:
 
 
 def _instances(request: Request, study: str | None, series: str | None) -> Response:
-    check_path_uids(study, series)
+    scope = _scope(request, study, series)
     query = _query(request, QueryLevelValues.IMAGE)
     platform = platform_of(request)
     return _respond(
+        request,
         qido.search_instances(
             platform.store,
             query,
@@ -78,7 +109,9 @@ def _instances(request: Request, study: str | None, series: str | None) -> Respo
             series_uid=series,
             base_url=base_url(request),
             max_limit=platform.settings.qido_max_limit,
-        )
+            scope=scope,
+        ),
+        study,
     )
 
 

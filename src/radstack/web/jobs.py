@@ -15,6 +15,8 @@ from radstack.errors import NotFound
 from radstack.ingest.importjobs import IMPORT_KIND, check_source
 from radstack.jobs.queue import JobQueue
 from radstack.jobs.records import Job, JobState
+from radstack.security.policy import ActionValues
+from radstack.web.auth import authorize, principal_of
 from radstack.web.dicomweb import platform_of
 
 __all__ = ["router"]
@@ -66,12 +68,16 @@ def _jobs(request: Request) -> JobQueue:
 )
 def start_import(request: Request, body: ImportJobIn) -> JSONResponse:
     source = check_source(body.source)
-    job, created = _jobs(request).submit(IMPORT_KIND, {"source": source}, client_token=body.client_token)
+    principal = principal_of(request)
+    authorize(request, ActionValues.INGEST, source=source)
+    params = {"source": source, "submitted_by": {"subject": principal.subject, "role": principal.role}}
+    job, created = _jobs(request).submit(IMPORT_KIND, params, client_token=body.client_token)
     return JSONResponse(JobOut.of(job).model_dump(mode="json"), status_code=202 if created else 200)
 
 
 @router.get("/import-jobs/{job_id}", response_model=JobOut, summary="An import job and its progress")
 def get_import(request: Request, job_id: str) -> JobOut:
+    authorize(request, ActionValues.INGEST, job=job_id)
     return JobOut.of(_import_job(request, job_id))
 
 
@@ -81,6 +87,7 @@ def get_import(request: Request, job_id: str) -> JobOut:
     response_class=StreamingResponse,
 )
 def manifest(request: Request, job_id: str, manifest: str) -> StreamingResponse:
+    authorize(request, ActionValues.INGEST, job=job_id)
     if manifest not in ("success", "failure"):
         raise NotFound(f"manifest {manifest!r} does not exist; there are success.ndjson and failure.ndjson")
     job = _import_job(request, job_id)
@@ -98,6 +105,7 @@ def manifest(request: Request, job_id: str, manifest: str) -> StreamingResponse:
 def list_jobs(
     request: Request, kind: str | None = None, state: JobState | None = None, limit: int = 100
 ) -> list[JobOut]:
+    authorize(request, ActionValues.MANAGE_SYSTEM)
     return [
         JobOut.of(job) for job in _jobs(request).records.find(kind=kind, state=state, limit=min(limit, 1000))
     ]
@@ -105,11 +113,13 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="A job")
 def get_job(request: Request, job_id: str) -> JobOut:
+    authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
     return JobOut.of(_jobs(request).records.get(job_id))
 
 
 @router.post("/jobs/{job_id}/requeue", response_model=JobOut, summary="Run a FAILED or DEAD job again")
 def requeue(request: Request, job_id: str) -> JobOut:
+    authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
     return JobOut.of(_jobs(request).requeue(job_id))
 
 

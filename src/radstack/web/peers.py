@@ -7,6 +7,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from radstack.dimse.peers import Peer, PeerRegistry, PeerSourceValues
+from radstack.security.policy import ActionValues
+from radstack.web.auth import authorize
 from radstack.web.dicomweb import platform_of
 
 __all__ = ["router"]
@@ -26,7 +28,8 @@ class PeerIn(BaseModel):
     port: int = Field(ge=1, le=65535, examples=[104])
 
 
-def _registry(request: Request) -> PeerRegistry:
+def _registry(request: Request, peer: str | None = None, change: str | None = None) -> PeerRegistry:
+    authorize(request, ActionValues.MANAGE_SYSTEM, peer=peer, change=change)
     return platform_of(request).peers
 
 
@@ -41,17 +44,17 @@ def list_peers(request: Request) -> list[PeerOut]:
 
 @router.get("/peers/{ae_title}", response_model=PeerOut, summary="One DICOM peer")
 def get_peer(request: Request, ae_title: str) -> PeerOut:
-    return _out(_registry(request).get(ae_title))
+    return _out(_registry(request, peer=ae_title).get(ae_title))
 
 
 @router.put("/peers/{ae_title}", response_model=PeerOut, summary="Add or change a DICOM peer")
 def put_peer(request: Request, response: Response, ae_title: str, body: PeerIn) -> PeerOut:
-    peer, created = _registry(request).put(ae_title, body.host, body.port)
+    peer, created = _registry(request, peer=ae_title, change="put").put(ae_title, body.host, body.port)
     response.status_code = 201 if created else 200
     return _out(peer)
 
 
 @router.delete("/peers/{ae_title}", status_code=204, response_class=Response, summary="Remove a DICOM peer")
 def delete_peer(request: Request, ae_title: str) -> Response:
-    _registry(request).delete(ae_title)
+    _registry(request, peer=ae_title, change="delete").delete(ae_title)
     return Response(status_code=204)

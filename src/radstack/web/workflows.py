@@ -10,8 +10,10 @@ from anyio import to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from radstack.errors import BadRequest
+from radstack.errors import BadRequest, Forbidden
 from radstack.jobs.routing import RoutingRule
+from radstack.security.policy import ActionValues, ScopeValues
+from radstack.web.auth import authorize
 from radstack.web.dicomweb import platform_of
 
 __all__ = ["router"]
@@ -24,11 +26,13 @@ _KEEPALIVE_SECONDS = 15.0
 
 @router.get("/routing-rules", response_model=list[RoutingRule], summary="Routing rules")
 def list_rules(request: Request) -> list[RoutingRule]:
+    authorize(request, ActionValues.MANAGE_SYSTEM)
     return platform_of(request).rules.list_rules()
 
 
 @router.get("/routing-rules/{name}", response_model=RoutingRule, summary="A routing rule")
 def get_rule(request: Request, name: str) -> RoutingRule:
+    authorize(request, ActionValues.MANAGE_SYSTEM, rule=name)
     return platform_of(request).rules.get(name)
 
 
@@ -39,6 +43,7 @@ def get_rule(request: Request, name: str) -> RoutingRule:
     responses={201: {"model": RoutingRule}},
 )
 def put_rule(request: Request, response: Response, name: str, rule: RoutingRule) -> RoutingRule:
+    authorize(request, ActionValues.MANAGE_SYSTEM, rule=name, change="put")
     if rule.name != name:
         raise BadRequest(f"the rule's name {rule.name!r} differs from {name!r} in the URL")
     if platform_of(request).rules.put(rule):
@@ -48,6 +53,7 @@ def put_rule(request: Request, response: Response, name: str, rule: RoutingRule)
 
 @router.delete("/routing-rules/{name}", status_code=204, summary="Delete a routing rule")
 def delete_rule(request: Request, name: str) -> Response:
+    authorize(request, ActionValues.MANAGE_SYSTEM, rule=name, change="delete")
     platform_of(request).rules.delete(name)
     return Response(status_code=204)
 
@@ -59,7 +65,10 @@ def delete_rule(request: Request, name: str) -> Response:
 )
 async def events(request: Request, since: int | None = None) -> StreamingResponse:
     """Server-sent events (WHATWG HTML §9.2). Without ``Last-Event-ID`` or ``since`` the stream starts
-    with the next event; ``since=0`` replays every stored event first."""
+    with the next event; ``since=0`` replays every stored event first. Events name studies of any
+    scope, so a role limited to some studies may not subscribe."""
+    if authorize(request, ActionValues.READ_METADATA, stream="events").scope is not ScopeValues.ALL:
+        raise Forbidden("the event stream spans every study; this role sees only some")
     log = platform_of(request).events
     header = request.headers.get("last-event-id")
     try:

@@ -1,0 +1,506 @@
+"""Authentication: built-in users, API tokens, UI sessions and OIDC bearer tokens → a :class:`Principal`.
+
+* Passwords are argon2id hashes (argon2-cffi's defaults, RFC 9106).
+* API tokens and session cookies are 256-bit random secrets shown once; the index keeps only their
+  SHA-256 (a slow hash adds nothing for a secret of that entropy and would cost every request). They
+  expire and can be revoked; a verified token is cached for :data:`TOKEN_CACHE_SECONDS`, so a
+  revocation reaches other nodes within that time (at once on the node that revoked it).
+* OIDC: a JWT whose signature verifies against the issuer's JWKS (fetched and cached), whose
+  ``iss``, ``aud`` and ``exp`` check out, and whose role claim names a configured role.
+* A DICOM peer is the service account whose ``ae_title`` is its calling AE title.
+
+The first start makes an ``admin`` user with a random password and writes it, readable by the owner
+only, to ``<data dir>/initial-admin-credential.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, String, Text, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from radstack.config import check_ae_title
+from radstack.errors import BadRequest, Conflict, NotFound, Unauthenticated
+from radstack.security.policy import Principal
+from radstack.store.models import Base
+
+__all__ = [
+    "CREDENTIAL_FILE",
+    "TOKEN_CACHE_SECONDS",
+    "Accounts",
+    "OidcVerifier",
+    "TokenRow",
+    "User",
+    "UserRow",
+]
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_FILE = "initial-admin-credential.txt"
+TOKEN_CACHE_SECONDS = 5.0
+API_TOKEN_PREFIX = "rst_"
+_hasher = PasswordHasher()
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(64))
+    #: Referring Physician's Name this user is, for the ``referred`` scope (PN, ``Family^Given``).
+    referring_name: Mapped[str | None] = mapped_column(String(324))
+    #: JSON list of Institution Names, for the ``institution`` scope.
+    institutions: Mapped[str] = mapped_column(Text, default="[]")
+    #: Calling AE title of a DICOM peer that acts as this (service) account.
+    ae_title: Mapped[str | None] = mapped_column(String(16), unique=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TokenRow(Base):
+    """An API token (``kind`` api) or a UI session (``kind`` session); only the SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    #: A narrower role for this token (an AI service's token of an admin's account); None: the user's.
+    role: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    role: str
+    referring_name: str | None
+    institutions: tuple[str, ...]
+    ae_title: str | None
+    disabled: bool
+
+    @classmethod
+    def from_row(cls, row: UserRow) -> User:
+        return cls(
+            row.id,
+            row.username,
+            row.role,
+            row.referring_name,
+            tuple(json.loads(row.institutions or "[]")),
+            row.ae_title,
+            row.disabled,
+        )
+
+    def principal(self, method: str, role: str | None = None) -> Principal:
+        return Principal(self.username, role or self.role, method, "", self.referring_name, self.institutions)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "role": self.role,
+            "referring_name": self.referring_name,
+            "institutions": list(self.institutions),
+            "ae_title": self.ae_title,
+            "disabled": self.disabled,
+        }
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _method(kind: str) -> str:
+    return "token" if kind == "api" else "session"
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class Accounts:
+    """Users, tokens and sessions in the index database.
+
+    Parameters
+    ----------
+    engine
+        The index (migrated to 0006 or later).
+    roles
+        Names of the roles that exist; a user or token naming another is refused.
+    """
+
+    def __init__(self, engine: Engine, roles: set[str]) -> None:
+        self.engine = engine
+        self.roles = roles
+        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ users
+    def _check_role(self, role: str) -> str:
+        if role not in self.roles:
+            raise BadRequest(f"role {role!r} does not exist; roles: {', '.join(sorted(self.roles))}")
+        return role
+
+    def create_user(
+        self,
+        username: str,
+        role: str,
+        *,
+        password: str | None = None,
+        referring_name: str | None = None,
+        institutions: list[str] | None = None,
+        ae_title: str | None = None,
+    ) -> User:
+        """Add a user (a person with a password, or a service account with tokens or an AE title).
+
+        Raises
+        ------
+        Conflict
+            The username or AE title is taken.
+        """
+        if not username or len(username) > 128 or not username.isprintable() or username != username.strip():
+            raise BadRequest(
+                f"username {username!r} must be 1 to 128 printable characters without edge spaces"
+            )
+        if password is not None and len(password) < 12:
+            raise BadRequest("a password must have at least 12 characters")
+        row = UserRow(
+            username=username,
+            password_hash=_hasher.hash(password) if password is not None else None,
+            role=self._check_role(role),
+            referring_name=referring_name,
+            institutions=json.dumps(list(institutions or [])),
+            ae_title=check_ae_title(ae_title) if ae_title else None,
+            disabled=False,
+            created_at=datetime.now(UTC),
+        )
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(row)
+                session.flush()
+                return User.from_row(row)
+        except IntegrityError:
+            raise Conflict(f"user {username!r} (or AE title {ae_title!r}) already exists") from None
+
+    def user(self, username: str) -> User:
+        with Session(self.engine) as session:
+            row = session.scalars(select(UserRow).where(UserRow.username == username)).one_or_none()
+            if row is None:
+                raise NotFound(f"user {username!r} not found")
+            return User.from_row(row)
+
+    def users(self) -> list[User]:
+        with Session(self.engine) as session:
+            return [User.from_row(row) for row in session.scalars(select(UserRow).order_by(UserRow.username))]
+
+    def update_user(self, username: str, **changes: Any) -> User:
+        """Change a user's role, password, scope, AE title or ``disabled``; disabling ends its tokens' use."""
+        values: dict[str, Any] = {}
+        if "role" in changes:
+            values["role"] = self._check_role(changes["role"])
+        if "password" in changes:
+            if len(changes["password"]) < 12:
+                raise BadRequest("a password must have at least 12 characters")
+            values["password_hash"] = _hasher.hash(changes["password"])
+        if "referring_name" in changes:
+            values["referring_name"] = changes["referring_name"]
+        if "institutions" in changes:
+            values["institutions"] = json.dumps(list(changes["institutions"]))
+        if "ae_title" in changes:
+            values["ae_title"] = check_ae_title(changes["ae_title"]) if changes["ae_title"] else None
+        if "disabled" in changes:
+            values["disabled"] = bool(changes["disabled"])
+        with Session(self.engine) as session, session.begin():
+            row = session.scalars(select(UserRow).where(UserRow.username == username)).one_or_none()
+            if row is None:
+                raise NotFound(f"user {username!r} not found")
+            for key, value in values.items():
+                setattr(row, key, value)
+            user = User.from_row(row)
+        self._forget()
+        return user
+
+    def bootstrap(self, data_dir: Path) -> Path | None:
+        """Make the first admin when there are no users; returns the credential file it wrote."""
+        with Session(self.engine) as session:
+            if session.scalars(select(UserRow.id).limit(1)).first() is not None:
+                return None
+        password = secrets.token_urlsafe(18)
+        try:
+            self.create_user("admin", "admin", password=password)
+        except Conflict:
+            return None  # another node made it first
+        path = data_dir / CREDENTIAL_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                "# radstack's first administrator. Log in, set a new password, then delete this file.\n"
+                f"username: admin\npassword: {password}\n"
+            )
+        os.chmod(path, 0o600)
+        return path
+
+    def check_password(self, username: str, password: str) -> Principal:
+        """The principal of ``username`` if ``password`` is theirs.
+
+        Raises
+        ------
+        Unauthenticated
+            Unknown user, disabled, no password, or a wrong password (the same message for all).
+        """
+        with Session(self.engine) as session:
+            row = session.scalars(select(UserRow).where(UserRow.username == username)).one_or_none()
+            user = User.from_row(row) if row is not None else None
+            stored = row.password_hash if row is not None else None
+        refused = Unauthenticated("wrong username or password")
+        if user is None or stored is None or user.disabled:
+            _hasher.hash(password)  # the same time whether or not the user exists
+            raise refused
+        try:
+            _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            raise refused from None
+        if _hasher.check_needs_rehash(stored):
+            self.update_user(username, password=password)
+        return user.principal("password")
+
+    def dicom_principal(self, ae_title: str) -> Principal | None:
+        """The service account a calling AE title acts as, if one is registered and enabled."""
+        with Session(self.engine) as session:
+            row = session.scalars(select(UserRow).where(UserRow.ae_title == ae_title.strip())).one_or_none()
+            if row is None or row.disabled:
+                return None
+            return User.from_row(row).principal("dicom")
+
+    # ------------------------------------------------------------------ tokens and sessions
+    def create_token(
+        self,
+        username: str,
+        *,
+        role: str | None = None,
+        label: str = "",
+        expires_in: timedelta | None = timedelta(days=90),
+        kind: str = "api",
+    ) -> str:
+        """A new secret for ``username`` (shown once; only its hash is kept)."""
+        user = self.user(username)
+        if role is not None:
+            self._check_role(role)
+        secret = (API_TOKEN_PREFIX if kind == "api" else "") + secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                TokenRow(
+                    token_hash=_digest(secret),
+                    kind=kind,
+                    user_id=user.id,
+                    role=role,
+                    label=label[:128],
+                    created_at=now,
+                    expires_at=now + expires_in if expires_in is not None else None,
+                )
+            )
+        return secret
+
+    def tokens(self, username: str | None = None) -> list[dict[str, Any]]:
+        """API tokens (never their secrets), of one user or all."""
+        query = select(TokenRow, UserRow.username).join(UserRow).where(TokenRow.kind == "api")
+        if username is not None:
+            query = query.where(UserRow.username == username)
+        with Session(self.engine) as session:
+            return [
+                {
+                    "id": token.id,
+                    "user": name,
+                    "role": token.role,
+                    "label": token.label,
+                    "created_at": _utc(token.created_at),
+                    "expires_at": _utc(token.expires_at),
+                    "revoked": token.revoked_at is not None,
+                }
+                for token, name in session.execute(query.order_by(TokenRow.id))
+            ]
+
+    def revoke_token(self, token_id: int, *, username: str | None = None) -> None:
+        """Revoke an API token (only ``username``'s when given)."""
+        query = update(TokenRow).where(TokenRow.id == token_id, TokenRow.revoked_at.is_(None))
+        if username is not None:
+            query = query.where(
+                TokenRow.user_id == select(UserRow.id).where(UserRow.username == username).scalar_subquery()
+            )
+        with self.engine.begin() as connection:
+            if connection.execute(query.values(revoked_at=datetime.now(UTC))).rowcount != 1:
+                raise NotFound(f"token {token_id} not found")
+        self._forget()
+
+    def end_session(self, secret: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(TokenRow)
+                .where(TokenRow.token_hash == _digest(secret), TokenRow.kind == "session")
+                .values(revoked_at=datetime.now(UTC))
+            )
+        self._forget()
+
+    def cached(self, secret: str, kind: str = "api") -> Principal | None:
+        """The principal of a recently verified secret, without touching the database."""
+        digest = _digest(secret)
+        with self._lock:
+            found = self._cache.get(digest)
+        if found is None or found[0] <= time.monotonic() or found[1].method != _method(kind):
+            return None
+        return found[1]
+
+    def check_token(self, secret: str, kind: str = "api") -> Principal:
+        """The principal an API token or session secret stands for.
+
+        Raises
+        ------
+        Unauthenticated
+            Unknown, expired or revoked, or its user is disabled.
+        """
+        cached = self.cached(secret, kind)
+        if cached is not None:
+            return cached
+        digest = _digest(secret)
+        now = time.monotonic()
+        with Session(self.engine) as session:
+            found = session.execute(
+                select(TokenRow, UserRow)
+                .join(UserRow)
+                .where(TokenRow.token_hash == digest, TokenRow.kind == kind)
+            ).one_or_none()
+            if found is None:
+                raise Unauthenticated("the token is not valid")
+            token, row = found
+            expires = _utc(token.expires_at)
+            if (
+                token.revoked_at is not None
+                or row.disabled
+                or (expires is not None and expires <= datetime.now(UTC))
+            ):
+                raise Unauthenticated("the token has expired or was revoked")
+            principal = User.from_row(row).principal(_method(kind), token.role)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + TOKEN_CACHE_SECONDS, principal)
+        return principal
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+class OidcVerifier:
+    """Checks JWT bearer tokens from one OpenID Connect issuer.
+
+    Parameters
+    ----------
+    issuer, audience
+        The expected ``iss`` and ``aud``.
+    jwks_url
+        Where the issuer's signing keys are; defaults to the ``jwks_uri`` of
+        ``<issuer>/.well-known/openid-configuration``.
+    role_claim
+        Claim holding the role (a string or a list; the first name that is a role here wins).
+    username_claim
+        Claim naming the user (falls back to ``sub``).
+    roles
+        The roles that exist.
+    """
+
+    ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        *,
+        jwks_url: str = "",
+        role_claim: str = "roles",
+        username_claim: str = "preferred_username",
+        roles: set[str],
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.role_claim = role_claim
+        self.username_claim = username_claim
+        self.roles = roles
+        self._jwks_url = jwks_url
+        self._client: jwt.PyJWKClient | None = None
+        self._lock = threading.Lock()
+
+    def _keys(self) -> jwt.PyJWKClient:
+        with self._lock:
+            if self._client is None:
+                url = self._jwks_url or self._discover()
+                self._client = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
+            return self._client
+
+    def _discover(self) -> str:
+        import httpx
+
+        try:
+            document = httpx.get(
+                f"{self.issuer.rstrip('/')}/.well-known/openid-configuration", timeout=5
+            ).json()
+            return str(document["jwks_uri"])
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            raise Unauthenticated(f"the OIDC issuer's configuration cannot be read: {exc}") from exc
+
+    def check(self, token: str) -> Principal:
+        """The principal of a valid JWT.
+
+        Raises
+        ------
+        Unauthenticated
+            Bad signature, wrong issuer or audience, expired, or no known role in the role claim.
+        """
+        try:
+            key = self._keys().get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=list(self.ALGORITHMS),
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "aud"]},
+                leeway=30,
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the bearer token is not valid: {exc}") from None
+        names = claims.get(self.role_claim, [])
+        names = [names] if isinstance(names, str) else names if isinstance(names, list) else []
+        role = next((name for name in names if name in self.roles), None)
+        if role is None:
+            raise Unauthenticated(
+                f"the bearer token's {self.role_claim!r} claim names no role of this server"
+            )
+        subject = str(claims.get(self.username_claim) or claims.get("sub") or "")
+        if not subject:
+            raise Unauthenticated("the bearer token names no user")
+        return Principal(f"oidc:{subject}", role, "oidc")
