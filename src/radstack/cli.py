@@ -78,11 +78,18 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from radstack.errors import RadstackError
     from radstack.security.audit import load_audit_key, verify
-    from radstack.store.index import create_index_engine, migrate
+    from radstack.security.crypto import open_key_provider
+    from radstack.security.index_key import open_index_engine
+    from radstack.store.index import migrate
 
     settings = _settings(args)
-    engine = create_index_engine(settings.resolved_database_url)
+    try:
+        engine = open_index_engine(settings, open_key_provider(settings.resolved_key_url, create=False))
+    except RadstackError as exc:
+        print(f"radstack: {exc.message}", file=sys.stderr)
+        return 2
     try:
         migrate(engine)
         report = verify(engine, load_audit_key(settings.data_dir, create=False))
@@ -98,12 +105,17 @@ def _with_accounts(args: argparse.Namespace, action: Callable[[Accounts], int]) 
     """Run ``action`` on the accounts of the data dir's index (made, with its first admin, if new)."""
     from radstack.errors import RadstackError
     from radstack.security.authn import Accounts
+    from radstack.security.index_key import open_index_engine
     from radstack.security.policy import load_roles
-    from radstack.store.index import create_index_engine, migrate
+    from radstack.store.index import migrate
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_index_engine(settings.resolved_database_url)
+    try:
+        engine = open_index_engine(settings)
+    except RadstackError as exc:
+        print(f"radstack: {exc.message}", file=sys.stderr)
+        return 2
     try:
         migrate(engine)
         accounts = Accounts(engine, set(load_roles(settings.roles_file)))
@@ -182,6 +194,7 @@ def _open_encrypted_blobs(args: argparse.Namespace) -> EncryptedBlobStore:
 def _keys_rotate(args: argparse.Namespace) -> int:
     from radstack.errors import RadstackError
     from radstack.security.crypto import RewrapOutcome, RotationReport, rotate_keys
+    from radstack.security.index_key import rewrap_index_key
 
     last = 0.0
 
@@ -196,6 +209,10 @@ def _keys_rotate(args: argparse.Namespace) -> int:
         store = _open_encrypted_blobs(args)
         print(f"rotating the key-encryption key ({store.provider.describe()})", file=sys.stderr)
         report = rotate_keys(store, grace_seconds=args.grace_seconds, workers=args.workers, on_progress=show)
+        if rewrap_index_key(_settings(args).data_dir, store.provider):
+            print(
+                f"\rthe index database key is now wrapped by {store.provider.current_id()}", file=sys.stderr
+            )
     except RadstackError as exc:
         print(f"radstack: {exc.message}", file=sys.stderr)
         return 2

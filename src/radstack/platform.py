@@ -21,10 +21,11 @@ from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
 from radstack.security.authn import Accounts, OidcVerifier
 from radstack.security.crypto import KeyConfig, open_encrypted_blob_store
+from radstack.security.index_key import open_index_engine
 from radstack.security.keyfile import load_secret
 from radstack.security.policy import Policy, RoleDef, load_roles
 from radstack.security.views import View
-from radstack.store.index import create_index_engine, migrate
+from radstack.store.index import migrate
 from radstack.store.studies import InstanceRecord, StudyStore
 
 __all__ = ["Platform"]
@@ -54,11 +55,12 @@ class Platform:
     def open(cls, settings: Settings) -> Platform:
         """Create the data dir, migrate the index to the newest schema and open the blob store."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_index_engine(settings.resolved_database_url)
-        migrate(engine)
         blob_url = settings.resolved_blob_url
         # Every blob is encrypted at rest; the ingest processes open the same store from the same settings.
         keys = KeyConfig(settings.resolved_key_url, allow_plaintext=settings.allow_plaintext_blobs)
+        # So is an embedded (SQLite) index, under a key wrapped by the same KEK.
+        engine = open_index_engine(settings, keys.open_provider())
+        migrate(engine)
         store = StudyStore(engine, open_encrypted_blob_store(blob_url, keys))
         processes = settings.ingest_processes
         analyser = IngestPool(processes, blob_url, keys) if processes else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from radstack.config import Settings
 from radstack.errors import RadstackError
 from radstack.security.audit import (
     GENESIS,
@@ -28,6 +29,7 @@ from radstack.security.audit import (
     record_hash,
     verify,
 )
+from radstack.security.index_key import open_index_engine
 from radstack.store.index import create_index_engine, migrate
 
 
@@ -253,8 +255,7 @@ def test_hash_is_sha256_of_sorted_key_json() -> None:
 
 def test_cli_audit_verify_exit_codes(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    engine = create_index_engine(f"sqlite:///{data / 'index.db'}")
-    data.mkdir()
+    engine = open_index_engine(Settings(data_dir=data))  # encrypted, as the server keeps it
     migrate(engine)
     _fill(engine, count=5, key=load_audit_key(data))
     radstack = str(Path(sys.executable).with_name("radstack"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -14,16 +15,28 @@ __all__ = ["create_index_engine", "migrate"]
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def create_index_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+def create_index_engine(url: str, key: bytes | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys, and with ``key`` it is
+    a SQLCipher database encrypted under that raw 256-bit key (see :mod:`radstack.security.index_key`)."""
     if url.startswith("sqlite"):
+        options: dict[str, Any] = {}
+        if key is not None:
+            import sqlcipher3
+
+            options["module"] = sqlcipher3
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            max_overflow=16,
+            **options,
         )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: object, _record: object) -> None:
             cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+            if key is not None:
+                cursor.execute(f"PRAGMA key = \"x'{key.hex()}'\"")  # first, before any page is read
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
