@@ -292,3 +292,28 @@ def test_a_role_with_no_actions_is_refused_everywhere(stored: Stored, tmp_path: 
         )
         if response.status_code == 404:
             assert "not found" in response.text, (method, path)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_through_the_login_page(stored: Stored, role: str) -> None:
+    """The UI: a person of each role logs in with a password and acts with the session cookie."""
+    actions = DEFAULT_ROLES[role].actions
+    name = f"ui-{role}"
+    extra = {"referring_name": REFERRER} if role == "referring-physician" else {}
+    stored.server.platform.accounts.create_user(name, role, password="correct horse battery", **extra)
+    with httpx.Client(base_url=stored.server.url, timeout=30) as browser:
+        login = browser.post("/login", data={"username": name, "password": "correct horse battery"})
+        assert login.status_code == 303 and "radstack_session" in browser.cookies
+        me = browser.get("/api/v1/me").json()
+        assert (me["user"], me["role"], me["method"]) == (name, role, "session")
+        studies = browser.get("/dicomweb/studies")
+        assert studies.status_code == (200 if ActionValues.READ_METADATA in actions else 403)
+        users = browser.get("/api/v1/users")
+        assert users.status_code == (200 if ActionValues.MANAGE_USERS in actions else 403)
+        ds = synthetic_ct(patient_name="Ui^Uma", patient_id=f"PID-UI-{role}")
+        stow = browser.post(
+            "/dicomweb/studies",
+            content=dicom_body(ds),
+            headers={"Content-Type": DICOM_MULTIPART, "Origin": stored.server.url},
+        )
+        assert stow.status_code == (200 if ActionValues.INGEST in actions else 403), stow.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -25,14 +26,22 @@ __all__ = ["IngestPool"]
 _blobs: BlobStore | None = None
 
 
-def _start_worker(blob_url: str, keys: KeyConfig) -> None:
+def _start_worker(blob_url: str, keys: KeyConfig, parent: int) -> None:
     """Open the (encrypted) blob store once per worker and import the codecs, so the first instance
-    is not slower."""
+    is not slower; end with the server, even one that was killed."""
     global _blobs
     import imagecodecs  # noqa: F401
     import pydicom.pixels  # noqa: F401
 
     _blobs = open_encrypted_blob_store(blob_url, keys)
+    threading.Thread(target=_follow_parent, args=(parent,), name="follow-parent", daemon=True).start()
+
+
+def _follow_parent(parent: int) -> None:
+    """Exit when the server process is gone (a ``kill -9`` leaves its pool's workers orphaned)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _ready() -> None:
@@ -59,7 +68,10 @@ class IngestPool:
         the first instances of a STOW request would otherwise wait for."""
         context = multiprocessing.get_context("spawn")
         executor = ProcessPoolExecutor(
-            self.processes, mp_context=context, initializer=_start_worker, initargs=(self.blob_url, self.keys)
+            self.processes,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(self.blob_url, self.keys, os.getpid()),
         )
         for future in [executor.submit(_ready) for _ in range(self.processes)]:
             future.result()
