@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./var
 
-.PHONY: install run test lint bench clean
+.PHONY: install viewer run test lint bench clean
 
 install: $(STAMP)
 
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: install
-	$(BIN)/radstack serve --data-dir $(DATA_DIR)
+# The pinned OHIF build, fetched (npm pack), verified and cached once; later runs need no network.
+viewer: install
+	$(BIN)/radstack viewer fetch
+
+run: install viewer
+	$(BIN)/radstack serve --data-dir $(DATA_DIR) --demo
 
 LINT_PATHS := src tests $(wildcard bench)
 
@@ -25,7 +29,7 @@ lint: install
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-test: install lint
+test: install lint viewer
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install

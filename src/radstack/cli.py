@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
             "dicom_port": args.dicom_port,
             "ae_title": args.ae_title,
             "no_workers": args.no_workers or None,
+            "demo": args.demo or None,
             "tls_cert_file": args.tls_cert_file,
             "tls_key_file": args.tls_key_file,
             "dicom_tls_port": args.dicom_tls_port,
@@ -325,6 +326,20 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viewer_fetch(args: argparse.Namespace) -> int:
+    from radstack.web.ohif import OHIF_VERSION, ViewerFetchError, fetch_viewer, viewer_dir
+
+    directory = args.cache or viewer_dir(Settings().ohif_dir)
+    try:
+        result = fetch_viewer(directory, tarball=args.tarball)
+    except ViewerFetchError as exc:
+        print(f"radstack viewer fetch: {exc}", file=sys.stderr)
+        return 1
+    state = "fetched and verified" if result.fetched else "already cached"
+    print(f"OHIF {OHIF_VERSION} {state} in {result.directory}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radstack", description="Open-source medical imaging platform.")
     parser.add_argument("--version", action="version", version=f"radstack {__version__}")
@@ -338,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--ae-title", help="DICOM AE title (RADSTACK_AE_TITLE, default RADSTACK)")
     serve.add_argument("--no-workers", action="store_true", help="do not run queue workers in this process")
+    serve.add_argument(
+        "--demo", action="store_true", help="load demo studies when the index holds none (RADSTACK_DEMO)"
+    )
     serve.add_argument(
         "--tls-cert-file", type=Path, help="PEM certificate chain: serve HTTPS (RADSTACK_TLS_CERT_FILE)"
     )
@@ -410,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     token_revoke.add_argument("token_id", type=int)
     token_revoke.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     token_revoke.set_defaults(func=_token_revoke)
+    viewer = commands.add_parser("viewer", help="the OHIF viewer served at /viewer/")
+    viewer_commands = viewer.add_subparsers(dest="viewer_command", required=True)
+    viewer_fetch = viewer_commands.add_parser(
+        "fetch", help="fetch the pinned OHIF build (npm pack), verify its checksum, cache it (once)"
+    )
+    viewer_fetch.add_argument("--cache", type=Path, help="cache directory (RADSTACK_OHIF_DIR)")
+    viewer_fetch.add_argument("--tarball", type=Path, help="install this @ohif/app tarball (offline)")
+    viewer_fetch.set_defaults(func=_viewer_fetch)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.set_defaults(func=_worker)

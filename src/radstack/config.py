@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Run no job consumers in this process (jobs then run in ``radstack worker`` processes).
     no_workers: bool = False
+    #: Load the demo studies (a generated CT series, pydicom-data's radiographs) into an empty index.
+    demo: bool = False
     #: Job queue: empty for a SQLite queue in the data dir, or ``redis://host:port/db``.
     queue_url: str = ""
     #: Job consumer threads per process.
@@ -125,6 +127,9 @@ class Settings(BaseSettings):
     #: Worker processes that parse and encode incoming instances: -1 one per CPU core, 0 none (ingest
     #: runs in the request's thread).
     ingest_processes: int = Field(default=-1, ge=-1)
+    #: The OHIF viewer's cached build (``radstack viewer fetch``), served at ``/viewer/``; empty means
+    #: ``~/.cache/radstack/ohif/<version>`` (``radstack.web.ohif.default_viewer_dir``).
+    ohif_dir: Path | None = None
     # ------------------------------------------------------------------ transport security
     #: HTTPS and DICOM TLS: a PEM certificate (chain) and its unencrypted private key, both or
     #: neither; the key file must give others no access (docs/security.md).

@@ -318,3 +318,23 @@ def test_frames_in_an_unavailable_media_type_are_406(server: RunningServer) -> N
     assert response.status_code == 406
     detail = response.json()["detail"]
     assert "image/jpeg" in detail and "image/jphc" in detail and "application/octet-stream" in detail
+
+
+def test_an_object_without_pixels_is_stored_and_served_whole(server: RunningServer) -> None:
+    """A structured report (OHIF saves measurements as one) is kept whole and comes back whole."""
+    report = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
+    response = stow(server, dicom_body(report))
+    assert response.status_code == 200, response.text
+    [match] = authed.get(
+        f"{server.dicomweb}/studies/{report.StudyInstanceUID}/series", params={"Modality": "SR"}
+    ).json()
+    assert match["0020000E"]["Value"] == [str(report.SeriesInstanceUID)]
+    [(_type, data)] = response_parts(
+        authed.get(
+            instance_url(server, report), headers={"Accept": 'multipart/related; type="application/dicom"'}
+        )
+    )
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert back.ContentSequence == report.ContentSequence
+    assert back.ConceptNameCodeSequence[0].CodeMeaning == report.ConceptNameCodeSequence[0].CodeMeaning
+    assert "PixelData" not in back

@@ -9,19 +9,19 @@ empty, plus whatever ``includefield`` asks for, taken from the stored attributes
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from radstack.store.matching import Query, QueryLevelValues, conditions
 from radstack.store.models import InstanceRow, SeriesRow, StudyRow
 from radstack.store.studies import StudyStore
 
-__all__ = ["SearchResult", "search_instances", "search_series", "search_studies"]
+__all__ = ["SearchResult", "count_studies", "search_instances", "search_series", "search_studies"]
 
 JsonDict = dict[str, Any]
 
@@ -192,6 +192,21 @@ def _series_order() -> list[ColumnElement[Any]]:
     return [SeriesRow.series_number.asc().nulls_last(), SeriesRow.series_uid.asc()]
 
 
+def _study_where(query: Query, scope: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
+    return [StudyRow.num_instances > 0, *conditions(query), *_scoped(scope)]
+
+
+def count_studies(
+    store: StudyStore, query: Query, *, cap: int, scope: ColumnElement[bool] | None = None
+) -> int:
+    """How many studies :func:`search_studies` matches (``limit`` and ``offset`` ignored), counting
+    no further than ``cap`` so that the count stays cheap however large the index grows."""
+    _check_level(query, QueryLevelValues.STUDY)
+    matching = select(StudyRow.id).where(*_study_where(query, scope)).limit(cap).subquery()
+    with Session(store.engine) as session:
+        return int(session.execute(select(func.count()).select_from(matching)).scalar_one())
+
+
 def search_studies(
     store: StudyStore,
     query: Query,
@@ -199,6 +214,7 @@ def search_studies(
     base_url: str,
     max_limit: int,
     scope: ColumnElement[bool] | None = None,
+    order: Sequence[ColumnElement[Any]] | None = None,
 ) -> SearchResult:
     """Search for studies: ``GET /studies`` (PS3.18 §10.6.1, return attributes Table 10.6.3-3).
 
@@ -215,6 +231,8 @@ def search_studies(
     scope
         A condition on :class:`StudyRow` that keeps the caller within its studies
         (:meth:`radstack.security.policy.Policy.study_condition`); None searches all.
+    order
+        The ORDER BY (the worklist puts AI priority first); by default newest study first.
 
     Returns
     -------
@@ -224,8 +242,8 @@ def search_studies(
     _check_level(query, QueryLevelValues.STUDY)
     statement = (
         select(StudyRow)
-        .where(StudyRow.num_instances > 0, *conditions(query), *_scoped(scope))
-        .order_by(*_study_order())
+        .where(*_study_where(query, scope))
+        .order_by(*(order if order is not None else _study_order()))
     )
     rows, warnings, truncated = _run(store, statement, query, max_limit)
     matches = []

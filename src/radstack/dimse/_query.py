@@ -13,7 +13,7 @@ above may be left out. The PATIENT level is derived from the study rows, grouped
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -224,11 +224,12 @@ def parse_find(identifier: Dataset, sop_class_uid: str) -> FindRequest:
 # ----------------------------------------------------------------------------- C-FIND
 def _search_all(store: StudyStore, query: Query, scope: ColumnElement[bool] | None) -> Iterator[JsonDict]:
     """Every match of ``query``, page by page (C-FIND has no paging of its own)."""
-    search = {
+    searches: dict[QueryLevelValues, Callable[..., qido.SearchResult]] = {
         QueryLevelValues.STUDY: qido.search_studies,
         QueryLevelValues.SERIES: qido.search_series,
         QueryLevelValues.IMAGE: qido.search_instances,
-    }[query.level]
+    }
+    search = searches[query.level]
     offset = 0
     while True:
         page = search(

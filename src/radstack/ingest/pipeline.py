@@ -284,7 +284,8 @@ def prepare(
     crcs: list[int] = []
     frame_syntax: str | None = None
     info: PixelInfo | None = None
-    if PIXEL_DATA not in ds and _IMAGE_PIXEL_KEYWORDS.issubset(ds) and not _OTHER_PIXEL_TAGS & set(ds._dict):
+    image_module = all(keyword in ds for keyword in _IMAGE_PIXEL_KEYWORDS)
+    if PIXEL_DATA not in ds and image_module and not _OTHER_PIXEL_TAGS & set(ds._dict):
         # Rows, Columns and BitsAllocated promise an image (PS3.3 §C.7.6.3); a file cut just before
         # its Pixel Data still parses, so this is where it is caught.
         raise DataSetMismatch(

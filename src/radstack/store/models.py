@@ -9,17 +9,25 @@ that QIDO searches.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "InstanceRow", "PeerRow", "SeriesRow", "StudyRow", "StudyVersionRow"]
+__all__ = ["Base", "InstanceRow", "PeerRow", "SeriesRow", "StudyRow", "StudyStatus", "StudyVersionRow"]
 
 UID = String(64)
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class StudyStatus(StrEnum):
+    """Where a study is in reading (``studies.status``); a null status means unread."""
+
+    IN_PROGRESS = "in-progress"
+    READ = "read"
 
 
 class StudyRow(Base):
@@ -49,6 +57,10 @@ class StudyRow(Base):
     change_seq: Mapped[int] = mapped_column(Integer, default=0)
     attrs: Mapped[str] = mapped_column(Text, default="{}")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: Urgency an AI model gave the study (higher reads first; null: not scored). The worklist sorts on it.
+    ai_priority: Mapped[int | None] = mapped_column(Integer, index=True)
+    #: Reading status (:class:`StudyStatus`); null means unread.
+    status: Mapped[str | None] = mapped_column(String(16), index=True)
 
 
 class SeriesRow(Base):

@@ -522,6 +522,16 @@ class StudyStore:
             ).scalar()
         return found or study_uid
 
+    def study_count(self) -> int:
+        """How many studies hold at least one instance."""
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(
+                    select(func.count()).select_from(StudyRow).where(StudyRow.num_instances > 0)
+                ).scalar()
+                or 0
+            )
+
     def study_scope(self, study_uid: str) -> tuple[str | None, str | None] | None:
         """``(ReferringPhysicianName, InstitutionName)`` of a stored study (what scoping compares),
         or None when it was never stored."""

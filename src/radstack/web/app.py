@@ -74,8 +74,10 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     platform closes.
     """
     from radstack.dimse import DimseServer
-    from radstack.web import accounts, api_v1, auth, dicomweb, dicomweb_qido, jobs, peers, workflows
+    from radstack.ingest.demo import load_demo
+    from radstack.web import accounts, api_v1, auth, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
     from radstack.web.auth import AuthMiddleware
+    from radstack.web.viewer import router as viewer_router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +85,12 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         app.state.platform = opened
         dimse = DimseServer(opened) if opened.settings.dicom_port or opened.settings.dicom_tls_port else None
         try:
+            if opened.settings.demo:
+                await to_thread.run_sync(
+                    lambda: load_demo(
+                        opened.store, encode=opened.settings.encode_htj2k, analyser=opened.analyser
+                    )
+                )
             if dimse is not None:
                 dimse.start()
             if not opened.settings.no_workers:
@@ -175,5 +183,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(peers.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(workflows.router, prefix="/api/v1")
+    app.include_router(viewer_router)
+    app.include_router(ui.router)
     install_transport(app, settings)  # last, so outermost: headers on every response
     return app

@@ -1,0 +1,183 @@
+"""The worklist UI: server-rendered HTML pages at ``/`` (worklist), ``/jobs``, ``/models``, ``/labeling``.
+
+No JavaScript: the filter form is a GET form, paging is links, requeue is a POST form (the auth
+middleware's same-origin check makes a cookie POST from these pages safe). Pages are Jinja2
+templates under ``web/templates`` with autoescaping on; a refused or malformed request is answered
+with the same layout and the error's status, so a browser user sees what went wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from radstack.errors import RadstackError
+from radstack.ingest.importjobs import IMPORT_KIND
+from radstack.jobs.records import JobState
+from radstack.platform import Platform
+from radstack.security.audit import AuditActionValues
+from radstack.security.policy import ActionValues
+from radstack.store.models import StudyStatus
+from radstack.web.auth import authorize, principal_of, view_of
+from radstack.web.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+
+#: Studies per worklist page.
+PAGE_SIZE = 50
+#: Modalities offered by the filter (PS3.3 §C.7.3.1.1.1 defined terms most often read).
+MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SEG", "SR", "US", "XA")
+_STATUSES = (UNREAD, *(s.value for s in StudyStatus))
+
+_env = Environment(
+    loader=PackageLoader("radstack.web", "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def _render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    platform = _platform(request)
+    principal = principal_of(request)
+    page = _env.get_template(template).render(
+        path=request.url.path,
+        user=principal.subject,
+        role=principal.role,
+        can_manage=platform.policy.allows(principal, ActionValues.MANAGE_SYSTEM),
+        **context,
+    )
+    return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _error_page(request: Request, title: str, error: RadstackError) -> HTMLResponse:
+    return _render(request, "error.html", error.http_status, title=title, message=error.message)
+
+
+def _html_errors(request: Request, title: str, build: Callable[[], HTMLResponse]) -> HTMLResponse:
+    """``build()``, or the error page for a :class:`RadstackError` it raises (its status, its message)."""
+    try:
+        return build()
+    except RadstackError as error:
+        return _error_page(request, title, error)
+
+
+def _page_link(filters: dict[str, str], offset: int) -> str:
+    params = {key: value for key, value in filters.items() if value}
+    if offset:
+        params["offset"] = str(offset)
+    return "/?" + urlencode(params) if params else "/"
+
+
+@router.get("/")
+def worklist(
+    request: Request,
+    patient: str = "",
+    patient_id: str = "",
+    modality: str = "",
+    date_from: str = "",
+    date_to: str = "",
+    status: str = "",
+    offset: int = 0,
+) -> HTMLResponse:
+    """The worklist: studies by AI priority then date, filtered and paged in SQL."""
+    form = {
+        "patient": patient,
+        "patient_id": patient_id,
+        "modality": modality,
+        "date_from": date_from,
+        "date_to": date_to,
+        "status": status,
+    }
+    filters = WorklistFilters(patient, patient_id, modality, date_from, date_to, status)
+
+    def build() -> HTMLResponse:
+        authorize(request, ActionValues.READ_METADATA, audit=AuditActionValues.QUERY)
+        platform = _platform(request)
+        view = view_of(request)
+        context: dict[str, Any] = {
+            "form": form,
+            "modalities": MODALITIES,
+            "statuses": _STATUSES,
+            "deidentified": view.deid is not None,
+        }
+        try:
+            page: WorklistPage | None = worklist_page(
+                platform.store,
+                view,
+                filters,
+                offset=max(offset, 0),
+                limit=PAGE_SIZE,
+                scope=platform.policy.study_condition(principal_of(request)),
+            )
+        except RadstackError as error:
+            if error.http_status != 400:
+                raise
+            return _render(request, "worklist.html", 400, page=None, error=error.message, **context)
+        assert page is not None
+        previous = _page_link(form, max(page.offset - page.limit, 0)) if page.offset > 0 else None
+        following = _page_link(form, page.offset + page.limit) if page.has_more else None
+        return _render(
+            request,
+            "worklist.html",
+            page=page,
+            error=None,
+            previous=previous,
+            next=following,
+            **context,
+        )
+
+    return _html_errors(request, "Worklist", build)
+
+
+@router.get("/jobs")
+def jobs(request: Request, requeued: str = "") -> HTMLResponse:
+    """Import-job progress and the dead letters, each with a requeue button."""
+
+    def build() -> HTMLResponse:
+        authorize(request, ActionValues.MANAGE_SYSTEM)
+        records = _platform(request).jobs.records
+        return _render(
+            request,
+            "jobs.html",
+            imports=records.find(kind=IMPORT_KIND, limit=50),
+            dead=records.find(state=JobState.DEAD, limit=100),
+            requeued=requeued,
+        )
+
+    return _html_errors(request, "Jobs", build)
+
+
+@router.post("/jobs/{job_id}/requeue", response_model=None)
+def requeue(request: Request, job_id: str) -> Response:
+    """Requeue a FAILED or DEAD job from the jobs page, then show the page again (POST-redirect-GET)."""
+    try:
+        authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
+        _platform(request).jobs.requeue(job_id)
+    except RadstackError as error:
+        return _error_page(request, "Jobs", error)
+    return RedirectResponse(f"/jobs?{urlencode({'requeued': job_id})}", status_code=303)
+
+
+@router.get("/models")
+def models(request: Request) -> HTMLResponse:
+    """Placeholder: the model registry (a later issue fills it in)."""
+    return _render(request, "models.html")
+
+
+@router.get("/labeling")
+def labeling(request: Request) -> HTMLResponse:
+    """Placeholder: labeling projects and tasks (a later issue fills them in)."""
+    return _render(request, "labeling.html")

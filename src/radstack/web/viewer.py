@@ -1,0 +1,173 @@
+"""The OHIF viewer at ``/viewer/``: the cached build (:mod:`radstack.web.ohif`) and its ``app-config.js``.
+
+OHIF is a single-page app: a path under ``/viewer/`` that is not a file of the build (a client-side
+route such as ``/viewer/viewer?StudyInstanceUIDs=…``) gets ``index.html``. Opening the viewer
+(``index.html``, ``app-config.js``) needs the read-pixels action; the build's static files only need
+an authenticated caller (the middleware's session cookie or bearer token), like any other path.
+
+``app-config.js`` is generated per request, not the build's own: one DICOMweb data source at this
+server's ``/dicomweb`` (same origin, so the browser sends the session cookie with every request),
+STOW on so OHIF saves measurements as SR, and an Accept header for frames that prefers the HTJ2K the
+store holds (OHIF decodes it with OpenJPH) and falls back to the stored transfer syntax.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from radstack.errors import NotFound, RadstackError
+from radstack.security.policy import ActionValues
+from radstack.web.auth import authorize
+from radstack.web.ohif import OHIF_VERSION, VIEWER_PREFIX, installed, viewer_dir
+
+__all__ = ["ViewerNotInstalled", "app_config", "router"]
+
+router = APIRouter(include_in_schema=False)
+
+#: Frames as stored HTJ2K first (PS3.18 Table 8.7.3-5: image/jphc), then anything as stored, which is
+#: what OHIF asks for by default. OHIF joins the list with commas into one Accept header.
+FRAME_ACCEPT = [
+    "multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.202",
+    "multipart/related; type=image/jphc; transfer-syntax=1.2.840.10008.1.2.4.201; q=0.9",
+    "multipart/related; type=application/octet-stream; transfer-syntax=*; q=0.5",
+]
+
+#: webpack's content-hashed file names (``app.bundle.0f6159c501addfe9.js``, ``0ddf166f7a343eda.wasm``):
+#: their content never changes under the same name.
+_HASHED = re.compile(r"(^|\.)[0-9a-f]{16}\.[a-z0-9]+$")
+_MEDIA_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".json": "application/json",
+    ".jsonc": "application/json",
+    ".wasm": "application/wasm",
+    ".woff2": "font/woff2",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".xml": "application/xml",
+    ".txt": "text/plain; charset=utf-8",
+    ".map": "application/json",
+    ".onnx": "application/octet-stream",
+}
+_IMMUTABLE = "public, max-age=31536000, immutable"
+_REVALIDATE = "no-cache"
+
+
+class ViewerNotInstalled(RadstackError):
+    """503: the OHIF build has not been fetched into the cache directory."""
+
+    title = "Service unavailable"
+    http_status = 503
+    dicom_status = 0xA700
+
+
+def _dist(request: Request) -> Path:
+    directory = viewer_dir(request.app.state.platform.settings.ohif_dir)
+    if not installed(directory):
+        raise ViewerNotInstalled(
+            f"the OHIF viewer {OHIF_VERSION} is not in {directory}: run 'radstack viewer fetch' "
+            "(or 'make run'), then reload"
+        )
+    return directory
+
+
+def app_config(dicomweb_root: str) -> dict[str, Any]:
+    """OHIF 3.13's ``window.config`` for one DICOMweb data source at ``dicomweb_root``.
+
+    The keys are those of OHIF's ``platform/app/public/config/default.js`` and of the ``dicomweb``
+    data source (``extensions/default/src/DicomWebDataSource``), checked against the 3.13.2 build.
+    """
+    return {
+        "name": "radstack",
+        "routerBasename": VIEWER_PREFIX.rstrip("/"),
+        "extensions": [],
+        "modes": [],
+        "customizationService": {},
+        "showStudyList": True,
+        "maxNumberOfWebWorkers": 3,
+        "showWarningMessageForCrossOrigin": False,
+        "showCPUFallbackMessage": True,
+        "showLoadingIndicator": True,
+        "strictZSpacingForVolumeViewport": True,
+        "groupEnabledModesFirst": True,
+        "maxNumRequests": {"interaction": 100, "thumbnail": 75, "prefetch": 25},
+        "showErrorDetails": "dev",
+        "defaultDataSourceName": "radstack",
+        "dataSources": [
+            {
+                "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+                "sourceName": "radstack",
+                "configuration": {
+                    "friendlyName": "radstack",
+                    "name": "radstack",
+                    "qidoRoot": dicomweb_root,
+                    "wadoRoot": dicomweb_root,
+                    "wadoUriRoot": dicomweb_root,
+                    "qidoSupportsIncludeField": True,
+                    "supportsReject": False,
+                    "supportsStow": True,
+                    "imageRendering": "wadors",
+                    "thumbnailRendering": "wadors",
+                    "enableStudyLazyLoad": True,
+                    "supportsFuzzyMatching": True,
+                    "supportsWildcard": True,
+                    "staticWado": False,
+                    "singlepart": "bulkdata,video",
+                    "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
+                    "omitQuotationForMultipartRequest": True,
+                    "acceptHeader": FRAME_ACCEPT,
+                },
+            }
+        ],
+    }
+
+
+@router.get("/viewer")
+def viewer_root(request: Request) -> Response:
+    query = request.url.query
+    return RedirectResponse(VIEWER_PREFIX + (f"?{query}" if query else ""), status_code=308)
+
+
+@router.get("/viewer/app-config.js")
+def viewer_app_config(request: Request) -> Response:
+    """The generated configuration (never the build's own ``app-config.js``)."""
+    authorize(request, ActionValues.READ_PIXELS, resource="viewer")
+    _dist(request)
+    root = str(request.base_url).rstrip("/") + "/dicomweb"
+    body = (
+        f"/** radstack: OHIF {OHIF_VERSION} */\nwindow.config = {json.dumps(app_config(root), indent=2)};\n"
+    )
+    return Response(body, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": _REVALIDATE})
+
+
+@router.get("/viewer/{path:path}")
+def viewer_file(request: Request, path: str) -> Response:
+    """A file of the build, or ``index.html`` for a client-side route."""
+    name = path.rsplit("/", 1)[-1]
+    if path and "." in name:
+        dist = _dist(request)
+        file = (dist / path).resolve()
+        if file.is_relative_to(dist.resolve()) and file.is_file() and not name.startswith("."):
+            if file.name == "index.html":
+                authorize(request, ActionValues.READ_PIXELS, resource="viewer")
+            return FileResponse(
+                file,
+                media_type=_MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream"),
+                headers={"Cache-Control": _IMMUTABLE if _HASHED.search(name) else _REVALIDATE},
+            )
+        raise NotFound(f"{VIEWER_PREFIX}{path} not found: the OHIF {OHIF_VERSION} build has no such file")
+    authorize(request, ActionValues.READ_PIXELS, resource="viewer")
+    return FileResponse(
+        _dist(request) / "index.html",
+        media_type=_MEDIA_TYPES[".html"],
+        headers={"Cache-Control": _REVALIDATE},
+    )

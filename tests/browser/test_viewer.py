@@ -1,0 +1,156 @@
+"""A radiologist's path in a real browser: log in, find the study in the worklist, read it in OHIF.
+
+Chromium (Debian's) loads the bundled OHIF from ``/viewer/``; the test waits until a viewport canvas
+holds an image (pixels that are not all the same), checks that the frames OHIF fetched were served as
+stored HTJ2K, and that a role without the right to read pixels cannot open the viewer. Screenshots
+are kept in ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from playwright.sync_api import Page, Response
+
+from radstack.security.authn import CREDENTIAL_FILE
+from tests.browser.conftest import screenshot
+from tests.conftest import RunningServer, server_settings, start_server
+
+pytestmark = pytest.mark.timeout(300)
+
+#: True once some viewport canvas shows an image: its pixels span more than a few grey levels.
+_IMAGE_SHOWN = """() => {
+  for (const canvas of document.querySelectorAll('canvas')) {
+    if (!canvas.width || !canvas.height || canvas.width < 64) continue;
+    const copy = document.createElement('canvas');
+    copy.width = canvas.width; copy.height = canvas.height;
+    const context = copy.getContext('2d');
+    context.drawImage(canvas, 0, 0);
+    const data = context.getImageData(0, 0, copy.width, copy.height).data;
+    let low = 255, high = 0;
+    for (let i = 0; i < data.length; i += 4 * 7) { low = Math.min(low, data[i]); high = Math.max(high, data[i]); }
+    if (high - low > 40) return true;
+  }
+  return false;
+}"""
+
+
+@dataclass
+class Site:
+    server: RunningServer
+    studies: dict[str, str] = field(default_factory=dict)  # modality → StudyInstanceUID
+
+    @property
+    def admin_password(self) -> str:
+        text = (self.server.platform.settings.data_dir / CREDENTIAL_FILE).read_text()
+        return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)["password"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    roles = tmp_path_factory.mktemp("roles") / "roles.json"
+    roles.write_text(json.dumps({"scheduler": {"actions": ["read-metadata"]}}))
+    settings = server_settings(
+        tmp_path_factory.mktemp("browser") / "data",
+        dicom_port=0,
+        no_workers=True,
+        demo=True,
+        roles_file=roles,
+    )
+    for server in start_server(settings):
+        found = httpx.get(f"{server.dicomweb}/studies", headers=server.auth).json()
+        studies = {}
+        for match in found:
+            description = (match.get("00081030", {}).get("Value") or [""])[0]
+            if match["00080061"]["Value"] == ["CT"]:
+                studies["CT"] = match["0020000D"]["Value"][0]
+            elif "tibia" in description:  # pydicom-data's RG3, a lower-leg radiograph
+                studies["CR"] = match["0020000D"]["Value"][0]
+        assert set(studies) == {"CT", "CR"}, found
+        yield Site(server, studies)
+
+
+def log_in(page: Page, site: Site, username: str, password: str) -> None:
+    page.goto(f"{site.server.url}/")
+    assert "/login" in page.url  # not logged in: the worklist sends the browser to the login page
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+
+
+def test_log_in_find_the_study_and_read_it_in_ohif(page: Page, site: Site) -> None:
+    log_in(page, site, "admin", site.admin_password)
+    assert page.url.rstrip("/") == site.server.url
+    worklist = page.inner_text("table")
+    assert "Phantom" in worklist  # the demo CT is listed
+    screenshot(page, "worklist")
+
+    frames: list[tuple[str, str]] = []
+
+    def seen(response: Response) -> None:
+        if "/frames/" in response.url:
+            frames.append((response.url, response.headers.get("content-type", "")))
+
+    page.on("response", seen)
+    page.click(f"a[href*='StudyInstanceUIDs={site.studies['CT']}']")
+    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    screenshot(page, "viewer-ct")
+    assert frames, "OHIF fetched no frame"
+    assert all("1.2.840.10008.1.2.4.202" in content_type for _url, content_type in frames), frames[:3]
+
+    page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies['CR']}")
+    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    screenshot(page, "viewer-radiograph")
+
+
+def test_a_role_that_may_not_read_pixels_cannot_open_the_viewer(page: Page, site: Site) -> None:
+    site.server.platform.accounts.create_user("sam", "scheduler", password="scheduler password")
+    log_in(page, site, "sam", "scheduler password")
+    response = page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies['CT']}")
+    assert response is not None and response.status == 403
+    assert not page.query_selector("canvas")
+    screenshot(page, "viewer-refused")
+
+
+def test_a_length_measurement_is_saved_as_a_structured_report(page: Page, site: Site) -> None:
+    """Draw a length in OHIF, create the report: a DICOM SR arrives over STOW-RS and QIDO finds it."""
+    log_in(page, site, "admin", site.admin_password)
+    ct = site.studies["CT"]
+    page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={ct}")
+    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    for dismiss in ("[data-cy=confirm-and-hide-button]", "text=Skip all"):
+        if page.query_selector(dismiss):
+            page.click(dismiss)
+    page.click("[data-cy=MeasurementTools-split-button-primary]")  # the Length tool
+    box = page.query_selector("[data-cy=viewport-pane]").bounding_box()  # type: ignore[union-attr]
+    assert box is not None
+    x, y = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y + 40, steps=8)
+    page.mouse.up()
+    page.click("[data-cy=prompt-begin-tracking-yes-btn]")
+    create = page.locator("text=Create SR")
+    if not create.is_visible():
+        page.click("[data-cy=trackedMeasurements-btn]")  # open the measurements panel
+    create.wait_for()
+    screenshot(page, "viewer-measurement")
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and "/dicomweb/studies" in r.url
+    ) as stowed:
+        create.click()
+        page.fill("[data-cy=dialog-input]", "Length report")
+        page.click("button:has-text('Save')")
+    assert stowed.value.status == 200, stowed.value.text()
+    reports = httpx.get(
+        f"{site.server.dicomweb}/studies/{ct}/instances",
+        params={"Modality": "SR", "includefield": "all"},
+        headers=site.server.auth,
+    ).json()
+    assert len(reports) == 1
+    assert "Length report" in json.dumps(reports[0])
