@@ -154,3 +154,27 @@ def test_a_length_measurement_is_saved_as_a_structured_report(page: Page, site: 
     ).json()
     assert len(reports) == 1
     assert "Length report" in json.dumps(reports[0])
+
+
+def test_the_worklist_is_usable_from_the_keyboard(page: Page, site: Site) -> None:
+    """Tab to the patient filter, type, press Enter, then tab to the study's Open link and press Enter."""
+    log_in(page, site, "admin", site.admin_password)
+    page.keyboard.press("Tab")  # the skip link first
+    focused = page.evaluate("document.activeElement.textContent")
+    assert "skip" in focused.lower()
+    page.focus("input[name=patient]")
+    page.keyboard.type("Demo")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")  # submits the filter form
+    rows = page.locator("table tbody tr")
+    assert rows.count() == 1 and "Phantom" in rows.first.inner_text()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent").startswith("Open"):
+            break
+    else:
+        pytest.fail("the Open link is not reachable with Tab")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    assert "/viewer/" in page.url
