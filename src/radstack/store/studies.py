@@ -21,7 +21,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Row, Table, func, select
+from sqlalchemy import Engine, Row, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,12 @@ __all__ = [
 T = TypeVar("T")
 _DOCUMENT_SETTLE_SECONDS = 0.2
 _INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
+_CURRENT_INSTANCE = select(_INSTANCES).where(
+    _INSTANCES.c.sop_uid == bindparam("sop"),
+    _INSTANCES.c.study_uid == bindparam("study"),
+    _INSTANCES.c.version_removed.is_(None),
+)
+_CURRENT_INSTANCE_IN_SERIES = _CURRENT_INSTANCE.where(_INSTANCES.c.series_uid == bindparam("series"))
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 
@@ -411,15 +417,13 @@ class StudyStore:
     # ------------------------------------------------------------------ reads
     def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str) -> InstanceRecord:
         """The current instance ``sop_uid`` of the given study (and series); :class:`NotFound` otherwise."""
-        table = _INSTANCES
-        query = select(table).where(
-            table.c.sop_uid == sop_uid, table.c.study_uid == study_uid, table.c.version_removed.is_(None)
-        )
+        # A plain connection, a statement built once and a row, not an ORM session: this is on every
+        # frame request's path (building the query each time cost more than running it).
+        query, parameters = _CURRENT_INSTANCE, {"sop": sop_uid, "study": study_uid}
         if series_uid is not None:
-            query = query.where(table.c.series_uid == series_uid)
-        # A plain connection and row, not an ORM session: this is on every frame request's path.
+            query, parameters = _CURRENT_INSTANCE_IN_SERIES, {**parameters, "series": series_uid}
         with self.engine.connect() as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(query, parameters).first()
         if row is None:
             raise NotFound(f"instance {sop_uid} is not stored in study {study_uid}")
         return InstanceRecord.from_row(row)
