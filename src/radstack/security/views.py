@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -183,6 +183,3 @@ class View:
 def _first(ds: JsonDict, tag: str) -> str | None:
     values = (ds.get(tag) or {}).get("Value") or []
     return str(values[0]) if values else None
-
-
-ViewFactory = Callable[[RoleDef], View]
