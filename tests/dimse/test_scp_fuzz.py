@@ -37,7 +37,9 @@ def test_mutated_data_sets_get_radstack_statuses(
     before = synthetic_ct(patient_name="Stored^Before")
     good = tmp_path / "good.dcm"
     good.write_bytes(part10(before))
-    contexts = sorted({context for _label, _path, context in files} | {(str(before.SOPClassUID), "1.2.840.10008.1.2.1")})
+    contexts = sorted(
+        {context for _label, _path, context in files} | {(str(before.SOPClassUID), "1.2.840.10008.1.2.1")}
+    )
     assert len(contexts) <= 128, "one association proposes at most 128 presentation contexts (PS3.8 §9.3.2.2)"
 
     statuses: dict[int, int] = {}

@@ -100,18 +100,19 @@ def _starts_with_file_meta(data: bytes) -> bool:
     """
     if len(data) < 12 or data[:2] != b"\x02\x00":
         return False
-    element, vr = struct.unpack_from("<H", data, 2)[0], data[4:6]
+    element: int = struct.unpack_from("<H", data, 2)[0]
+    vr = data[4:6]
     try:
         expected = dictionary_VR(0x00020000 | element).encode()
     except KeyError:
         expected = vr if vr in _VRS else b""
     if vr != expected:
         return False
+    # Explicit VR: tag (4), VR (2), then a 2-byte length, or 2 reserved bytes and a 4-byte length.
     if vr in _LONG_VRS:
+        end: int = 12 + struct.unpack_from("<L", data, 8)[0]
         if data[6:8] != b"\0\0":
             return False
-        length = struct.unpack_from("<L", data, 8)[0]
-        end = 12 + length
     else:
         end = 8 + struct.unpack_from("<H", data, 6)[0]
     return end <= len(data)
