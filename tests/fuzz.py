@@ -17,8 +17,9 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
+from pydicom.tag import Tag
 
-__all__ = ["Mutant", "mutants", "source_files"]
+__all__ = ["Mutant", "mutants", "source_files", "with_unknown_vr"]
 
 #: Bigger files only make the run slower: the parser's paths are the same.
 _LARGEST = 70_000
@@ -120,3 +121,14 @@ def mutants(seed: int, count: int, *, keep_meta: bool = False) -> Iterator[Mutan
         name, data, start, elements = rng.choice(sources)
         what, mutated = _mutate(rng, data, start, elements)
         yield Mutant(f"{name}: {what}", mutated, start)
+
+
+def with_unknown_vr(data: bytes, keyword: str) -> bytes:
+    """An explicit VR Part-10 file with the VR of top-level ``keyword`` (a 2-byte length VR) made 'ZZ'.
+
+    pydicom opens such a file and fails only when the element is first used.
+    """
+    element = pydicom.dcmread(DicomBytesIO(data))._dict[Tag(keyword)]
+    assert isinstance(element, RawDataElement) and element.value_tell and element.VR not in _LONG_VRS
+    at = element.value_tell - 4  # tag (4), VR (2), length (2), value
+    return data[:at] + b"ZZ" + data[at + 2 :]

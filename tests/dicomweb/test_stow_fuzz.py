@@ -10,8 +10,18 @@ import numpy as np
 import pydicom
 
 from tests.conftest import RunningServer
-from tests.fuzz import mutants
-from tests.helpers import DICOM_MULTIPART, dicom_body, instance_url, multipart, response_parts, synthetic_ct
+from tests.fuzz import mutants, with_unknown_vr
+from tests.helpers import (
+    DICOM_MULTIPART,
+    dicom_body,
+    failure_reasons,
+    instance_url,
+    multipart,
+    part10,
+    response_parts,
+    stow,
+    synthetic_ct,
+)
 
 SEED = 10
 COUNT = 300
@@ -57,3 +67,11 @@ def test_mutated_files_over_one_keep_alive_connection(server: RunningServer) -> 
         assert _client_address(retrieved) == connection
         [(_type, data)] = response_parts(retrieved)
         assert np.array_equal(pydicom.dcmread(io.BytesIO(data)).pixel_array, before.pixel_array)
+
+
+def test_an_unknown_vr_is_named(server: RunningServer) -> None:
+    data = with_unknown_vr(part10(synthetic_ct()), "PatientName")
+    response = stow(server, multipart([("application/dicom", data)]))
+    assert response.status_code == 409
+    assert failure_reasons(response) == [0xC000]
+    assert "element (0010,0010) has an unknown VR 'ZZ'" in response.headers["Warning"]

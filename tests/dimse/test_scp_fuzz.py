@@ -13,7 +13,7 @@ from pynetdicom import _config
 
 from tests.conftest import RunningServer
 from tests.dimse.helpers import association, pixels, read_back
-from tests.fuzz import mutants
+from tests.fuzz import mutants, with_unknown_vr
 from tests.helpers import part10, synthetic_ct
 
 SEED = 11
@@ -63,3 +63,16 @@ def test_mutated_data_sets_get_radstack_statuses(
     assert sum(statuses.values()) > COUNT * 3 // 4, f"most mutants are sent: {statuses}"
     assert sum(statuses.get(c, 0) for c in _OWN_FAILURES) > COUNT // 4, statuses
     assert (pixels(read_back(server, before)) == pixels(before)).all(), "what was stored before is intact"
+
+
+def test_an_unknown_vr_gets_an_error_comment_naming_it(
+    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = synthetic_ct()
+    path = tmp_path / "unknown-vr.dcm"
+    path.write_bytes(with_unknown_vr(part10(ds), "PatientName"))
+    with association(server, [(str(ds.SOPClassUID), ["1.2.840.10008.1.2.1"])]) as assoc:
+        status = assoc.send_c_store(path)
+    assert status.Status == 0xC000
+    assert str(status.ErrorComment).startswith("element (0010,0010) has an unknown VR 'ZZ'")

@@ -41,6 +41,7 @@ NOT_DICOM = (
 )
 _VRS = frozenset(vr.value.encode() for vr in VR)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_UNKNOWN_VR = re.compile(r"Unknown Value Representation '(?P<vr>[^']*)' in tag (?P<tag>\([0-9A-Fa-f,]+\))")
 #: Advice in pydicom's messages about its own options, which radstack does not offer.
 _PYDICOM_ADVICE = re.compile(
     r"\s*(Use force=True to force reading\.?|To replace this error with a warning set "
@@ -154,12 +155,15 @@ def malformed(exc: BaseException) -> CannotUnderstand | None:
     cause = next((e for e in _chain(exc) if _decoding_frames(e) or _raised_by_reader(e)), None)
     if cause is None:
         return None
+    unknown = _UNKNOWN_VR.search(str(cause))
+    if unknown is not None:  # short enough for a DIMSE Error Comment, tag included
+        return CannotUnderstand(f"element {unknown['tag']} has an unknown VR {unknown['vr']!r} (PS3.5 §6.2)")
     tags = [_tag_of(frame_locals) for frame_locals in _decoding_frames(cause)]
     where = " > ".join(str(tag) for tag in tags if tag is not None)
     reason = reason_of(cause)
-    if where and where not in reason:
-        return CannotUnderstand(f"the data set is malformed at element {where}: {reason}")
-    return CannotUnderstand(f"the data set is malformed: {reason}")
+    if where:
+        return CannotUnderstand(f"element {where} cannot be decoded: {reason}")
+    return CannotUnderstand(f"the data set cannot be decoded: {reason}")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
