@@ -150,8 +150,9 @@ def malformed(exc: BaseException) -> CannotUnderstand | None:
     was opened. Such a failure shows in the traceback as pydicom's reader or its raw element
     conversion; an exception raised anywhere else is a bug, not bad input, and is left alone.
     """
-    # pydicom's writer re-raises a conversion failure with the tag prepended: the conversion is
-    # then in the exception's context.
+    # pydicom's writer re-raises a conversion failure with the tag prepended (``raise ... from``):
+    # the conversion is then the exception's cause. An exception raised while handling another
+    # (its context only) is not followed: that is code of ours failing.
     cause = next((e for e in _chain(exc) if _decoding_frames(e) or _raised_by_reader(e)), None)
     if cause is None:
         return None
@@ -167,13 +168,13 @@ def malformed(exc: BaseException) -> CannotUnderstand | None:
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from or while handling, newest first."""
+    """``exc`` and the exceptions it was raised from, newest first."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
 
 
 def _decoding_frames(exc: BaseException) -> list[dict[str, object]]:
