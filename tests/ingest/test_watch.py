@@ -62,6 +62,7 @@ def test_dropped_files_are_stored_or_set_aside_with_a_reason(watched: RunningSer
     )
     reason = json.loads((inbox / "failed" / "garbage.dcm.reason.json").read_text())
     assert reason["status"] == 0xC000 and "not a DICOM Part-10 file" in reason["reason"]
+    assert "force=True" not in reason["reason"], "no advice about pydicom's options"
     assert not any((inbox / "incoming").rglob("*.dcm"))
 
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm") or "")

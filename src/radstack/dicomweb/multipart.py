@@ -81,6 +81,11 @@ class Part:
     def content_type(self) -> str:
         return parse_media_type(self.headers.get("content-type", ""))[0]
 
+    @property
+    def media_type_params(self) -> dict[str, str]:
+        """The parameters of the part's Content-Type, e.g. ``transfer-syntax`` (PS3.18 §8.7.3.5.2)."""
+        return parse_media_type(self.headers.get("content-type", ""))[1]
+
     def read(self) -> bytes:
         self.body.seek(0)
         return self.body.read()

@@ -99,6 +99,7 @@ async def store_instances(
                     expected_study=expected_study,
                     encode=encode,
                     analyser=analyser,
+                    transfer_syntax=part.media_type_params.get("transfer-syntax"),
                 )
             )
         finally:

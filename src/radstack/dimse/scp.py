@@ -428,7 +428,11 @@ class DimseServer:
         return 0x0000
 
     def _on_store(self, event: Event) -> Dataset:
-        """C-STORE (PS3.4 §B.2.3): the data set as sent, through the ingest pipeline."""
+        """C-STORE (PS3.4 §B.2.3): the data set as sent, through the ingest pipeline.
+
+        Every failure is answered with radstack's own status and an Error Comment: an exception
+        left to pynetdicom would be its 0xC211 "unhandled exception", which names nothing.
+        """
         inbound = self._batch_of(event)
         sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
         try:
@@ -440,13 +444,16 @@ class DimseServer:
         except Exception as exc:  # the request carries no data set
             return self._store_failed(event, inbound, sop_uid, CannotUnderstand(f"no data set: {exc}"))
         settings = self.platform.settings
-        result = ingest_file(
-            self.platform.store,
-            data,
-            inbound.batch,
-            encode=settings.encode_htj2k,
-            analyser=self.platform.analyser,
-        )
+        try:
+            result = ingest_file(
+                self.platform.store,
+                data,
+                inbound.batch,
+                encode=settings.encode_htj2k,
+                analyser=self.platform.analyser,
+            )
+        except Exception as exc:  # ingest_file never raises; a bug still gets a status of ours
+            return self._store_failed(event, inbound, sop_uid, _as_radstack(exc))
         if result.error is not None:
             return self._store_failed(event, inbound, sop_uid, result.error)
         if result.study_uid:

@@ -38,6 +38,7 @@ from radstack.dicom.codecs import (
 )
 from radstack.dicom.frames import encapsulated_frames, native_frames, pixel_info
 from radstack.dicom.header import PIXEL_DATA, encode_header, header_of, instance_json, raw_dataset_bytes
+from radstack.dicom.part10 import as_part10, malformed, reason_of
 from radstack.dicom.transfer_syntax import HTJ2K_RPCL, SyntaxKindValues, kind_of, name_of
 from radstack.dicom.uids import check_uid
 from radstack.errors import (
@@ -121,20 +122,30 @@ def ingest_file(
     expected_study: str | None = None,
     encode: bool = True,
     analyser: Analyser | None = None,
+    transfer_syntax: str | None = None,
 ) -> IngestResult:
-    """Ingest one DICOM Part-10 file (PS3.10 §7). Never raises for a client's mistake.
+    """Ingest one DICOM object (PS3.10 §7). Never raises.
 
-    The CPU-bound part and the blob writes (parse, validate, decode, encode, write) run in
-    ``analyser`` (an ingest process pool in the server); the index row is committed here.
+    ``source`` is a Part-10 file, or its file meta and data set without the preamble, or a bare
+    data set in ``transfer_syntax`` (the syntax its sender stated); it is stored as a Part-10 file
+    (:func:`radstack.dicom.part10.as_part10`). The CPU-bound part and the blob writes (parse,
+    validate, decode, encode, write) run in ``analyser`` (an ingest process pool in the server);
+    the index row is committed here.
     """
     try:
-        data = _read_bytes(source)
+        data = as_part10(_read_bytes(source), transfer_syntax)
     except OSError as exc:
         return IngestResult(error=CannotUnderstand(f"the file cannot be read: {exc.strerror or exc}"))
+    except RadstackError as exc:
+        return IngestResult(error=exc)
     # A very large object is analysed here rather than copied to a worker process and back.
     if analyser is None or len(data) > _LARGEST_FOR_WORKERS:
         analyser = partial(stage_file, store.blobs)
-    result, new = analyser(data, expected_study, encode)
+    try:
+        result, new = analyser(data, expected_study, encode)
+    except Exception as exc:  # a bug: the analysis refuses bad input itself; keep serving
+        log.exception("analysis of an object failed")
+        return IngestResult(error=ProcessingFailure(f"internal error while analysing: {type(exc).__name__}"))
     if new is not None:
         _commit(store, new, batch, result)
     return result
@@ -183,13 +194,12 @@ def analyse_file(
 def _analyse(
     ds: Dataset, expected_study: str | None, encode: bool, *, size: int, raw_dataset: bytes | None
 ) -> tuple[IngestResult, Prepared | None]:
-    result = IngestResult(
-        sop_class_uid=_str_or_none(ds.get("SOPClassUID")),
-        sop_uid=_str_or_none(ds.get("SOPInstanceUID")),
-        study_uid=_str_or_none(ds.get("StudyInstanceUID")),
-        series_uid=_str_or_none(ds.get("SeriesInstanceUID")),
-    )
+    result = IngestResult()
     try:
+        result.sop_class_uid = _str_or_none(ds.get("SOPClassUID"))
+        result.sop_uid = _str_or_none(ds.get("SOPInstanceUID"))
+        result.study_uid = _str_or_none(ds.get("StudyInstanceUID"))
+        result.series_uid = _str_or_none(ds.get("SeriesInstanceUID"))
         prepared = prepare(
             ds,
             expected_study=expected_study,
@@ -201,7 +211,13 @@ def _analyse(
     except RadstackError as exc:
         result.error = exc
         return result, None
-    except Exception as exc:  # a bug or a codec failure: a processing failure, the server keeps serving
+    except Exception as exc:
+        # pydicom parses elements when they are first used: bad bytes fail here, named by element.
+        refusal = malformed(exc)
+        if refusal is not None:
+            result.error = refusal
+            return result, None
+        # A bug or a codec failure: a processing failure, the server keeps serving.
         log.exception("analysis of SOP instance %s failed", result.sop_uid)
         result.error = ProcessingFailure(f"internal error while analysing the instance: {type(exc).__name__}")
         return result, None
@@ -355,7 +371,9 @@ def _frames_of(
             f"transfer syntax {name_of(transfer_syntax)} is not supported; send it as explicit VR little "
             "endian or in a JPEG, JPEG-LS, JPEG 2000, HTJ2K or RLE syntax"
         )
-    pixel_data: bytes = ds.PixelData
+    pixel_data = ds.PixelData
+    if not isinstance(pixel_data, bytes) or not pixel_data:
+        raise DataSetMismatch("PixelData (7FE0,0010) is empty: the pixels are missing (PS3.3 §C.7.6.3)")
     photometric = info.photometric_interpretation
     if kind is SyntaxKindValues.LOSSY:
         frames = encapsulated_frames(pixel_data, info)
@@ -428,12 +446,17 @@ def _read_bytes(source: BinaryIO | Path | bytes) -> bytes:
 
 
 def _read_part10(data: bytes) -> Dataset:
+    """Open a Part-10 file held in memory; elements are parsed later, when first used.
+
+    Reading bytes in memory fails only because of the bytes (pydicom raises struct, OS, value and
+    its own errors for them), so every failure here is the sender's.
+    """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError as exc:
-        raise CannotUnderstand(f"not a DICOM Part-10 file: {exc}") from exc
-    except (EOFError, ValueError, KeyError, TypeError, OSError, IndexError, NotImplementedError) as exc:
-        raise CannotUnderstand(f"the DICOM file is truncated or malformed: {exc}") from exc
+        raise CannotUnderstand(reason_of(exc)) from exc
+    except Exception as exc:
+        raise CannotUnderstand(f"the DICOM file is truncated or malformed: {reason_of(exc)}") from exc
     _check_not_cut(data, ds)
     return ds
 
