@@ -193,6 +193,17 @@ def test_cli_import_of_good_files_exits_0(tmp_path: Path) -> None:
     assert "refused files" not in done.stdout
 
 
+def test_cli_imports_a_bucket_prefix(tmp_path: Path, s3_bucket: str) -> None:
+    from radstack.store.blobs import S3BlobStore
+
+    bucket = S3BlobStore(s3_bucket, "exports")
+    for n in range(2):
+        bucket.put(f"day1/{n}.dcm", part10(synthetic_ct(seed=n, rows=8, columns=8)))
+    done = run_cli_import(f"s3://{s3_bucket}/exports", tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("SUCCEEDED: 2 of 2 files (") and "2 stored" in done.stdout
+
+
 def terminal_screen(raw: str) -> list[str]:
     """What a terminal shows for ``raw``: carriage returns, erase-to-end-of-line, newlines."""
     lines: list[str] = []
