@@ -137,7 +137,7 @@ def import_rate(server: Dicom, source: Path) -> float:
     job = requests.post(
         f"{server.http}/api/v1/import-jobs", json={"source": str(source)}, headers=server.headers, timeout=30
     ).json()
-    while job["state"] not in ("SUCCEEDED", "FAILED", "DEAD"):
+    while job["state"] not in ("SUCCEEDED", "DONE_WITH_ERRORS", "FAILED", "DEAD"):
         time.sleep(0.1)
         job = requests.get(
             f"{server.http}/api/v1/import-jobs/{job['id']}", headers=server.headers, timeout=30

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from radstack import __version__
 from radstack.config import Settings
@@ -256,61 +258,162 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
 
 
+#: Refused files ``radstack import`` lists with their reasons; the rest are counted.
+REFUSED_LISTED = 10
+
+
 def _import(args: argparse.Namespace) -> int:
+    """Run an import job here, with a progress bar; exit 0 when every file was stored (or was
+    already), 1 when some were refused (listed with their reasons), 2 when the job could not run."""
+    from radstack.errors import RadstackError
     from radstack.ingest.importjobs import IMPORT_KIND, check_source
-    from radstack.jobs.records import JobState
+    from radstack.jobs.records import FINAL_STATES, JobState
     from radstack.platform import Platform
 
     platform = Platform.open(_settings(args))
+    bar = _ProgressBar(sys.stderr)
     try:
-        source = check_source(str(Path(args.source).resolve()))
-        jobs = platform.jobs
+        given = str(args.source)
+        source = check_source(given if given.startswith("s3://") else str(Path(given).resolve()))
+        records = platform.jobs.records
         # The job is recorded like one the API makes, then run here with a progress bar. If this
         # process dies, a server's or worker's sweep resumes the job where its records end.
-        job, _created = jobs.records.create(IMPORT_KIND, {"source": source}, client_token=args.client_token)
+        job, _created = records.create(IMPORT_KIND, {"source": source}, client_token=args.client_token)
         print(f"import job {job.id}: {source}", file=sys.stderr)
-        bar = _ProgressBar()
-        jobs.execute(job.id, on_progress=bar.show)
-        bar.close()
-        job = jobs.records.get(job.id)
+        with bar.attached(logging.getLogger()):
+            platform.jobs.execute(job.id, on_progress=bar.show)
+        job = records.get(job.id)
+        refused = records.import_items(job.id, failed=True, limit=REFUSED_LISTED)
+    except RadstackError as exc:
+        print(f"radstack import: {exc.message}", file=sys.stderr)
+        return 2
     finally:
         platform.close()
     progress = job.progress
+    count = int(progress.get("refused", 0))
     print(
-        f"{job.state}: {progress.get('files_done', 0)} of {progress.get('files_total', 0)} files; "
-        f"{progress.get('stored', 0)} stored, {progress.get('duplicate', 0)} already stored, "
-        f"{progress.get('replaced', 0)} replaced, {progress.get('failed', 0)} failed"
+        f"{job.state}: {progress.get('files_done', 0)} of {progress.get('files_total', 0)} files "
+        f"({_size(progress.get('bytes_done', 0))}); {progress.get('stored', 0)} stored, "
+        f"{progress.get('duplicate', 0)} already stored, {progress.get('replaced', 0)} replaced, "
+        f"{count} refused"
     )
-    if job.last_error:
-        print(f"error: {job.last_error}", file=sys.stderr)
-    if progress.get("failed"):
-        print(f"failures: GET /api/v1/import-jobs/{job.id}/failure.ndjson", file=sys.stderr)
-    if job.state is not JobState.SUCCEEDED:
+    if refused:
+        print("refused files:")
+        for item in refused:
+            status = f" (status 0x{item.status:04X})" if item.status is not None else ""
+            print(f"  {item.path}: {item.reason}{status}")
+        if count > len(refused):
+            print(f"  … and {count - len(refused)} more")
+        print(
+            f"all refused files and their reasons: GET /api/v1/import-jobs/{job.id}/failure.ndjson, "
+            f"or the Jobs page /jobs/{job.id}/refused"
+        )
+    if job.state not in FINAL_STATES:
+        print(f"import job {job.id} is {job.state} on another worker; it was not run here", file=sys.stderr)
         return 2
-    return 1 if progress.get("failed") else 0
+    if job.state is JobState.DONE_WITH_ERRORS:
+        total = progress.get("files_total", 0)
+        print(f"radstack import: {count} of {total} files refused", file=sys.stderr)
+        return 1
+    if job.state is not JobState.SUCCEEDED:
+        print(f"radstack import: the job is {job.state}: {job.last_error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _size(count: int) -> str:
+    """A byte count for people: ``300 B``, ``88.3 kB``, ``7.2 MB`` (SI units)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
 
 
 class _ProgressBar:
-    """One self-rewriting line on stderr: files and bytes done of the total."""
+    """Files and bytes done of the total, on ``stream`` (stderr).
 
-    def __init__(self, width: int = 30) -> None:
+    On a terminal it is one self-rewriting line, and log records are written through
+    :meth:`attached`'s handler, which erases the bar first and draws it again after, so a log line
+    never runs into the bar. Elsewhere (a pipe, a log file) it is a whole line now and then.
+    """
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
         self.width = width
-        self.shown = False
+        self.tty = stream.isatty()
+        self.every = 0.1 if self.tty else 10.0
+        self.line = ""
+        self.drawn = False
+        self.last = 0.0
+        self.lock = threading.RLock()
 
     def show(self, progress: dict[str, int]) -> None:
-        total, done = progress.get("bytes_total", 0), progress.get("bytes_done", 0)
-        filled = self.width * done // total if total else self.width
-        line = (
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
-            f"{progress.get('files_done', 0)}/{progress.get('files_total', 0)} files, "
-            f"{done / 1e6:.1f}/{total / 1e6:.1f} MB, {progress.get('failed', 0)} failed"
-        )
-        print(line, end="", file=sys.stderr, flush=True)
-        self.shown = True
+        total, done = int(progress.get("bytes_total", 0)), int(progress.get("bytes_done", 0))
+        files, files_total = progress.get("files_done", 0), progress.get("files_total", 0)
+        filled = min(self.width, self.width * done // total) if total else self.width
+        refused = progress.get("refused", 0)
+        with self.lock:
+            self.line = (
+                f"[{'#' * filled}{'.' * (self.width - filled)}] {files}/{files_total} files, "
+                f"{_size(done)} of {_size(total)}, {refused} refused"
+            )
+            now = time.monotonic()
+            if files == files_total or now - self.last >= self.every:
+                self.last = now
+                self._draw()
 
-    def close(self) -> None:
-        if self.shown:
-            print(file=sys.stderr)
+    def _draw(self) -> None:
+        if self.tty:
+            self.stream.write(f"\r{self.line}\x1b[K")
+            self.drawn = True
+        else:
+            self.stream.write(self.line + "\n")
+        self.stream.flush()
+
+    def _erase(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
+
+    @contextmanager
+    def attached(self, logger: logging.Logger) -> Iterator[None]:
+        """Route ``logger``'s handlers through the bar while the block runs; end with a whole line."""
+        originals = list(logger.handlers)
+        wrapped = [_AroundBar(handler, self) for handler in originals]
+        for handler, wrapper in zip(originals, wrapped, strict=True):
+            logger.removeHandler(handler)
+            logger.addHandler(wrapper)
+        try:
+            yield
+        finally:
+            for handler, wrapper in zip(originals, wrapped, strict=True):
+                logger.removeHandler(wrapper)
+                logger.addHandler(handler)
+            with self.lock:
+                if self.drawn:  # the last state stays on screen, on a line of its own
+                    self.stream.write("\n")
+                    self.stream.flush()
+                    self.drawn = False
+
+
+class _AroundBar(logging.Handler):
+    """A log handler that erases the progress bar, lets ``inner`` write the record, then redraws it."""
+
+    def __init__(self, inner: logging.Handler, bar: _ProgressBar) -> None:
+        super().__init__(inner.level)
+        self.inner = inner
+        self.bar = bar
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.bar.lock:
+            was_drawn = self.bar.drawn
+            self.bar._erase()
+            self.inner.handle(record)
+            if was_drawn:
+                self.bar._draw()
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -370,8 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     gc.add_argument("--grace-seconds", type=float, default=3600.0, help="keep blobs younger than this")
     gc.set_defaults(func=_gc)
-    imp = commands.add_parser("import", help="import every DICOM file under a directory (an import job)")
-    imp.add_argument("source", help="directory to import recursively")
+    imp = commands.add_parser(
+        "import",
+        help="import every DICOM file under a directory or bucket prefix (an import job); exit 1 when "
+        "some files were refused",
+    )
+    imp.add_argument("source", help="directory to import recursively, or s3://bucket/prefix")
     imp.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     imp.add_argument("--client-token", help="idempotency token: the same token resumes the same job")
     imp.set_defaults(func=_import)

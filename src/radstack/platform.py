@@ -11,6 +11,7 @@ from radstack.dicom.deid import Deidentifier
 from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scu import send_instances
 from radstack.ingest.importjobs import IMPORT_KIND, ImportRunner
+from radstack.ingest.options import IngestOptions
 from radstack.ingest.pool import IngestPool
 from radstack.ingest.watch import INBOX_KIND, Inbox, InboxRunner, InboxWatcher, open_inbox
 from radstack.jobs.queue import JobQueue
@@ -45,6 +46,8 @@ class Platform:
     accounts: Accounts
     audit: AuditWriter
     deidentifier: Deidentifier
+    #: The ingest settings every way in (STOW, C-STORE, import jobs, drop folders, demo) passes down.
+    ingest_options: IngestOptions = field(default_factory=IngestOptions)
     oidc: OidcVerifier | None = None
     analyser: IngestPool | None = None
     inboxes: list[Inbox] = field(default_factory=list)
@@ -71,11 +74,13 @@ class Platform:
         # Two files per ingest process keep every process busy while the next file is read.
         parallel = 2 * analyser.processes if analyser is not None else 2
         policy = Policy(load_roles(settings.roles_file), store.study_scope)
-        jobs.register(IMPORT_KIND, ImportRunner(store, analyser, parallel, policy))
+        ingest_options = IngestOptions.from_settings(settings)
+        jobs.register(IMPORT_KIND, ImportRunner(store, analyser, parallel, policy, ingest_options))
         inboxes = [open_inbox(str(settings.resolved_inbox_dir))] if settings.watch_inbox else []
         if settings.inbox_url:
             inboxes.append(open_inbox(settings.inbox_url))
-        jobs.register(INBOX_KIND, InboxRunner({inbox.name: inbox for inbox in inboxes}, store, analyser))
+        by_name = {inbox.name: inbox for inbox in inboxes}
+        jobs.register(INBOX_KIND, InboxRunner(by_name, store, analyser, ingest_options))
         events = EventLog(engine, jobs, settings.event_webhooks)
         rules = RuleStore(engine)
         jobs.register(WEBHOOK_KIND, deliver_webhook)
@@ -115,6 +120,7 @@ class Platform:
             accounts=accounts,
             audit=audit,
             deidentifier=deidentifier,
+            ingest_options=ingest_options,
             oidc=oidc,
             analyser=analyser,
             inboxes=inboxes,

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import subprocess
 import sys
@@ -22,7 +25,7 @@ from tests.conftest import RunningServer
 from tests.helpers import part10, synthetic_ct
 from tests.processes import ServerProcess
 
-TERMINAL = {"SUCCEEDED", "FAILED", "DEAD"}
+TERMINAL = {"SUCCEEDED", "DONE_WITH_ERRORS", "FAILED", "DEAD"}
 
 
 def start_import(server_url: str, source: Path | str, token: str | None = None) -> httpx.Response:
@@ -69,13 +72,17 @@ def test_import_job_stores_a_tree_reports_progress_and_manifests(
     response = start_import(server.url, archive, token="nightly-2024-01-02")
     assert response.status_code == 202, response.text
     job = wait_done(server.url, response.json()["id"])
-    assert job["state"] == "SUCCEEDED", job
+    # Two of its files were refused: the job ran to its end, but it did not simply succeed.
+    assert job["state"] == "DONE_WITH_ERRORS", job
+    assert job["last_error"] == (
+        f"2 of 7 files were refused (reasons: /api/v1/import-jobs/{job['id']}/failure.ndjson)"
+    )
     progress = job["progress"]
     assert isinstance(progress, dict)
     sizes = sum(p.stat().st_size for p in archive.rglob("*") if p.is_file())
     assert progress["files_total"] == progress["files_done"] == 7
     assert progress["bytes_total"] == progress["bytes_done"] == sizes
-    assert (progress["stored"], progress["duplicate"], progress["failed"]) == (5, 0, 2)
+    assert (progress["stored"], progress["duplicate"], progress["refused"]) == (5, 0, 2)
 
     success = manifest(server.url, str(job["id"]), "success")
     assert {line["path"] for line in success} == {
@@ -126,29 +133,134 @@ def test_a_bad_source_is_a_problem_naming_it(server: RunningServer, source: str,
     assert source in response.json()["detail"] and reason in response.json()["detail"]
 
 
-def test_cli_import_shows_progress_and_is_idempotent(tmp_path: Path, archive: Path) -> None:
-    radstack = Path(sys.executable).with_name("radstack")
-    data = tmp_path / "data"
-    env = {**os.environ, "RADSTACK_INGEST_PROCESSES": "1"}
-    first = subprocess.run(
-        [str(radstack), "import", str(archive), "--data-dir", str(data)],
-        capture_output=True,
+def run_cli_import(
+    source: Path, data: Path, *, stderr: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("radstack")), "import", str(source), "--data-dir", str(data)],
+        capture_output=stderr is None,
+        stdout=subprocess.PIPE if stderr is not None else None,
+        stderr=stderr,
         text=True,
-        env=env,
+        env={**os.environ, "RADSTACK_INGEST_PROCESSES": "1"},
         timeout=120,
     )
-    assert first.returncode == 1, first.stderr  # two files were not stored
-    assert "7/7 files" in first.stderr and "[##############################]" in first.stderr
-    assert "SUCCEEDED: 7 of 7 files; 5 stored, 0 already stored, 0 replaced, 2 failed" in first.stdout
-    assert "failure.ndjson" in first.stderr
-    second = subprocess.run(
-        [str(radstack), "import", str(archive), "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+
+
+def test_cli_import_lists_the_refused_files_and_exits_1(tmp_path: Path, archive: Path) -> None:
+    # Good files (one of them twice), a DICOMDIR and twelve garbage files: more than the ten listed.
+    shutil.copy(archive / "mr" / "IM0001.dcm", archive / "mr" / "copy-of-IM0001.dcm")
+    for n in range(11):
+        (archive / "junk" / f"part-{n:02d}.bin").parent.mkdir(exist_ok=True)
+        (archive / "junk" / f"part-{n:02d}.bin").write_bytes(b"\x00" * (100 + n))
+    sizes = sum(p.stat().st_size for p in archive.rglob("*") if p.is_file())
+    assert 10_000 < sizes < 1_000_000  # well under a megabyte: "0.0/0.0 MB" before
+
+    first = run_cli_import(archive, tmp_path / "data")
+    assert first.returncode == 1, first.stderr  # files were refused
+    total = f"{sizes / 1000:.1f} kB"
+    assert f"19/19 files, {total} of {total}, 13 refused" in first.stderr
+    assert "[##############################]" in first.stderr
+    out = first.stdout.splitlines()
+    assert out[0] == (
+        f"DONE_WITH_ERRORS: 19 of 19 files ({total}); 5 stored, 1 already stored, 0 replaced, 13 refused"
     )
-    assert "5 already stored" in second.stdout and "0 stored" in second.stdout
+    assert out[1] == "refused files:"
+    listed = out[2:12]
+    assert listed[0].startswith("  DICOMDIR: a DICOMDIR (PS3.10 §8) indexes media; not imported")
+    assert all(
+        ": not a DICOM Part-10 file" in line and line.endswith("(status 0xC000)") for line in listed[1:]
+    )
+    assert out[12] == "  … and 3 more"
+    assert "/failure.ndjson" in out[13] and "/refused" in out[13]
+    assert "radstack import: 13 of 19 files refused" in first.stderr
+    # Log lines and the bar are whole lines of their own.
+    for line in first.stderr.splitlines():
+        assert not ("[#" in line and " INFO " in line), line
+
+    second = run_cli_import(archive, tmp_path / "data")
+    assert second.returncode == 1
+    assert "0 stored, 6 already stored, 0 replaced, 13 refused" in second.stdout
+
+
+def test_cli_import_of_good_files_exits_0(tmp_path: Path) -> None:
+    source = tmp_path / "good"
+    source.mkdir()
+    for n in range(3):
+        (source / f"{n}.dcm").write_bytes(part10(synthetic_ct(seed=n, rows=8, columns=8)))
+    done = run_cli_import(source, tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("SUCCEEDED: 3 of 3 files (") and "3 stored" in done.stdout
+    assert "refused files" not in done.stdout
+
+
+def test_cli_imports_a_bucket_prefix(tmp_path: Path, s3_bucket: str) -> None:
+    from radstack.store.blobs import S3BlobStore
+
+    bucket = S3BlobStore(s3_bucket, "exports")
+    for n in range(2):
+        bucket.put(f"day1/{n}.dcm", part10(synthetic_ct(seed=n, rows=8, columns=8)))
+    done = run_cli_import(f"s3://{s3_bucket}/exports", tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("SUCCEEDED: 2 of 2 files (") and "2 stored" in done.stdout
+
+
+def terminal_screen(raw: str) -> list[str]:
+    """What a terminal shows for ``raw``: carriage returns, erase-to-end-of-line, newlines."""
+    lines: list[str] = []
+    line: list[str] = []
+    column = 0
+    index = 0
+    while index < len(raw):
+        if raw.startswith("\x1b[K", index):
+            del line[column:]
+            index += 3
+            continue
+        char = raw[index]
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            lines.append("".join(line))
+            line, column = [], 0
+        else:
+            if column < len(line):
+                line[column] = char
+            else:
+                line.append(char)
+            column += 1
+        index += 1
+    return [*lines, "".join(line)] if line else lines
+
+
+def test_cli_import_on_a_terminal_never_mixes_log_lines_into_the_bar(tmp_path: Path, archive: Path) -> None:
+    primary, secondary = pty.openpty()
+    try:
+        done = run_cli_import(archive, tmp_path / "data", stderr=secondary)
+        os.close(secondary)
+        secondary = -1
+        raw = b""
+        while select.select([primary], [], [], 0)[0]:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal's other end is closed: everything was read
+                break
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert done.returncode == 1
+    screen = terminal_screen(raw.decode())
+    logged = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ")
+    log_lines = [line for line in screen if logged.search(line)]
+    assert any("done with errors: 2 of 7 files were refused" in line for line in log_lines), screen
+    for line in log_lines:
+        assert logged.match(line) and "[#" not in line and " files, " not in line, line
+    bars = [line for line in screen if line.startswith("[")]
+    assert bars and bars[-1].startswith("[##############################] 7/7 files,"), screen
+    assert bars[-1].endswith(", 2 refused")
 
 
 # ------------------------------------------------------------------------------------ kill -9
@@ -192,7 +304,7 @@ def test_kill_9_in_the_middle_of_an_import_loses_and_doubles_nothing(
     assert job["state"] == "SUCCEEDED", job
     progress = job["progress"]
     assert isinstance(progress, dict)
-    assert progress["files_done"] == 1000 and progress["failed"] == 0
+    assert progress["files_done"] == 1000 and progress["refused"] == 0
     assert progress["stored"] + progress["duplicate"] == 1000
     stored: list[str] = []
     for study in range(4):
@@ -217,12 +329,12 @@ def test_import_from_a_bucket_prefix(server: RunningServer, archive: Path, s3_bu
     response = start_import(server.url, f"s3://{s3_bucket}/exports/2024/")
     assert response.status_code == 202, response.text
     job = wait_done(server.url, response.json()["id"])
-    assert job["state"] == "SUCCEEDED", job
+    assert job["state"] == "DONE_WITH_ERRORS", job
     assert job["params"]["source"] == f"s3://{s3_bucket}/exports/2024"
     assert job["params"]["submitted_by"] == {"subject": "admin", "role": "admin"}
     progress = job["progress"]
     assert isinstance(progress, dict)
-    assert (progress["files_total"], progress["stored"], progress["failed"]) == (7, 5, 2)
+    assert (progress["files_total"], progress["stored"], progress["refused"]) == (7, 5, 2)
     paths = {line["path"] for line in manifest(server.url, str(job["id"]), "success")}
     assert "ct/day1/IM0001" in paths and "other.dcm" not in paths
 
@@ -245,7 +357,7 @@ def test_a_file_that_vanishes_during_the_import_is_in_the_failure_manifest(
 
     monkeypatch.setattr(importjobs._Directory, "scan", scan_then_delete)
     job = wait_done(server.url, start_import(server.url, archive).json()["id"])
-    assert job["state"] == "SUCCEEDED"
+    assert job["state"] == "DONE_WITH_ERRORS"
     failures = {line["path"]: line for line in manifest(server.url, str(job["id"]), "failure")}
     assert failures["ct/synthetic-1.dcm"]["reason"] == "the file vanished before it was read"
     assert job["progress"]["stored"] == 4  # type: ignore[index]

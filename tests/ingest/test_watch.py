@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -40,7 +41,10 @@ def wait_for(path: Path, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_dropped_files_are_stored_or_set_aside_with_a_reason(watched: RunningServer, tmp_path: Path) -> None:
+def test_dropped_files_are_stored_or_set_aside_with_a_reason(
+    watched: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="radstack.ingest.watch")
     inbox = tmp_path / "inbox"
     (inbox / "incoming" / "modality-1").mkdir(parents=True)
     shutil.copy(get_testdata_file("CT_small.dcm") or "", inbox / "incoming" / "modality-1" / "ct.dcm")
@@ -68,8 +72,35 @@ def test_dropped_files_are_stored_or_set_aside_with_a_reason(watched: RunningSer
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm") or "")
     for study in (ct.StudyInstanceUID, "1.2.826.0.1.3680043.8.498.44"):
         assert authed.get(f"{watched.dicomweb}/studies/{study}/instances").status_code == 200
-    jobs = authed.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json()
-    assert sorted(j["state"] for j in jobs) == ["SUCCEEDED"] * 3
+    deadline = time.monotonic() + 30
+    while True:  # the file is moved before its job is recorded as finished
+        jobs = authed.get(f"{watched.url}/api/v1/jobs", params={"kind": "inbox-file"}).json()
+        if all(j["finished_at"] for j in jobs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    states = {j["params"]["path"]: j["state"] for j in jobs}
+    assert states == {
+        "modality-1/ct.dcm": "SUCCEEDED",
+        "slow.dcm": "SUCCEEDED",
+        "garbage.dcm": "DONE_WITH_ERRORS",
+    }
+    refused = next(j for j in jobs if j["params"]["path"] == "garbage.dcm")
+    assert "not a DICOM Part-10 file" in refused["last_error"]
+    assert (
+        refused["progress"]["outcome"] == "refused"
+        and refused["progress"]["moved_to"] == "failed/garbage.dcm"
+    )
+
+    # The refusal is logged (the path and the reason), and the Jobs page lists it.
+    logged = [r.getMessage() for r in caplog.records if r.name == "radstack.ingest.watch"]
+    assert any(
+        "refused garbage.dcm (moved to failed/): not a DICOM Part-10 file" in line for line in logged
+    ), logged
+    page = authed.get(f"{watched.url}/jobs", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    section = page.text[page.text.index('id="inbox"') : page.text.index('id="dead"')]
+    assert "<code>failed/garbage.dcm</code>" in section and "not a DICOM Part-10 file" in section
+    assert "ct.dcm" not in section and "slow.dcm" not in section
 
 
 def test_a_file_stays_in_the_inbox_until_it_is_stored(

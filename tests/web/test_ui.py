@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +18,9 @@ from sqlalchemy.orm import Session
 from radstack.jobs.models import JobRow
 from radstack.jobs.records import JobState
 from radstack.store.models import StudyRow
+from tests import authed
 from tests.conftest import RunningServer, server_settings, start_server
-from tests.helpers import dicom_body, stow, synthetic_ct
+from tests.helpers import dicom_body, part10, stow, synthetic_ct
 
 HTML = {"Accept": "text/html"}
 
@@ -244,6 +246,40 @@ def test_import_progress_is_shown(server: RunningServer, browser: httpx.Client) 
     records.add_import_items(job.id, [], {"files_total": 10, "files_done": 4})
     page = browser.get("/jobs")
     assert '<progress max="10" value="4"' in page.text and "4 / 10 files" in page.text
+
+
+def test_an_import_with_refused_files_shows_its_counts_and_links_the_reasons(
+    server: RunningServer, browser: httpx.Client, tmp_path: Path
+) -> None:
+    source = tmp_path / "archive"
+    (source / "scans").mkdir(parents=True)
+    good = synthetic_ct(seed=5, rows=8, columns=8)
+    (source / "scans" / "a.dcm").write_bytes(part10(good))
+    (source / "scans" / "a-copy.dcm").write_bytes(part10(good))
+    (source / "readme.txt").write_text("not DICOM")
+    started = authed.post(f"{server.url}/api/v1/import-jobs", json={"source": str(source)}, timeout=30)
+    job_id = started.json()["id"]
+    deadline = time.monotonic() + 60
+    while (job := authed.get(f"{server.url}/api/v1/jobs/{job_id}").json())["finished_at"] is None:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    assert job["state"] == "DONE_WITH_ERRORS"
+
+    page = browser.get("/jobs")
+    row = page.text[page.text.index(f"<code>{job_id}</code>") :].split("</tr>")[0]
+    assert '<span class="badge high">DONE_WITH_ERRORS</span>' in row
+    assert "<progress" not in row and "3 / 3 files" in row  # finished: counts, not a full bar
+    assert re.findall(r'<td class="num">(.*?)</td>', row)[:2] == ["1", "1"]  # stored, already stored
+    link = f'<a href="/jobs/{job_id}/refused" aria-label="1 files refused by job {job_id}: the reasons">1</a>'
+    assert link in row
+
+    reasons = browser.get(f"/jobs/{job_id}/refused")
+    assert reasons.status_code == 200
+    assert "<td><code>readme.txt</code></td>" in reasons.text and "0xC000" in reasons.text
+    assert "not a DICOM Part-10 file" in reasons.text
+    assert "a.dcm" not in reasons.text and good.PatientName.family_name not in reasons.text
+    assert f'href="/api/v1/import-jobs/{job_id}/failure.ndjson"' in reasons.text
+    assert browser.get("/jobs/nope/refused").status_code == 404
 
 
 def test_roles_without_the_action_get_403(tmp_path: Path) -> None:

@@ -443,13 +443,12 @@ class DimseServer:
             data = event.encoded_dataset()
         except Exception as exc:  # the request carries no data set
             return self._store_failed(event, inbound, sop_uid, CannotUnderstand(f"no data set: {exc}"))
-        settings = self.platform.settings
         try:
             result = ingest_file(
                 self.platform.store,
                 data,
                 inbound.batch,
-                encode=settings.encode_htj2k,
+                encode=self.platform.ingest_options.encode,
                 analyser=self.platform.analyser,
             )
         except Exception as exc:  # ingest_file never raises; a bug still gets a status of ours

@@ -7,6 +7,10 @@ job's progress, in one transaction per chunk. Those records are the success and 
 and make the job resumable: after a crash or a restart it skips the files it has recorded and
 carries on. Files it stored but had not yet recorded when the process died are ingested again and
 found to be duplicates, so nothing is lost and nothing doubled (the store dedupes by content).
+
+A job whose every file was stored (or was already stored) SUCCEEDS; one that refused some files
+ends DONE_WITH_ERRORS, its progress counting ``stored``, ``duplicate``, ``replaced`` and
+``refused`` files, and its failure manifest giving each refused file's reason.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from radstack.errors import BadRequest, CannotUnderstand, NotFound, RadstackError
+from radstack.ingest.options import IngestOptions
 from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
 from radstack.jobs.queue import JobContext
 from radstack.security.policy import ActionValues, Policy, Principal
@@ -125,11 +130,19 @@ def _open_source(source: str) -> _Source:
 class ImportRunner:
     """The job handler for ``import`` jobs (registered with the queue by the platform)."""
 
-    def __init__(self, store: StudyStore, analyser: Analyser | None, parallel: int, policy: Policy) -> None:
+    def __init__(
+        self,
+        store: StudyStore,
+        analyser: Analyser | None,
+        parallel: int,
+        policy: Policy,
+        options: IngestOptions,
+    ) -> None:
         self.store = store
         self.policy = policy
         self.analyser = analyser
         self.parallel = max(1, parallel)
+        self.options = options
 
     def __call__(self, context: JobContext) -> JsonDict:
         job = context.job
@@ -153,9 +166,14 @@ class ImportRunner:
                 for item in items:
                     progress["files_done"] += 1
                     progress["bytes_done"] += item["size"]
-                    progress[item["outcome"]] += 1
+                    progress[_COUNTER[item["outcome"]]] += 1
                 context.records.add_import_items(job.id, items, progress)
                 context.report(progress, save=False)
+        if progress["refused"]:
+            context.refused(
+                f"{progress['refused']} of {progress['files_total']} files were refused "
+                f"(reasons: /api/v1/import-jobs/{job.id}/failure.ndjson)"
+            )
         return progress
 
     def _ingest(self, file: _File, source: _Source, batch: Batch) -> JsonDict:
@@ -167,14 +185,16 @@ class ImportRunner:
             data = source.read(file)
         except CannotUnderstand as exc:
             return _item(file, _failed(exc))
-        return _item(file, ingest_file(self.store, data, batch, analyser=self.analyser))
+        result = ingest_file(self.store, data, batch, encode=self.options.encode, analyser=self.analyser)
+        return _item(file, result)
 
 
 def _failed(error: RadstackError) -> IngestResult:
     return IngestResult(error=error)
 
 
-_OUTCOMES = ("stored", "duplicate", "replaced", "failed")
+#: The progress counter of each recorded outcome (a refused file's outcome is recorded as ``failed``).
+_COUNTER = {"stored": "stored", "duplicate": "duplicate", "replaced": "replaced", "failed": "refused"}
 
 
 def _progress(files: list[_File], recorded: dict[str, tuple[int, int]]) -> JsonDict:
@@ -185,8 +205,8 @@ def _progress(files: list[_File], recorded: dict[str, tuple[int, int]]) -> JsonD
         "files_done": sum(count for count, _size in recorded.values()),
         "bytes_done": sum(size for _count, size in recorded.values()),
     }
-    for outcome in _OUTCOMES:
-        progress[outcome] = recorded.get(outcome, (0, 0))[0]
+    for outcome, counter in _COUNTER.items():
+        progress[counter] = recorded.get(outcome, (0, 0))[0]
     return progress
 
 

@@ -12,6 +12,10 @@ ingests the file and moves it to ``processed/`` when it was stored (or was alrea
 ``failed/`` with ``<name>.reason.json`` beside it when it was refused. A file is never removed
 unless it was stored; a failure that may pass (a full disk, the database away) leaves it in place
 and the job retries.
+
+A refused file is logged (its path in the inbox and the reason; never its content) and its job ends
+DONE_WITH_ERRORS with the reason as its ``last_error``: the Jobs page lists those jobs as the inbox's
+refusals, so no table of their own is needed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from radstack.errors import BadRequest, NotFound
+from radstack.ingest.options import IngestOptions
 from radstack.ingest.pipeline import Analyser, ingest_file
 from radstack.jobs.periodic import Periodic
 from radstack.jobs.queue import JobContext, JobQueue
@@ -172,10 +177,17 @@ class InboxWatcher:
 class InboxRunner:
     """The job handler for one inbox file: ingest it, then move it to processed/ or failed/."""
 
-    def __init__(self, inboxes: Mapping[str, Inbox], store: StudyStore, analyser: Analyser | None) -> None:
+    def __init__(
+        self,
+        inboxes: Mapping[str, Inbox],
+        store: StudyStore,
+        analyser: Analyser | None,
+        options: IngestOptions,
+    ) -> None:
         self.inboxes = inboxes
         self.store = store
         self.analyser = analyser
+        self.options = options
 
     def __call__(self, context: JobContext) -> JsonDict:
         relative = str(context.job.params["path"])
@@ -191,19 +203,28 @@ class InboxRunner:
                 return {"path": relative, "outcome": "stored"}  # a run before this one finished the work
             raise BadRequest(f"inbox file {relative!r} vanished before it was ingested") from None
         batch = Batch(reason="inbox", detail=relative)
-        result = ingest_file(self.store, data, batch, analyser=self.analyser)
+        result = ingest_file(self.store, data, batch, encode=self.options.encode, analyser=self.analyser)
         self.store.schedule_documents(batch.touched)
         error = result.error
         if error is not None and error.http_status >= 500:
             raise error  # may pass (full disk, database away): the file stays, the job retries
-        reason = None
-        if error is not None:
-            reason = {
-                "path": relative,
-                "status": error.dicom_status,
-                "reason": error.message,
-                "sop_instance_uid": result.sop_uid,
-            }
-        inbox.finish(relative, FAILED if error is not None else PROCESSED, reason)
-        outcome = "failed" if error is not None else (result.outcome.value if result.outcome else "stored")
-        return {"path": relative, "outcome": outcome, "sop_instance_uid": result.sop_uid}
+        if error is None:
+            inbox.finish(relative, PROCESSED, None)
+            outcome = result.outcome.value if result.outcome else "stored"
+            return {"path": relative, "outcome": outcome, "sop_instance_uid": result.sop_uid}
+        reason = {
+            "path": relative,
+            "status": error.dicom_status,
+            "reason": error.message,
+            "sop_instance_uid": result.sop_uid,
+        }
+        inbox.finish(relative, FAILED, reason)
+        log.warning("inbox %s refused %s (moved to %s/): %s", inbox.name, relative, FAILED, error.message)
+        context.refused(error.message)
+        return {
+            "path": relative,
+            "outcome": "refused",
+            "moved_to": f"{FAILED}/{relative}",
+            "status": error.dicom_status,
+            "sop_instance_uid": result.sop_uid,
+        }

@@ -37,13 +37,20 @@ class JobInterrupted(Exception):
 
 @dataclass
 class JobContext:
-    """What a running job may do: report progress (which renews its lease) and learn it must stop."""
+    """What a running job may do: report progress (which renews its lease), learn it must stop, and
+    say that some of its input was refused (the job then ends DONE_WITH_ERRORS, not SUCCEEDED)."""
 
     job: Job
     records: JobStore
     stopping: Callable[[], bool]
     on_progress: Callable[[JsonDict], None] | None = None
     progress: JsonDict = field(default_factory=dict)
+    #: What of the job's input was refused, in a sentence; None while everything was stored.
+    errors: str | None = None
+
+    def refused(self, summary: str) -> None:
+        """The job runs to its end, but some input was refused: ``summary`` says how much (no PHI)."""
+        self.errors = summary
 
     def report(self, progress: JsonDict, *, save: bool = True) -> None:
         """Record ``progress``; raise :class:`JobInterrupted` when the worker is stopping."""
@@ -137,9 +144,12 @@ class JobQueue:
                 self.enqueue(job.id, delay=backoff.total_seconds())
             log.warning("job %s attempt %d failed (%s): %s", job.id, job.attempts, state, message)
             return state
-        self.records.succeed(job.id, progress)
-        log.info("job %s succeeded", job.id)
-        return JobState.SUCCEEDED
+        state = self.records.succeed(job.id, progress, errors=context.errors)
+        if context.errors is None:
+            log.info("job %s succeeded", job.id)
+        else:
+            log.warning("job %s done with errors: %s", job.id, context.errors)
+        return state
 
     def _is_stopping(self) -> bool:
         """This process is stopping: told so directly, or its consumer got SIGINT/SIGTERM."""

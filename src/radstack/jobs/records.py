@@ -1,6 +1,8 @@
 """Job records in the index database: the state machine every queue worker and node shares.
 
-QUEUED → RUNNING → SUCCEEDED | FAILED | DEAD. A failure that may pass (an I/O error, a database
+QUEUED → RUNNING → SUCCEEDED | DONE_WITH_ERRORS | FAILED | DEAD. A job that ran to its end but
+refused some of its input (an import whose files were partly refused, a dropped file that is not
+DICOM) is DONE_WITH_ERRORS, never SUCCEEDED; its ``last_error`` says how much was refused. A failure that may pass (an I/O error, a database
 hiccup) goes back to QUEUED with an exponential backoff until ``max_attempts`` runs are spent, then
 the job is DEAD until someone requeues it; a failure retries cannot fix (the client's mistake) is
 FAILED at once. A worker claims a job with one conditional UPDATE, so a job runs on one worker at a
@@ -31,12 +33,18 @@ JsonDict = dict[str, Any]
 class JobState(StrEnum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
+    #: The job ran to its end and every input was stored (or was already stored).
     SUCCEEDED = "SUCCEEDED"
+    #: The job ran to its end but some of its input was refused (the reasons are in its records).
+    #: 16 characters: the ``jobs.state`` column's width.
+    DONE_WITH_ERRORS = "DONE_WITH_ERRORS"
+    #: The job could not run (the client's mistake); requeue it once that is fixed.
     FAILED = "FAILED"
+    #: Every attempt failed (the dead letters); requeue it once the cause is gone.
     DEAD = "DEAD"
 
 
-FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD})
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DONE_WITH_ERRORS, JobState.FAILED, JobState.DEAD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +191,14 @@ class JobStore:
                 .values(**values)
             )
 
-    def succeed(self, job_id: str, progress: JsonDict | None = None) -> None:
-        self._finish(job_id, JobState.SUCCEEDED, None, progress)
+    def succeed(
+        self, job_id: str, progress: JsonDict | None = None, *, errors: str | None = None
+    ) -> JobState:
+        """Record a job that ran to its end: SUCCEEDED, or DONE_WITH_ERRORS when ``errors`` says what
+        of its input was refused. Returns the new state."""
+        state = JobState.SUCCEEDED if errors is None else JobState.DONE_WITH_ERRORS
+        self._finish(job_id, state, errors, progress)
+        return state
 
     def fail(self, job_id: str, error: str, *, permanent: bool, backoff: timedelta) -> JobState:
         """Record a failed run: QUEUED again after ``backoff``, or FAILED / DEAD. Returns the new state."""
@@ -315,10 +329,10 @@ class JobStore:
             ).all()
         return {outcome: (int(count), int(size)) for outcome, count, size in rows}
 
-    def import_items(self, job_id: str, *, failed: bool) -> list[Row[Any]]:
+    def import_items(self, job_id: str, *, failed: bool, limit: int | None = None) -> list[Row[Any]]:
+        """The job's files that were stored (``failed=False``) or refused, in the order recorded."""
         items = ImportItemRow.__table__.c
+        query = select(ImportItemRow).where(items.job_id == job_id, items.failed == failed).order_by(items.id)
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(ImportItemRow).where(items.job_id == job_id, items.failed == failed).order_by(items.id)
-            ).all()
+            rows = connection.execute(query.limit(limit) if limit is not None else query).all()
         return list(rows)

@@ -88,7 +88,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
             if opened.settings.demo:
                 await to_thread.run_sync(
                     lambda: load_demo(
-                        opened.store, encode=opened.settings.encode_htj2k, analyser=opened.analyser
+                        opened.store, encode=opened.ingest_options.encode, analyser=opened.analyser
                     )
                 )
             if dimse is not None:

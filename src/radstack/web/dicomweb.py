@@ -75,7 +75,7 @@ async def _stow(request: Request, study: str | None) -> Response:
         max_bytes=settings.max_request_bytes,
         base_url=base_url(request),
         expected_study=study,
-        encode=settings.encode_htj2k,
+        encode=platform.ingest_options.encode,
         analyser=platform.analyser,
     )
     note(

@@ -16,8 +16,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from radstack.errors import RadstackError
+from radstack.errors import NotFound, RadstackError
 from radstack.ingest.importjobs import IMPORT_KIND
+from radstack.ingest.watch import INBOX_KIND
 from radstack.jobs.records import JobState
 from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues
@@ -32,6 +33,8 @@ router = APIRouter(include_in_schema=False)
 
 #: Studies per worklist page.
 PAGE_SIZE = 50
+#: Refused files listed on a job's page (all of them are in its failure manifest).
+REFUSED_SHOWN = 1000
 #: Modalities offered by the filter (PS3.3 §C.7.3.1.1.1 defined terms most often read).
 MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SEG", "SR", "US", "XA")
 _STATUSES = (UNREAD, *(s.value for s in StudyStatus))
@@ -144,7 +147,8 @@ def worklist(
 
 @router.get("/jobs")
 def jobs(request: Request, requeued: str = "") -> HTMLResponse:
-    """Import-job progress and the dead letters, each with a requeue button."""
+    """Import-job progress and outcomes, the drop folder's refusals, and the dead letters (each with a
+    requeue button)."""
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.MANAGE_SYSTEM)
@@ -153,9 +157,27 @@ def jobs(request: Request, requeued: str = "") -> HTMLResponse:
             request,
             "jobs.html",
             imports=records.find(kind=IMPORT_KIND, limit=50),
+            inbox_refused=records.find(kind=INBOX_KIND, state=JobState.DONE_WITH_ERRORS, limit=50),
             dead=records.find(state=JobState.DEAD, limit=100),
             requeued=requeued,
         )
+
+    return _html_errors(request, "Jobs", build)
+
+
+@router.get("/jobs/{job_id}/refused")
+def refused_files(request: Request, job_id: str) -> HTMLResponse:
+    """The files an import job refused, with the DICOM status and the reason of each (paths only)."""
+
+    def build() -> HTMLResponse:
+        authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
+        records = _platform(request).jobs.records
+        job = records.get(job_id)
+        if job.kind != IMPORT_KIND:
+            raise NotFound(f"job {job_id!r} is not an import job")
+        total = records.import_counts(job.id).get("failed", (0, 0))[0]
+        items = records.import_items(job.id, failed=True, limit=REFUSED_SHOWN)
+        return _render(request, "jobs_refused.html", job=job, items=items, total=total)
 
     return _html_errors(request, "Jobs", build)
 
