@@ -227,6 +227,31 @@ def test_rendered_and_thumbnail(server: RunningServer, ct: Dataset) -> None:
         assert next(iter(params.values())) in response.json()["detail"]
 
 
+def test_invalid_pixel_spacing_is_served_as_absent_and_retrieved_as_received(server: RunningServer) -> None:
+    """Pixel Spacing 0\\0 (common in CR/DX headers) is left out of the metadata viewers read, so
+    OHIF treats the image as uncalibrated instead of drawing it black; the stored object is
+    unchanged (docs/store.md)."""
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PixelSpacing = ["0.000", "0.000"]
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances([ds])
+    base = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}"
+    for url in (f"{base}/metadata", f"{base}/series/{ds.SeriesInstanceUID}/metadata"):
+        [item] = authed.get(url).json()
+        assert item["00080018"]["Value"] == [ds.SOPInstanceUID]
+        assert "00280030" not in item, url
+        assert item["00280010"]["Value"] == [ds.Rows]
+    [(_type, data)] = response_parts(
+        authed.get(
+            instance_url(server, ds), headers={"Accept": 'multipart/related; type="application/dicom"'}
+        )
+    )
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert back["PixelSpacing"].value == [0, 0]
+    assert b"0.000\\0.000" in data, "the header is retrieved as it was received"
+
+
 @pytest.mark.parametrize(
     ("accept", "served"),
     [
