@@ -3,20 +3,26 @@
 Playwright's own browser download is never used (``executable_path`` names the system binary); in CI a
 missing Chromium fails the test. Headless Chromium renders WebGL (Cornerstone3D, in OHIF) only through
 SwiftShader. Screenshots go to ``test-artifacts/`` at the repository root.
+
+Every page runs with the network limited to loopback: a request to any other host is aborted and
+recorded, and the test fails if one was attempted (no page of radstack loads anything from
+another host; ARCHITECTURE).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from tests.conftest import require_binary
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +40,24 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
+    """A page in a fresh context (no cookies, no localStorage: a first visit), loopback only."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    elsewhere: list[str] = []
+
+    def loopback_only(route: Route) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname in LOOPBACK:
+            route.continue_()
+        else:
+            elsewhere.append(url)
+            route.abort("blockedbyclient")
+
+    context.route("**/*", loopback_only)
     try:
         yield context.new_page()
     finally:
         context.close()
+    assert not elsewhere, f"the page tried to load from another host: {elsewhere}"
 
 
 def screenshot(page: Page, name: str) -> Path:

@@ -1,9 +1,11 @@
 """A radiologist's path in a real browser: log in, find the study in the worklist, read it in OHIF.
 
-Chromium (Debian's) loads the bundled OHIF from ``/viewer/``; the test waits until a viewport canvas
-holds an image (pixels that are not all the same), checks that the frames OHIF fetched were served as
-stored HTJ2K, and that a role without the right to read pixels cannot open the viewer. Screenshots
-are kept in ``test-artifacts/``.
+Chromium (Debian's) loads the bundled OHIF from ``/viewer/``; the tests wait until a viewport canvas
+holds an image (pixels that are not all the same) for the demo CT and both radiographs (RG1, RG3),
+check that the frames OHIF fetched were served as stored HTJ2K, that a first visit opens without
+OHIF's tour or investigational-use dialog, that the API docs render with the network limited to
+loopback, and that a role without the right to read pixels cannot open the viewer. Screenshots are
+kept in ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             description = (match.get("00081030", {}).get("Value") or [""])[0]
             if match["00080061"]["Value"] == ["CT"]:
                 studies["CT"] = match["0020000D"]["Value"][0]
+            elif description == "THORAX":  # pydicom-data's RG1, a chest CR with Pixel Spacing 0\0
+                studies["RG1"] = match["0020000D"]["Value"][0]
             elif "tibia" in description:  # pydicom-data's RG3, a lower-leg radiograph
-                studies["CR"] = match["0020000D"]["Value"][0]
-        assert set(studies) == {"CT", "CR"}, found
+                studies["RG3"] = match["0020000D"]["Value"][0]
+        assert set(studies) == {"CT", "RG1", "RG3"}, found
         yield Site(server, studies)
 
 
@@ -103,9 +107,37 @@ def test_log_in_find_the_study_and_read_it_in_ohif(page: Page, site: Site) -> No
     assert frames, "OHIF fetched no frame"
     assert all("1.2.840.10008.1.2.4.202" in content_type for _url, content_type in frames), frames[:3]
 
-    page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies['CR']}")
+
+@pytest.mark.parametrize("name", ["RG1", "RG3"])
+def test_the_demo_radiographs_render(page: Page, site: Site, name: str) -> None:
+    """RG1's Pixel Spacing is 0\\0: served as absent, so OHIF's WebGL path draws it (it was black)."""
+    log_in(page, site, "admin", site.admin_password)
+    page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies[name]}")
+    page.wait_for_function(_IMAGE_SHOWN, timeout=90_000)
+    screenshot(page, f"viewer-{name}")
+
+
+def test_the_first_visit_opens_on_the_images(page: Page, site: Site) -> None:
+    """A fresh browser (no localStorage): no onboarding tour, no investigational-use dialog."""
+    log_in(page, site, "admin", site.admin_password)
+    assert page.evaluate("localStorage.length") == 0
+    page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies['CT']}")
     page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
-    screenshot(page, "viewer-radiograph")
+    page.wait_for_selector("[data-cy=viewport-pane]")
+    screenshot(page, "viewer-first-visit")
+    assert page.query_selector(".shepherd-element") is None, "the onboarding tour opened"
+    assert page.query_selector("[data-cy=confirm-and-hide-button]") is None
+    assert "investigational use" not in page.inner_text("body").lower()
+
+
+def test_the_api_docs_render_offline(page: Page, site: Site) -> None:
+    """Swagger UI from this server (the loopback-only page fixture fails on any other host)."""
+    log_in(page, site, "admin", site.admin_password)
+    page.goto(f"{site.server.url}/api/v1/docs")
+    page.wait_for_selector(".opblock-summary", timeout=30_000)
+    operations = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/dicomweb/studies" in path for path in operations), operations[:10]
+    screenshot(page, "api-docs")
 
 
 def test_a_role_that_may_not_read_pixels_cannot_open_the_viewer(page: Page, site: Site) -> None:
@@ -123,9 +155,6 @@ def test_a_length_measurement_is_saved_as_a_structured_report(page: Page, site: 
     ct = site.studies["CT"]
     page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={ct}")
     page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
-    for dismiss in ("[data-cy=confirm-and-hide-button]", "text=Skip all"):
-        if page.query_selector(dismiss):
-            page.click(dismiss)
     page.click("[data-cy=MeasurementTools-split-button-primary]")  # the Length tool
     box = page.query_selector("[data-cy=viewport-pane]").bounding_box()  # type: ignore[union-attr]
     assert box is not None

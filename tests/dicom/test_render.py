@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from radstack.dicom.codecs import encode_htj2k, htj2k_prefix, htj2k_read_levels
 from radstack.dicom.render import (
+    RENDERED_MEDIA_TYPES,
     VoiFunctionValues,
     _display_values,
+    encode_image,
     fit_size,
     parse_viewport,
     parse_window,
@@ -47,6 +52,19 @@ def test_parse_errors_name_the_value() -> None:
         parse_viewport("0,10")
     assert fit_size(2048, 2500, (512, 512)) == (419, 512)
     assert fit_size(64, 64, (512, 512)) == (64, 64), "never enlarged"
+
+
+@pytest.mark.parametrize("media_type", RENDERED_MEDIA_TYPES)
+def test_each_rendered_media_type_decodes_to_the_asked_size(media_type: str) -> None:
+    grey = np.tile(np.arange(256, dtype=np.uint8), (40, 1))
+    colour = np.stack([grey, grey[:, ::-1], np.full_like(grey, 90)], axis=-1)
+    for pixels in (grey, colour):
+        image = Image.open(io.BytesIO(encode_image(pixels, (128, 20), media_type, 90)))
+        assert Image.MIME[image.format or ""] == media_type
+        assert image.size == (128, 20)
+    lossless = Image.open(io.BytesIO(encode_image(grey, (256, 40), media_type, 90))).convert("L")
+    if media_type != "image/jpeg":
+        assert np.array_equal(np.asarray(lossless), grey), "every 8-bit grey level is kept"
 
 
 @pytest.mark.parametrize("skipres", [0, 1, 2, 3])

@@ -227,6 +227,59 @@ def test_rendered_and_thumbnail(server: RunningServer, ct: Dataset) -> None:
         assert next(iter(params.values())) in response.json()["detail"]
 
 
+def test_invalid_pixel_spacing_is_served_as_absent_and_retrieved_as_received(server: RunningServer) -> None:
+    """Pixel Spacing 0\\0 (common in CR/DX headers) is left out of the metadata viewers read, so
+    OHIF treats the image as uncalibrated instead of drawing it black; the stored object is
+    unchanged (docs/store.md)."""
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PixelSpacing = ["0.000", "0.000"]
+    DICOMwebClient(server.dicomweb, headers=server.auth).store_instances([ds])
+    base = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}"
+    for url in (f"{base}/metadata", f"{base}/series/{ds.SeriesInstanceUID}/metadata"):
+        [item] = authed.get(url).json()
+        assert item["00080018"]["Value"] == [ds.SOPInstanceUID]
+        assert "00280030" not in item, url
+        assert item["00280010"]["Value"] == [ds.Rows]
+    [(_type, data)] = response_parts(
+        authed.get(
+            instance_url(server, ds), headers={"Accept": 'multipart/related; type="application/dicom"'}
+        )
+    )
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert back["PixelSpacing"].value == [0, 0]
+    assert b"0.000\\0.000" in data, "the header is retrieved as it was received"
+
+
+@pytest.mark.parametrize(
+    ("accept", "served"),
+    [
+        ("image/x-foo", "image/jpeg"),  # nothing offered is acceptable: the Default, not 406
+        ("image/gif", "image/gif"),
+        ("image/x-foo, image/gif;q=0.5", "image/gif"),  # the unsupported value is ignored
+        ("image/webp, image/png;q=0.9, image/gif;q=0.8", "image/png"),
+        ('multipart/related; type="image/png"', "image/jpeg"),
+        ("image/*", "image/jpeg"),
+        ("text/html;q=0.9, image/gif;q=0.2", "image/gif"),
+    ],
+)
+def test_rendered_media_type_negotiation(
+    server: RunningServer, ct: Dataset, accept: str, served: str
+) -> None:
+    """PS3.18 §8.7.7: unsupported Accept values are ignored; §8.3.3.1: then the Default, image/jpeg."""
+    url = instance_url(server, ct)
+    for resource in (f"{url}/rendered", f"{url}/frames/1/rendered", f"{url}/thumbnail"):
+        response = authed.get(resource, headers={"Accept": accept})
+        assert response.status_code == 200, (resource, response.text)
+        assert response.headers["content-type"] == served
+        image = Image.open(io.BytesIO(response.content))
+        assert Image.MIME[image.format or ""] == served
+        expected = (ct.Columns, ct.Rows) if not resource.endswith("thumbnail") else (128, 128)
+        assert image.size == expected
+        assert np.asarray(image.convert("L")).std() > 10, "an image, not a blank"
+
+
 def test_monochrome1_renders_inverted(server: RunningServer, ct: Dataset) -> None:
     inverted = copy.deepcopy(ct)
     inverted.SOPInstanceUID = generate_uid()

@@ -160,6 +160,41 @@ def test_app_config_points_at_same_origin_dicomweb_with_stow_and_htj2k(viewer_se
     assert "transfer-syntax=*" in source["acceptHeader"][-1]
 
 
+def test_the_first_visit_opens_without_tour_or_investigational_use_dialog(
+    viewer_server: RunningServer,
+) -> None:
+    """What a product bundling OHIF configures (OHIF 3.13.2's own keys; the browser test sees it)."""
+    config = _config(viewer_server)
+    assert config["investigationalUseDialog"] == {"option": "never"}
+    assert config["customizationService"] == {"ohif.tours": []}
+
+
+#: src=, href=, url( and @import of an HTML page; each must stay on this server.
+_ASSET_REFERENCE = re.compile(
+    r"""(?:\b(?:src|href|action)\s*=\s*["']?|url\(\s*["']?|@import\s+["'])([^"' )>]+)""", re.I
+)
+
+
+def test_no_page_loads_anything_from_another_host(viewer_server: RunningServer) -> None:
+    """Every HTML page radstack serves (login, worklist, jobs, models, labeling, API docs, viewer)
+    refers only to its own origin: nothing is fetched from a CDN or font host."""
+    html = {"Accept": "text/html"}
+    pages = {"/login": httpx.get(f"{viewer_server.url}/login", headers=html)}
+    for path in ("/", "/jobs", "/models", "/labeling", "/api/v1/docs", "/viewer/", "/viewer/viewer"):
+        pages[path] = authed.get(f"{viewer_server.url}{path}", headers=html)
+    for path, page in pages.items():
+        assert page.status_code == 200, (path, page.text[:300])
+        assert page.headers["content-type"].startswith("text/html"), path
+        references = _ASSET_REFERENCE.findall(page.text)
+        assert references, path
+        foreign = [
+            ref
+            for ref in references
+            if re.match(r"(?:[a-z][a-z0-9+.-]*:)?//", ref, re.I) or ref.startswith("http")
+        ]
+        assert not foreign, (path, foreign)
+
+
 def test_client_side_routes_get_index_html(viewer_server: RunningServer) -> None:
     index = authed.get(f"{viewer_server.url}/viewer/").text
     for path in ("viewer?StudyInstanceUIDs=1.2.3", "segmentation?StudyInstanceUIDs=1.2.3", "local"):

@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from radstack.dicom.codecs import PixelInfo
 from radstack.dicom.json_model import dataset_to_json
+from radstack.dicom.spacing import without_invalid_spacing
 from radstack.errors import CannotUnderstand
 
 __all__ = ["encode_header", "header_of", "instance_bulk_base", "instance_json", "raw_dataset_bytes"]
@@ -142,7 +143,8 @@ def instance_json(header: Dataset, pixel: PixelInfo | None) -> tuple[dict[str, A
     bulk_base = instance_bulk_base(
         str(header.StudyInstanceUID), str(header.SeriesInstanceUID), str(header.SOPInstanceUID)
     )
-    attrs = dataset_to_json(header, bulk_base)
+    # Served as absent when invalid; the stored header keeps the value (radstack.dicom.spacing).
+    attrs = without_invalid_spacing(dataset_to_json(header, bulk_base))
     if pixel is not None:
         attrs[f"{PIXEL_DATA:08X}"] = {
             "vr": "OW" if pixel.bits_allocated > 8 else "OB",

@@ -1,6 +1,6 @@
 """Rendering a frame for display (PS3.18 §8.3.5 rendered resources, PS3.3 §C.11 LUTs).
 
-Pure functions: samples in, JPEG or PNG bytes out. The caller picks a reduced HTJ2K resolution
+Pure functions: samples in, JPEG, PNG or GIF bytes out. The caller picks a reduced HTJ2K resolution
 that still covers the viewport, so a preview of a large radiograph decodes only a fraction of it.
 """
 
@@ -17,6 +17,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 __all__ = [
+    "DEFAULT_RENDERED_MEDIA_TYPE",
+    "RENDERED_MEDIA_TYPES",
     "RenderParams",
     "VoiFunctionValues",
     "encode_image",
@@ -33,6 +35,14 @@ class VoiFunctionValues(Enum):
     LINEAR = "LINEAR"
     LINEAR_EXACT = "LINEAR_EXACT"
     SIGMOID = "SIGMOID"
+
+
+#: The Default rendered media type of a Single Frame Image (PS3.18 Table 8.7.4-1, "D"): what a
+#: rendered request gets when it accepts nothing that is offered (PS3.18 §8.3.3.1).
+DEFAULT_RENDERED_MEDIA_TYPE = "image/jpeg"
+#: The rendered media types offered, default first: image/gif and image/png are Required for a
+#: Single Frame Image (PS3.18 Table 8.7.4-1, "R").
+RENDERED_MEDIA_TYPES = (DEFAULT_RENDERED_MEDIA_TYPE, "image/png", "image/gif")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +167,21 @@ def _display_values(
 
 
 def encode_image(pixels: NDArray[np.uint8], size: tuple[int, int], media_type: str, quality: int) -> bytes:
-    """Resize ``pixels`` to ``size`` and encode as JPEG or PNG."""
+    """Resize ``pixels`` to ``size`` and encode as one of :data:`RENDERED_MEDIA_TYPES`.
+
+    JPEG is baseline 8-bit (PS3.18 §8.7.4). GIF holds 256 palette entries: a grey image keeps
+    every one of its 8-bit levels; a colour image is reduced to an adaptive palette.
+    """
     image = Image.fromarray(pixels)
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     buffer = io.BytesIO()
     if media_type == "image/png":
         image.save(buffer, format="PNG", compress_level=1)
+    elif media_type == "image/gif":
+        if image.mode != "L":
+            image = image.quantize(256)
+        image.save(buffer, format="GIF")
     else:
         image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()

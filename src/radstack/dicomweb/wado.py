@@ -44,7 +44,15 @@ from radstack.dicom.codecs import (
 )
 from radstack.dicom.header import PIXEL_DATA
 from radstack.dicom.json_model import element_path
-from radstack.dicom.render import RenderParams, VoiFunctionValues, encode_image, fit_size, to_display
+from radstack.dicom.render import (
+    DEFAULT_RENDERED_MEDIA_TYPE,
+    RENDERED_MEDIA_TYPES,
+    RenderParams,
+    VoiFunctionValues,
+    encode_image,
+    fit_size,
+    to_display,
+)
 from radstack.dicom.transfer_syntax import (
     HTJ2K_RPCL,
     NATIVE_SYNTAXES,
@@ -66,6 +74,7 @@ __all__ = [
     "parse_frame_list",
     "part10",
     "render",
+    "rendered_media_type",
 ]
 
 _EXPLICIT_LE = str(ExplicitVRLittleEndian)
@@ -397,6 +406,29 @@ class RenderCache:
 
 
 _RENDERED = RenderCache()
+
+
+def rendered_media_type(accept: Sequence[AcceptItem]) -> str:
+    """The rendered media type to answer with, given the Accept items (best first).
+
+    The first item that names an offered type (:data:`~radstack.dicom.render.RENDERED_MEDIA_TYPES`)
+    wins; ``image/*`` and ``*/*`` match the Default, image/jpeg (PS3.18 §8.7.7). Values that are
+    not supported are ignored (PS3.18 §8.7.7), and when none of the acceptable types is offered
+    the response is in the Default media type rather than 406 (PS3.18 §8.3.3.1).
+
+    Every rendered resource radstack serves is one frame: a study, series or multi-frame
+    instance is represented by one of its frames, so the Single Frame Image row of PS3.18
+    Table 8.7.4-1 applies throughout (the Multi-frame Image and Video rows, all optional and
+    without a Default, are not offered).
+    """
+    for item in accept:
+        if item.multipart:
+            continue  # rendered resources are single-part: ignored as not supported
+        if item.media_type in RENDERED_MEDIA_TYPES:
+            return item.media_type
+        if item.media_type in ("*/*", "image/*"):
+            return DEFAULT_RENDERED_MEDIA_TYPE
+    return DEFAULT_RENDERED_MEDIA_TYPE
 
 
 def render(store: StudyStore, record: InstanceRecord, number: int, params: RenderParams) -> bytes:

@@ -76,6 +76,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     from radstack.dimse import DimseServer
     from radstack.ingest.demo import load_demo
     from radstack.web import accounts, api_v1, auth, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
+    from radstack.web.apidocs import router as apidocs_router
     from radstack.web.auth import AuthMiddleware
     from radstack.web.viewer import router as viewer_router
 
@@ -109,7 +110,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # radstack.web.apidocs serves it, with Swagger UI from this server
         redoc_url=None,
         # A UID with an encoded slash must be a 404, never a redirect to another resource.
         redirect_slashes=False,
@@ -184,6 +185,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(workflows.router, prefix="/api/v1")
     app.include_router(viewer_router)
+    app.include_router(apidocs_router)
     app.include_router(ui.router)
     install_transport(app, settings)  # last, so outermost: headers on every response
     return app

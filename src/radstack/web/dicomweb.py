@@ -319,15 +319,7 @@ def _render_params(request: Request, *, thumbnail: bool) -> RenderParams:
         raise BadRequest(str(exc)) from None
     if not 1 <= quality <= 100:
         raise BadRequest(f"quality {quality} must be between 1 and 100")
-    media_type = "image/jpeg"
-    for item in parse_accept(request.headers.get("accept")):
-        if item.media_type in ("image/jpeg", "image/png"):
-            media_type = item.media_type
-            break
-        if item.media_type in ("*/*", "image/*"):
-            break
-    else:
-        raise NotAcceptable("rendered images are available as image/jpeg or image/png")
+    media_type = wado.rendered_media_type(parse_accept(request.headers.get("accept")))
     return RenderParams(media_type=media_type, quality=quality, window=window, viewport=viewport)
 
 

@@ -85,13 +85,20 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
 
     The keys are those of OHIF's ``platform/app/public/config/default.js`` and of the ``dicomweb``
     data source (``extensions/default/src/DicomWebDataSource``), checked against the 3.13.2 build.
+
+    As a product that bundles OHIF would, the first visit opens straight on the images: no
+    investigational-use dialog (``investigationalUseDialog.option``: ``never``; OHIF's
+    ``InvestigationalUseDialog`` reads it) and no Shepherd onboarding tour (the ``ohif.tours``
+    customization, which the viewer layout hands to ``Onboarding``, set to no tours as a Global
+    customization; a plain value replaces the mode's default).
     """
     return {
         "name": "radstack",
         "routerBasename": VIEWER_PREFIX.rstrip("/"),
         "extensions": [],
         "modes": [],
-        "customizationService": {},
+        "customizationService": {"ohif.tours": []},
+        "investigationalUseDialog": {"option": "never"},
         "showStudyList": True,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,
