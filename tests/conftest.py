@@ -18,6 +18,7 @@ import uvicorn
 from radstack.config import Settings
 from radstack.platform import Platform
 from radstack.web.app import create_app
+from radstack.web.connections import uvicorn_connection_options
 from radstack.web.transport import uvicorn_tls_options
 from tests import authed
 
@@ -89,6 +90,7 @@ def start_server(settings: Settings) -> Iterator[RunningServer]:
         log_level="warning",
         access_log=False,
         **uvicorn_tls_options(settings),
+        **uvicorn_connection_options(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from radstack.security.tls import TLSConfigurationError, server_ssl_context
     from radstack.web.app import create_app
+    from radstack.web.connections import uvicorn_connection_options
     from radstack.web.transport import uvicorn_tls_options
 
     overrides = {
@@ -62,7 +63,13 @@ def _serve(args: argparse.Namespace) -> int:
         f"{'https' if tls else 'http'}://{settings.host}:{settings.http_port}/{dicom}"
     )
     uvicorn.run(
-        app, host=settings.host, port=settings.http_port, log_level="warning", access_log=False, **tls
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        **tls,
+        **uvicorn_connection_options(settings),
     )
     return 0
 

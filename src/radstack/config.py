@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     login_rate_per_minute: int = Field(default=10, ge=1)
     #: Requests with a bad token allowed per minute per client address, before 429.
     token_failures_per_minute: int = Field(default=30, ge=1)
+    #: Seconds a client has to send a request's line and headers, from its first byte (or from
+    #: connecting); then the connection is closed (slowloris).
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds a request body may go without a byte arriving (between chunks, not in all: a slow
+    #: but live upload of any size completes); then the connection is closed.
+    http_body_timeout: float = Field(default=60.0, gt=0)
+    #: Seconds an idle keep-alive connection is kept open between requests.
+    http_keepalive_timeout: float = Field(default=15.0, gt=0)
 
     # ------------------------------------------------------------------ security
     #: Roles added to or replacing the defaults (JSON; see ``radstack.security.policy.load_roles``).
