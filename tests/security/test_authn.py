@@ -151,6 +151,12 @@ def test_login_page_session_cookie_and_logout(server: RunningServer) -> None:
         assert forged.status_code == 403
         own = browser.post("/api/v1/tokens", json={"label": "x"}, headers={"Origin": server.url})
         assert own.status_code == 201
+        # What Chromium sends for a form on our pages under Referrer-Policy: no-referrer: Origin null,
+        # and Fetch Metadata that a page cannot forge; a cross-site form says so in the same header.
+        ours = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+        assert browser.post("/api/v1/tokens", json={"label": "y"}, headers=ours).status_code == 201
+        theirs = {"Origin": server.url, "Sec-Fetch-Site": "cross-site"}
+        assert browser.post("/api/v1/tokens", json={"label": "z"}, headers=theirs).status_code == 403
         # An open redirect is not followed: next must be a path here.
         away = browser.post(
             "/login", data={"username": username, "password": password, "next": "//evil.example/"}

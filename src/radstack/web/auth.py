@@ -90,7 +90,14 @@ def _problem(error: RadstackError, headers: dict[str, str] | None = None) -> Res
 
 
 def _same_origin(headers: Headers, scope: Scope) -> bool:
-    """A cookie-authenticated change must come from our own pages (CSRF): Origin or Referer is us."""
+    """A cookie-authenticated change must come from our own pages (CSRF): the browser's Fetch
+    Metadata says so (``Sec-Fetch-Site: same-origin``; a page cannot set it), or Origin or Referer
+    is us. Under our ``Referrer-Policy: no-referrer`` a browser sends ``Origin: null`` even for a
+    same-origin form POST (Fetch §3.1), so the Fetch Metadata header is what a real browser proves
+    itself with."""
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
     origin = headers.get("origin") or headers.get("referer")
     if not origin:
         return False
