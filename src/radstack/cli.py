@@ -160,12 +160,66 @@ def _user_create(args: argparse.Namespace) -> int:
 
 def _user_list(args: argparse.Namespace) -> int:
     def show(accounts: Accounts) -> int:
+        rows = [("USER", "ROLE", "STATE", "PASSWORD", "AE TITLE")]
         for user in accounts.users():
-            extra = f" AE {user.ae_title}" if user.ae_title else ""
-            print(f"{user.username}\t{user.role}{extra}{' (disabled)' if user.disabled else ''}")
+            password = (
+                "must change" if user.must_change_password else "set" if user.password_changed_at else "-"
+            )
+            state = "disabled" if user.disabled else "enabled"
+            rows.append((user.username, user.role, state, password, user.ae_title or "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         return 0
 
     return _with_accounts(args, show)
+
+
+def _read_new_password(use_stdin: bool) -> str | None:
+    """A new password: typed twice at a terminal, else one line of stdin (None: the two differ)."""
+    import getpass
+
+    if use_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("New password: ")
+    if getpass.getpass("New password again: ") != first:
+        return None
+    return first
+
+
+def _user_passwd(args: argparse.Namespace) -> int:
+    password = _read_new_password(args.password_stdin)
+    if password is None:
+        print("radstack: the two passwords differ; nothing changed", file=sys.stderr)
+        return 2
+
+    def change(accounts: Accounts) -> int:
+        accounts.update_user(args.username, password=password, must_change_password=args.must_change)
+        later = "; it must be changed at the next login" if args.must_change else ""
+        print(f"password of {args.username} changed{later}")
+        return 0
+
+    return _with_accounts(args, change)
+
+
+def _user_state(args: argparse.Namespace) -> int:
+    disabled = args.user_command == "disable"
+
+    def change(accounts: Accounts) -> int:
+        accounts.update_user(args.username, disabled=disabled)
+        print(f"user {args.username} {'disabled' if disabled else 'enabled'}")
+        return 0
+
+    return _with_accounts(args, change)
+
+
+def _user_role(args: argparse.Namespace) -> int:
+    def change(accounts: Accounts) -> int:
+        user = accounts.update_user(args.username, role=args.role)
+        print(f"user {user.username} now has the role {user.role}")
+        return 0
+
+    return _with_accounts(args, change)
 
 
 def _token_create(args: argparse.Namespace) -> int:
@@ -524,9 +578,32 @@ def build_parser() -> argparse.ArgumentParser:
     user_create.add_argument("--ae-title", help="calling AE title of a DICOM peer acting as this account")
     user_create.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     user_create.set_defaults(func=_user_create)
-    user_list = user_commands.add_parser("list", help="list users")
+    user_list = user_commands.add_parser("list", help="list users: role, disabled, must change password")
     user_list.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     user_list.set_defaults(func=_user_list)
+    user_passwd = user_commands.add_parser(
+        "passwd", help="set a user's password (typed twice at a terminal, else read from stdin)"
+    )
+    user_passwd.add_argument("username")
+    user_passwd.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    user_passwd.add_argument(
+        "--must-change", action="store_true", help="a temporary password: the user must change it at login"
+    )
+    user_passwd.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    user_passwd.set_defaults(func=_user_passwd)
+    for name, what in (
+        ("disable", "refuse a user's logins, sessions and tokens"),
+        ("enable", "enable a user again"),
+    ):
+        user_state = user_commands.add_parser(name, help=what)
+        user_state.add_argument("username")
+        user_state.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+        user_state.set_defaults(func=_user_state)
+    user_role = user_commands.add_parser("role", help="give a user another role")
+    user_role.add_argument("username")
+    user_role.add_argument("role", help="admin, radiologist, technologist, monitoring, ...")
+    user_role.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    user_role.set_defaults(func=_user_role)
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     token_create = token_commands.add_parser("create", help="print a new bearer token for a user")

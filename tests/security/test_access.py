@@ -1,5 +1,6 @@
 """Who may do what: every role × every kind of endpoint (DICOMweb, API, UI, DICOM network), study
-scoping (404, never 403), and that nothing but /healthz and the login page answers without credentials."""
+scoping (404, never 403), that nothing but /healthz, /readyz, the login page and the favicon answers
+without credentials, and that /metrics answers only roles with ``read-metrics`` (admin, monitoring)."""
 
 from __future__ import annotations
 
@@ -250,17 +251,22 @@ def _all_routes(tmp_path: Path) -> list[tuple[str, str]]:
         for path, operations in schema["paths"].items()
         for method in operations
     ]
-    hidden = [("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/api/v1/openapi.json"), ("POST", "/logout")]
-    return routes + hidden + [("GET", "/healthz"), ("GET", "/login"), ("POST", "/login")]
+    hidden = [("GET", "/metrics"), ("GET", "/api/v1/openapi.json"), ("POST", "/logout")]
+    hidden += [("GET", "/account/password"), ("POST", "/account/password")]
+    return routes + hidden + [(method, path) for path in OPEN for method in ("GET", "POST")]
 
 
-def test_nothing_but_healthz_and_login_answers_without_credentials(stored: Stored, tmp_path: Path) -> None:
+#: What answers without credentials: liveness, readiness (only "ready"), the login form, the icon.
+OPEN = ("/healthz", "/readyz", "/login", "/favicon.ico", "/favicon.svg")
+
+
+def test_nothing_but_the_open_paths_answers_without_credentials(stored: Stored, tmp_path: Path) -> None:
     routes = _all_routes(tmp_path)
     assert len(routes) > 50
     for method, path in routes:
         response = httpx.request(method, f"{stored.server.url}{path}", timeout=30)
-        if path in ("/healthz", "/login"):
-            assert response.status_code in (200, 401, 422, 400), (method, path)
+        if path in OPEN:
+            assert response.status_code in (200, 401, 405, 422, 400), (method, path)
             continue
         assert response.status_code == 401, (method, path, response.status_code)
         assert response.headers["www-authenticate"].startswith("Bearer")
@@ -276,7 +282,7 @@ def test_a_role_with_no_actions_is_refused_everywhere(stored: Stored, tmp_path: 
     stored.server.platform.policy.roles["nobody"] = RoleDef("nobody", frozenset())
     stored.server.platform.accounts.roles.add("nobody")
     token = stored.server.token_for("nobody")
-    exempt = {"/healthz", "/login", "/logout", "/api/v1/me", "/api/v1/tokens", "/readyz", "/metrics"}
+    exempt = {*OPEN, "/logout", "/api/v1/me", "/api/v1/tokens", "/account/password", "/api/v1/me/password"}
     exempt |= {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/oauth2-redirect"}
     for method, path in _all_routes(tmp_path):
         if path in exempt or path.startswith("/api/v1/tokens/"):
@@ -317,3 +323,53 @@ def test_role_through_the_login_page(stored: Stored, role: str) -> None:
             headers={"Content-Type": DICOM_MULTIPART, "Origin": stored.server.url},
         )
         assert stow.status_code == (200 if ActionValues.INGEST in actions else 403), stow.text
+
+
+# ----------------------------------------------------------------------------- operations endpoints
+def test_readyz_answers_anyone_and_says_nothing_more(stored: Stored) -> None:
+    ready = httpx.get(f"{stored.server.url}/readyz")
+    assert (ready.status_code, ready.text) == (200, "ready")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_metrics_answer_only_roles_that_may_read_them(stored: Stored, role: str) -> None:
+    assert httpx.get(f"{stored.server.url}/metrics").status_code == 401
+    token = stored.server.token_for(role)
+    response = httpx.get(f"{stored.server.url}/metrics", headers={"Authorization": f"Bearer {token}"})
+    if ActionValues.READ_METRICS in DEFAULT_ROLES[role].actions:
+        assert response.status_code == 200 and "radstack_http_requests_total" in response.text
+    else:
+        assert response.status_code == 403 and "may not read metrics" in response.json()["detail"]
+    assert {role for role, spec in DEFAULT_ROLES.items() if ActionValues.READ_METRICS in spec.actions} == {
+        "admin",
+        "monitoring",
+    }
+    # The monitoring role sees nothing else.
+    if role == "monitoring":
+        for path in ("/dicomweb/studies", "/api/v1/users", "/api/v1/audit"):
+            refused = httpx.get(f"{stored.server.url}{path}", headers={"Authorization": f"Bearer {token}"})
+            assert refused.status_code == 403, path
+
+
+@pytest.mark.postgres
+def test_readyz_is_503_while_the_database_is_unreachable(tmp_path: Path) -> None:
+    """A server on its own PostgreSQL: stop the database, /readyz says "not ready" (503), nothing more."""
+    from tests.conftest import free_port, require_binary
+    from tests.postgres import PostgresServer, create_database
+
+    database = PostgresServer(
+        initdb=require_binary("initdb"), pg_ctl=require_binary("pg_ctl"), port=free_port()
+    )
+    database.start()
+    try:
+        settings = server_settings(
+            tmp_path / "data", dicom_port=0, no_workers=True, database_url=create_database(database.url)
+        )
+        for server in start_server(settings):
+            assert httpx.get(f"{server.url}/readyz").text == "ready"
+            database.stop()
+            response = httpx.get(f"{server.url}/readyz")
+            assert (response.status_code, response.text) == (503, "not ready")
+            assert httpx.get(f"{server.url}/healthz").status_code == 200  # alive, just not ready
+    finally:
+        database.stop()

@@ -1,6 +1,7 @@
-"""Authentication: the first admin, the login page and its session cookie, API tokens (expiry,
-revocation, the CLI), OIDC bearer tokens against a JWKS served by a fixture, rate limits, and the
-audit records all of it leaves."""
+"""Authentication: the first admin and its forced password change, the login and change-password
+pages and the session cookie, the password policy, API tokens (expiry, revocation, the CLI), user
+commands (passwd, disable, role, list), OIDC bearer tokens against a JWKS served by a fixture, rate
+limits, the migration of the users table, and the audit records all of it leaves."""
 
 from __future__ import annotations
 
@@ -41,24 +42,108 @@ def test_the_first_start_writes_a_one_time_admin_credential(server: RunningServe
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     username, password = _credential(server)
     assert username == "admin" and len(password) >= 20
-    assert server.platform.accounts.check_password("admin", password).role == "admin"
+    principal = server.platform.accounts.check_password("admin", password)
+    assert principal.role == "admin" and principal.must_change_password
+
+
+def test_the_first_admin_must_set_a_new_password_before_anything_else(server: RunningServer) -> None:
+    username, initial = _credential(server)
+    new = "staple the battery horse correctly"
+    with httpx.Client(base_url=server.url, headers={"Accept": "text/html"}) as browser:
+        login = browser.post("/login", data={"username": username, "password": initial, "next": "/jobs"})
+        assert login.status_code == 303 and login.headers["location"] == "/account/password?next=/jobs"
+        # Every page leads to the change-password page; API calls with the session are refused.
+        assert browser.get("/").headers["location"] == "/account/password?next=/"
+        api = browser.get("/api/v1/users", headers={"Accept": "application/json"})
+        assert api.status_code == 403 and api.json()["title"] == "Password change required"
+        assert browser.get("/api/v1/me", headers={"Accept": "application/json"}).json()[
+            "must_change_password"
+        ]
+        # An API token made by the operator (radstack token create, file access) is not held back.
+        assert httpx.get(f"{server.url}/api/v1/users", headers=server.auth).status_code == 200
+        form = browser.get("/account/password?next=/jobs")
+        assert form.status_code == 200 and 'name="confirm"' in form.text
+        assert "Set a new password before you go on" in form.text
+        origin = {"Origin": server.url}
+
+        def change(current: str, new: str, confirm: str | None = None) -> httpx.Response:
+            data = {"current": current, "new": new, "confirm": new if confirm is None else confirm}
+            return browser.post("/account/password", data={**data, "next": "/jobs"}, headers=origin)
+
+        refused = {
+            "the two new passwords differ": change(initial, new, "something else entirely"),
+            "the current password is wrong": change("not the password at all", new),
+            "it must have at least 12": change(initial, "short one"),
+            "must not contain the user name": change(initial, "my Admin account 2026"),
+            "most common passwords found in breaches": change(initial, "QwertyUiop123"),
+        }
+        for reason, response in refused.items():
+            assert response.status_code == 400, reason
+            assert response.headers["content-type"].startswith("text/html"), reason
+            assert reason in response.text.lower(), reason
+        # A change made with the cookie from another site is refused (CSRF), as for every form.
+        forged = browser.post(
+            "/account/password",
+            data={"current": initial, "new": new, "confirm": new},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert forged.status_code == 403
+        done = change(initial, new)
+        assert done.status_code == 303 and done.headers["location"] == "/jobs"
+        assert browser.get("/jobs").status_code == 200
+        assert not browser.get("/api/v1/me", headers={"Accept": "application/json"}).json()[
+            "must_change_password"
+        ]
+    # The initial password stops working; the file says so and holds it no more.
+    again = httpx.post(f"{server.url}/login", data={"username": username, "password": initial})
+    assert again.status_code == 401
+    text = (server.platform.settings.data_dir / CREDENTIAL_FILE).read_text()
+    assert initial not in text and "no longer works" in text
+    fresh = httpx.post(f"{server.url}/login", data={"username": username, "password": new})
+    assert fresh.status_code == 303 and fresh.headers["location"] == "/"
+
+
+def test_changing_the_password_ends_the_other_sessions(server: RunningServer) -> None:
+    server.platform.accounts.create_user("dora", "radiologist", password="a long enough password")
+    phone, desk = httpx.Client(base_url=server.url), httpx.Client(base_url=server.url)
+    with phone, desk:
+        for client in (phone, desk):
+            client.post("/login", data={"username": "dora", "password": "a long enough password"})
+        changed = httpx.post(
+            f"{server.url}/api/v1/me/password",
+            json={"current_password": "a long enough password", "new_password": "password"},
+            cookies=desk.cookies,
+            headers={"Origin": server.url},
+        )
+        assert changed.status_code == 400 and "at least 12 characters" in changed.json()["detail"]
+        desk.headers["Origin"] = server.url
+        ok = desk.post(
+            "/api/v1/me/password",
+            json={"current_password": "a long enough password", "new_password": "a new long secret for her"},
+        )
+        assert ok.status_code == 204
+        assert desk.get("/api/v1/me").status_code == 200
+        assert phone.get("/api/v1/me").status_code == 401
 
 
 def test_login_page_session_cookie_and_logout(server: RunningServer) -> None:
-    username, password = _credential(server)
+    username, password = "erin", "a long password for her desk"
+    server.platform.accounts.create_user(username, "admin", password=password)
     with httpx.Client(base_url=server.url) as browser:
         page = browser.get("/dicomweb/studies", headers={"Accept": "text/html"})
         assert page.status_code == 303 and page.headers["location"].startswith("/login?next=")
         form = browser.get("/login")
         assert form.status_code == 200 and 'name="password"' in form.text
+        assert '<link rel="icon"' in form.text and "<header>" in form.text  # the UI's layout
         wrong = browser.post("/login", data={"username": username, "password": "not the password"})
-        assert wrong.status_code == 401 and "wrong username or password" in wrong.text
+        assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+        assert wrong.headers["content-type"].startswith("text/html")
         assert "radstack_session" not in browser.cookies
         done = browser.post("/login", data={"username": username, "password": password, "next": "/api/v1/me"})
         assert done.status_code == 303 and done.headers["location"] == "/api/v1/me"
         cookie = done.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
-        assert browser.get("/api/v1/me").json()["user"] == "admin"
+        assert browser.get("/api/v1/me").json()["user"] == username
         # A change made with the cookie must come from our own pages (CSRF).
         forged = browser.post(
             "/api/v1/tokens", json={"label": "x"}, headers={"Origin": "https://evil.example"}
@@ -66,6 +151,12 @@ def test_login_page_session_cookie_and_logout(server: RunningServer) -> None:
         assert forged.status_code == 403
         own = browser.post("/api/v1/tokens", json={"label": "x"}, headers={"Origin": server.url})
         assert own.status_code == 201
+        # What Chromium sends for a form on our pages under Referrer-Policy: no-referrer: Origin null,
+        # and Fetch Metadata that a page cannot forge; a cross-site form says so in the same header.
+        ours = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+        assert browser.post("/api/v1/tokens", json={"label": "y"}, headers=ours).status_code == 201
+        theirs = {"Origin": server.url, "Sec-Fetch-Site": "cross-site"}
+        assert browser.post("/api/v1/tokens", json={"label": "z"}, headers=theirs).status_code == 403
         # An open redirect is not followed: next must be a path here.
         away = browser.post(
             "/login", data={"username": username, "password": password, "next": "//evil.example/"}
@@ -73,6 +164,33 @@ def test_login_page_session_cookie_and_logout(server: RunningServer) -> None:
         assert away.headers["location"] == "/"
         assert browser.post("/logout", headers={"Origin": server.url}).status_code == 303
         assert browser.get("/api/v1/me").status_code == 401
+
+
+def test_an_expired_session_sends_the_browser_to_the_login_page_with_a_note(server: RunningServer) -> None:
+    server.platform.accounts.create_user("fay", "radiologist", password="a long password of hers")
+    with httpx.Client(base_url=server.url, headers={"Accept": "text/html"}) as browser:
+        browser.post("/login", data={"username": "fay", "password": "a long password of hers"})
+        assert browser.get("/?modality=CT").status_code == 200
+        server.platform.accounts.end_session(browser.cookies["radstack_session"])
+        page = browser.get("/?modality=CT")
+        assert page.status_code == 303
+        assert page.headers["location"] == "/login?next=/%3Fmodality%3DCT&expired=1"
+        assert 'radstack_session=""' in page.headers["set-cookie"]  # the stale cookie is dropped
+        login = browser.get(page.headers["location"])
+        assert login.status_code == 200 and "Your session expired" in login.text
+        # An API client with the same stale cookie still gets a problem document, not a page.
+        api = httpx.get(
+            f"{server.url}/api/v1/me", cookies={"radstack_session": "stale"}, headers={"Accept": "*/*"}
+        )
+        assert api.status_code == 401 and api.headers["content-type"] == "application/problem+json"
+
+
+def test_the_favicon(server: RunningServer) -> None:
+    ico = httpx.get(f"{server.url}/favicon.ico")
+    assert ico.status_code == 200 and ico.headers["content-type"] == "image/x-icon"
+    assert ico.content[:4] == b"\x00\x00\x01\x00"  # an ICO directory
+    svg = httpx.get(f"{server.url}/favicon.svg")
+    assert svg.status_code == 200 and svg.text.startswith("<svg")
 
 
 def test_tokens_expire_and_are_revoked(server: RunningServer) -> None:
@@ -128,6 +246,67 @@ def test_token_create_on_the_command_line(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "user 'nobody' not found" in unknown.stderr
 
 
+def _cli(data: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RADSTACK, "user", *args, "--data-dir", str(data)], input=stdin, capture_output=True, text=True
+    )
+
+
+def test_user_commands_on_the_command_line(server: RunningServer) -> None:
+    data = server.platform.settings.data_dir
+    accounts = server.platform.accounts
+    made = _cli(
+        data,
+        "create",
+        "gideon",
+        "--role",
+        "radiologist",
+        "--password-stdin",
+        stdin="his first long password\n",
+    )
+    assert made.returncode == 0, made.stderr
+    weak = _cli(data, "passwd", "gideon", stdin="Gideon-2026-Gideon\n")
+    assert weak.returncode == 2 and "must not contain the user name" in weak.stderr
+    short = _cli(data, "create", "hal", "--role", "annotator", "--password-stdin", stdin="hal9000\n")
+    assert short.returncode == 2 and "at least 12" in short.stderr
+    changed = _cli(data, "passwd", "gideon", "--must-change", stdin="a temporary password, change it\n")
+    assert changed.returncode == 0 and "must be changed at the next login" in changed.stdout
+    login = httpx.post(
+        f"{server.url}/login", data={"username": "gideon", "password": "a temporary password, change it"}
+    )
+    assert login.status_code == 303 and login.headers["location"].startswith("/account/password")
+    assert _cli(data, "role", "gideon", "technologist").returncode == 0
+    bad_role = _cli(data, "role", "gideon", "wizard")
+    assert bad_role.returncode == 2 and "role 'wizard' does not exist" in bad_role.stderr
+    token = accounts.create_token("gideon")
+    me = httpx.get(f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.json()["role"] == "technologist"
+    assert _cli(data, "disable", "gideon").returncode == 0
+    listed = _cli(data, "list").stdout.splitlines()
+    assert listed[0].split() == ["USER", "ROLE", "STATE", "PASSWORD", "AE", "TITLE"]
+    [gideon] = [line.split() for line in listed if line.startswith("gideon ")]
+    assert gideon[:5] == ["gideon", "technologist", "disabled", "must", "change"]
+    [admin] = [line.split() for line in listed if line.startswith("admin ")]
+    assert admin[:5] == ["admin", "admin", "enabled", "must", "change"]
+    accounts._forget()  # the 5-second cache of verified tokens; another process disabled the user
+    refused = httpx.get(f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 401
+    again = httpx.post(
+        f"{server.url}/login", data={"username": "gideon", "password": "a temporary password, change it"}
+    )
+    assert again.status_code == 401
+    assert _cli(data, "enable", "gideon").returncode == 0
+    accounts._forget()
+    assert (
+        httpx.get(f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    )
+    # An operator setting the first admin's password retires the initial credential too.
+    _, initial = _credential(server)
+    assert _cli(data, "passwd", "admin", stdin="an operator's chosen password\n").returncode == 0
+    assert initial not in (data / CREDENTIAL_FILE).read_text()
+    assert not accounts.user("admin").must_change_password
+
+
 def test_bad_tokens_are_rate_limited(tmp_path: Path) -> None:
     settings = server_settings(
         tmp_path / "data",
@@ -141,14 +320,125 @@ def test_bad_tokens_are_rate_limited(tmp_path: Path) -> None:
         assert statuses[:5] == [401] * 5 and statuses[-1] == 429
         limited = httpx.get(f"{server.url}/api/v1/me", headers=bad)
         assert int(limited.headers["retry-after"]) >= 1
+        assert limited.headers["content-type"] == "application/problem+json"
+        # A browser is shown a page that says how long to wait, never the JSON.
+        page = httpx.get(f"{server.url}/", headers={**bad, "Accept": "text/html"})
+        assert page.status_code == 429 and page.headers["content-type"].startswith("text/html")
+        assert f"try again in {page.headers['retry-after']} seconds" in page.text
 
 
 def test_login_attempts_are_rate_limited(server: RunningServer) -> None:
-    statuses = [
-        httpx.post(f"{server.url}/login", data={"username": "admin", "password": f"guess {n}"}).status_code
+    responses = [
+        httpx.post(f"{server.url}/login", data={"username": "admin", "password": f"guess {n}"})
         for n in range(12)
     ]
-    assert statuses[:10] == [401] * 10 and statuses[-1] == 429
+    assert [r.status_code for r in responses[:10]] == [401] * 10
+    locked = responses[-1]
+    assert locked.status_code == 429 and locked.headers["content-type"].startswith("text/html")
+    wait = int(locked.headers["retry-after"])
+    assert wait >= 1 and f"try again in {wait} seconds" in locked.text
+    assert 'name="password"' in locked.text  # the form again, not a bare error
+
+
+def test_a_disabled_user_cannot_log_in_and_its_sessions_and_tokens_stop(server: RunningServer) -> None:
+    accounts = server.platform.accounts
+    accounts.create_user("ivy", "radiologist", password="a long password of hers")
+    token = accounts.create_token("ivy")
+    with httpx.Client(base_url=server.url) as browser:
+        browser.post("/login", data={"username": "ivy", "password": "a long password of hers"})
+        assert browser.get("/api/v1/me").status_code == 200
+        patched = httpx.patch(f"{server.url}/api/v1/users/ivy", json={"disabled": True}, headers=server.auth)
+        assert patched.status_code == 200 and patched.json()["disabled"] is True
+        assert browser.get("/api/v1/me").status_code == 401
+    assert (
+        httpx.get(f"{server.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    )
+    login = httpx.post(f"{server.url}/login", data={"username": "ivy", "password": "a long password of hers"})
+    assert login.status_code == 401 and "Wrong user name or password" in login.text
+
+
+def test_the_api_applies_the_password_policy(server: RunningServer) -> None:
+    made = httpx.post(
+        f"{server.url}/api/v1/users",
+        json={"username": "jo", "role": "annotator", "password": "iloveyou1234"},
+        headers=server.auth,
+    )
+    assert made.status_code == 400 and "most common passwords" in made.json()["detail"]
+    assert made.json()["title"] == "Password refused by the policy"
+    made = httpx.post(
+        f"{server.url}/api/v1/users",
+        json={"username": "jo", "role": "annotator", "password": "a long password of hers"},
+        headers=server.auth,
+    )
+    assert made.status_code == 201 and made.json()["must_change_password"] is False
+    temporary = httpx.post(
+        f"{server.url}/api/v1/users",
+        json={
+            "username": "kim",
+            "role": "annotator",
+            "password": "kim, change this",
+            "must_change_password": True,
+        },
+        headers=server.auth,
+    )
+    assert temporary.status_code == 201 and temporary.json()["must_change_password"] is True
+    reset = httpx.patch(
+        f"{server.url}/api/v1/users/jo",
+        json={"password": "a temporary one for her", "must_change_password": True},
+        headers=server.auth,
+    )
+    assert reset.status_code == 200 and reset.json()["must_change_password"] is True
+    short = httpx.patch(f"{server.url}/api/v1/users/jo", json={"password": "short"}, headers=server.auth)
+    assert short.status_code == 400 and "at least 12 characters" in short.json()["detail"]
+
+
+# ----------------------------------------------------------------------------- migration 0009
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    return str(request.getfixturevalue("pg_database_url"))
+
+
+def test_migration_0009_adds_the_password_columns_to_existing_users(database_url: str) -> None:
+    """An index at 0008 with users gains ``must_change_password`` (false) and ``password_changed_at``;
+    the migrated table is what :class:`UserRow` describes; the downgrade removes them again."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect, text
+
+    from radstack.store.index import alembic_config, create_index_engine, migrate
+    from radstack.store.models import Base
+
+    engine = create_index_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0008")
+            connection.execute(
+                text(
+                    "INSERT INTO users (username, password_hash, role, institutions, disabled, created_at) "
+                    "VALUES ('old', NULL, 'radiologist', '[]', false, CURRENT_TIMESTAMP)"
+                )
+            )
+        migrate(engine)
+        with engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT must_change_password, password_changed_at FROM users WHERE username = 'old'")
+            ).one()
+            assert (bool(row[0]), row[1]) == (False, None)
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert [d for d in differences if "users" in repr(d)] == []
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0008")
+        assert "must_change_password" not in {c["name"] for c in inspect(engine).get_columns("users")}
+    finally:
+        engine.dispose()
 
 
 # ----------------------------------------------------------------------------- OIDC

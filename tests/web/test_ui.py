@@ -26,12 +26,21 @@ HTML = {"Accept": "text/html"}
 
 
 def _browser(server: RunningServer) -> httpx.Client:
-    """A client logged in as the first admin through the login form (it holds the session cookie)."""
+    """A client logged in as the first admin through the login form (it holds the session cookie),
+    past the change of the initial password that the first login asks for."""
     text = (server.platform.settings.data_dir / "initial-admin-credential.txt").read_text()
     fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
     browser = httpx.Client(base_url=server.url, headers=HTML)
     done = browser.post("/login", data={"username": fields["username"], "password": fields["password"]})
     assert done.status_code == 303 and "radstack_session" in browser.cookies
+    assert done.headers["location"] == "/account/password?next=/"
+    new = "the worklist tester's own password"
+    changed = browser.post(
+        "/account/password",
+        data={"current": fields["password"], "new": new, "confirm": new, "next": "/"},
+        headers={"Origin": server.url},
+    )
+    assert changed.status_code == 303 and changed.headers["location"] == "/"
     return browser
 
 

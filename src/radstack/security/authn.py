@@ -10,7 +10,13 @@
 * A DICOM peer is the service account whose ``ae_title`` is its calling AE title.
 
 The first start makes an ``admin`` user with a random password and writes it, readable by the owner
-only, to ``<data dir>/initial-admin-credential.txt``.
+only, to ``<data dir>/initial-admin-credential.txt``. That password opens only the change-password
+page: the user must set a new one first (``must_change_password``); once it is changed the initial
+password no longer works and the file is overwritten to say so. The forced change binds password
+sessions only: an API token is made by someone who may act for the user (``radstack token create``,
+run with access to the data dir, or a user manager) and works at once.
+
+Every new password passes :func:`radstack.security.passwords.check_password_policy`.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, String, Text, select, update
+from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, String, Text, false, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from radstack.config import check_ae_title
-from radstack.errors import BadRequest, Conflict, NotFound, Unauthenticated
+from radstack.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthenticated
+from radstack.security.passwords import check_password_policy
 from radstack.security.policy import Principal
 from radstack.store.models import Base
 
@@ -44,6 +51,7 @@ __all__ = [
     "TOKEN_CACHE_SECONDS",
     "Accounts",
     "OidcVerifier",
+    "PasswordChangeRequired",
     "TokenRow",
     "User",
     "UserRow",
@@ -55,6 +63,12 @@ CREDENTIAL_FILE = "initial-admin-credential.txt"
 TOKEN_CACHE_SECONDS = 5.0
 API_TOKEN_PREFIX = "rst_"
 _hasher = PasswordHasher()
+
+
+class PasswordChangeRequired(Forbidden):
+    """403: a password session of a user who must set a new password first (the first administrator)."""
+
+    title = "Password change required"
 
 
 class UserRow(Base):
@@ -72,6 +86,9 @@ class UserRow(Base):
     ae_title: Mapped[str | None] = mapped_column(String(16), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The user must set a new password before a password session may do anything else.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class TokenRow(Base):
@@ -100,6 +117,8 @@ class User:
     institutions: tuple[str, ...]
     ae_title: str | None
     disabled: bool
+    must_change_password: bool = False
+    password_changed_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: UserRow) -> User:
@@ -111,10 +130,21 @@ class User:
             tuple(json.loads(row.institutions or "[]")),
             row.ae_title,
             row.disabled,
+            bool(row.must_change_password),
+            _utc(row.password_changed_at),
         )
 
     def principal(self, method: str, role: str | None = None) -> Principal:
-        return Principal(self.username, role or self.role, method, "", self.referring_name, self.institutions)
+        return Principal(
+            self.username,
+            role or self.role,
+            method,
+            "",
+            self.referring_name,
+            self.institutions,
+            # Only a password (session) is bound by the forced change; see the module docstring.
+            must_change_password=self.must_change_password and method in ("password", "session"),
+        )
 
     def public(self) -> dict[str, Any]:
         return {
@@ -124,6 +154,8 @@ class User:
             "institutions": list(self.institutions),
             "ae_title": self.ae_title,
             "disabled": self.disabled,
+            "must_change_password": self.must_change_password,
+            "password_changed_at": self.password_changed_at.isoformat() if self.password_changed_at else None,
         }
 
 
@@ -155,6 +187,8 @@ class Accounts:
     def __init__(self, engine: Engine, roles: set[str]) -> None:
         self.engine = engine
         self.roles = roles
+        #: The first admin's credential file, once :meth:`bootstrap` has named the data dir.
+        self.credential_file: Path | None = None
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -173,11 +207,14 @@ class Accounts:
         referring_name: str | None = None,
         institutions: list[str] | None = None,
         ae_title: str | None = None,
+        must_change_password: bool = False,
     ) -> User:
         """Add a user (a person with a password, or a service account with tokens or an AE title).
 
         Raises
         ------
+        WeakPassword
+            ``password`` does not follow the password policy.
         Conflict
             The username or AE title is taken.
         """
@@ -185,8 +222,9 @@ class Accounts:
             raise BadRequest(
                 f"username {username!r} must be 1 to 128 printable characters without edge spaces"
             )
-        if password is not None and len(password) < 12:
-            raise BadRequest("a password must have at least 12 characters")
+        if password is not None:
+            check_password_policy(password, username)
+        now = datetime.now(UTC)
         row = UserRow(
             username=username,
             password_hash=_hasher.hash(password) if password is not None else None,
@@ -195,7 +233,9 @@ class Accounts:
             institutions=json.dumps(list(institutions or [])),
             ae_title=check_ae_title(ae_title) if ae_title else None,
             disabled=False,
-            created_at=datetime.now(UTC),
+            created_at=now,
+            must_change_password=must_change_password,
+            password_changed_at=now if password is not None else None,
         )
         try:
             with Session(self.engine) as session, session.begin():
@@ -217,14 +257,29 @@ class Accounts:
             return [User.from_row(row) for row in session.scalars(select(UserRow).order_by(UserRow.username))]
 
     def update_user(self, username: str, **changes: Any) -> User:
-        """Change a user's role, password, scope, AE title or ``disabled``; disabling ends its tokens' use."""
+        """Change a user's role, password, scope, AE title, ``disabled`` or ``must_change_password``.
+
+        Disabling ends the use of the user's sessions and tokens (on other nodes within
+        :data:`TOKEN_CACHE_SECONDS`). A password set here (by an administrator or an operator) clears
+        ``must_change_password`` unless ``must_change_password=True`` comes with it.
+
+        Raises
+        ------
+        WeakPassword
+            The new password does not follow the password policy.
+        NotFound
+            No such user.
+        """
         values: dict[str, Any] = {}
         if "role" in changes:
             values["role"] = self._check_role(changes["role"])
-        if "password" in changes:
-            if len(changes["password"]) < 12:
-                raise BadRequest("a password must have at least 12 characters")
+        if changes.get("password") is not None:
+            check_password_policy(changes["password"], username)
             values["password_hash"] = _hasher.hash(changes["password"])
+            values["password_changed_at"] = datetime.now(UTC)
+            values["must_change_password"] = False
+        if changes.get("must_change_password") is not None:
+            values["must_change_password"] = bool(changes["must_change_password"])
         if "referring_name" in changes:
             values["referring_name"] = changes["referring_name"]
         if "institutions" in changes:
@@ -241,23 +296,74 @@ class Accounts:
                 setattr(row, key, value)
             user = User.from_row(row)
         self._forget()
+        if "password_hash" in values:
+            self._retire_initial_credential(username)
         return user
 
+    def change_password(
+        self, username: str, current: str, new: str, *, keep_session: str | None = None
+    ) -> User:
+        """A user's own password change: ``current`` must be right and ``new`` follow the policy.
+
+        The user's other login sessions end (``keep_session``, the secret of the session making the
+        change, stays open); ``must_change_password`` is cleared.
+
+        Raises
+        ------
+        Unauthenticated
+            ``current`` is not the user's password.
+        WeakPassword
+            ``new`` does not follow the policy (or is the current password).
+        """
+        self.check_password(username, current)
+        if new == current:
+            raise BadRequest("the new password must differ from the current one")
+        user = self.update_user(username, password=new)
+        query = update(TokenRow).where(
+            TokenRow.user_id == user.id, TokenRow.kind == "session", TokenRow.revoked_at.is_(None)
+        )
+        if keep_session is not None:
+            query = query.where(TokenRow.token_hash != _digest(keep_session))
+        with self.engine.begin() as connection:
+            connection.execute(query.values(revoked_at=datetime.now(UTC)))
+        self._forget()
+        return user
+
+    def _retire_initial_credential(self, username: str) -> None:
+        """Overwrite the first admin's credential file once that user has a password of their own."""
+        path = self.credential_file
+        if path is None or not path.exists():
+            return
+        try:
+            if f"username: {username}\n" not in path.read_text():
+                return
+            path.write_text(
+                "# radstack's first administrator set a new password on "
+                f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC: the initial password here no longer works.\n"
+            )
+        except OSError as exc:
+            log.warning("cannot overwrite %s: %s; delete it by hand", path, exc)
+
     def bootstrap(self, data_dir: Path) -> Path | None:
-        """Make the first admin when there are no users; returns the credential file it wrote."""
+        """Make the first admin when there are no users; returns the credential file it wrote.
+
+        The admin must change this password at first login (``must_change_password``).
+        """
+        self.credential_file = data_dir / CREDENTIAL_FILE
         with Session(self.engine) as session:
             if session.scalars(select(UserRow.id).limit(1)).first() is not None:
                 return None
         password = secrets.token_urlsafe(18)
         try:
-            self.create_user("admin", "admin", password=password)
+            self.create_user("admin", "admin", password=password, must_change_password=True)
         except Conflict:
             return None  # another node made it first
         path = data_dir / CREDENTIAL_FILE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(
-                "# radstack's first administrator. Log in, set a new password, then delete this file.\n"
+                "# radstack's first administrator. Log in with this password and set a new one:\n"
+                "# this one then stops working and this file is overwritten.\n"
                 f"username: admin\npassword: {password}\n"
             )
         os.chmod(path, 0o600)
@@ -265,6 +371,8 @@ class Accounts:
 
     def check_password(self, username: str, password: str) -> Principal:
         """The principal of ``username`` if ``password`` is theirs.
+
+        Its ``must_change_password`` says whether the user must set a new password first.
 
         Raises
         ------
@@ -283,8 +391,11 @@ class Accounts:
             _hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             raise refused from None
-        if _hasher.check_needs_rehash(stored):
-            self.update_user(username, password=password)
+        if _hasher.check_needs_rehash(stored):  # new argon2 parameters: same password, new hash
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(UserRow).where(UserRow.id == user.id).values(password_hash=_hasher.hash(password))
+                )
         return user.principal("password")
 
     def dicom_principal(self, ae_title: str) -> Principal | None:

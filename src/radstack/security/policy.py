@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,8 @@ class ActionValues(StrEnum):
     MANAGE_SYSTEM = "manage-system"
     MANAGE_USERS = "manage-users"
     READ_AUDIT = "read-audit"
+    #: Prometheus metrics at ``/metrics`` (request counts and latencies by route; no PHI).
+    READ_METRICS = "read-metrics"
 
 
 class ViewValues(StrEnum):
@@ -102,6 +104,8 @@ DEFAULT_ROLES: dict[str, RoleDef] = {
         ),
         RoleDef("referring-physician", frozenset(_READ), scope=ScopeValues.REFERRED),
         RoleDef("ai-service", frozenset(_READ | {ActionValues.INGEST, ActionValues.LABEL})),
+        #: A monitoring system's scraper: metrics only, no study, user or audit data.
+        RoleDef("monitoring", frozenset({ActionValues.READ_METRICS})),
     )
 }
 
@@ -164,9 +168,12 @@ class Principal:
     source: str = ""
     referring_name: str | None = None
     institutions: tuple[str, ...] = field(default=())
+    #: A password session of a user who must set a new password first (the first administrator):
+    #: only the change-password page and logout answer it.
+    must_change_password: bool = False
 
     def with_source(self, source: str) -> Principal:
-        return Principal(self.subject, self.role, self.method, source, self.referring_name, self.institutions)
+        return replace(self, source=source)
 
 
 #: The platform itself (study-stable workflows, routing): acts with the admin role.

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
-from radstack.web.auth import authorize, note, principal_of
+from radstack.web.auth import authorize, change_own_password, note, principal_of
 
 __all__ = ["router"]
 
@@ -32,6 +32,8 @@ class NewUser(BaseModel):
     referring_name: str | None = None
     institutions: list[str] = Field(default_factory=list)
     ae_title: str | None = None
+    #: A temporary password: the user must set their own at first login.
+    must_change_password: bool = False
 
 
 class UserChange(BaseModel):
@@ -43,6 +45,15 @@ class UserChange(BaseModel):
     institutions: list[str] | None = None
     ae_title: str | None = None
     disabled: bool | None = None
+    #: The user must set a new password at their next login (set with a temporary ``password``).
+    must_change_password: bool | None = None
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str
+    new_password: str
 
 
 class NewToken(BaseModel):
@@ -68,7 +79,15 @@ def me(request: Request) -> dict[str, Any]:
         "actions": sorted(role.actions),
         "view": role.view,
         "scope": role.scope,
+        "must_change_password": principal.must_change_password,
     }
+
+
+@router.post("/me/password", status_code=204, summary="Change your own password")
+def change_password(request: Request, body: PasswordChange) -> None:
+    """The current password and a new one that follows the password policy (400 names the rule
+    that failed); the caller's other login sessions end."""
+    change_own_password(request, body.current_password, body.new_password)
 
 
 @router.get("/users", summary="List users")
@@ -89,6 +108,7 @@ def create_user(request: Request, body: NewUser) -> dict[str, Any]:
             referring_name=body.referring_name,
             institutions=body.institutions,
             ae_title=body.ae_title,
+            must_change_password=body.must_change_password,
         )
         .public()
     )

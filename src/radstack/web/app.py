@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -165,13 +166,24 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     def readyz(request: Request) -> PlainTextResponse:
+        """Open to anyone (load balancers, orchestrators): "ready" or, 503, "not ready"; no detail."""
         store = request.app.state.platform.store
-        with store.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return PlainTextResponse("ready")
+        try:
+            with store.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            log.warning("not ready: the index database cannot be reached: %s", type(exc).__name__)
+            return PlainTextResponse("not ready", status_code=503, headers={"Cache-Control": "no-store"})
+        return PlainTextResponse("ready", headers={"Cache-Control": "no-store"})
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Prometheus text for a principal with ``read-metrics`` (admin, monitoring); not audited
+        (a scrape every few seconds would bury the trail; the metrics hold no PHI)."""
+        from radstack.security.policy import ActionValues
+        from radstack.web.auth import principal_of
+
+        request.app.state.platform.policy.require(principal_of(request), ActionValues.READ_METRICS)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(AuthMiddleware)

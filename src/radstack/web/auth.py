@@ -1,17 +1,25 @@
 """Who is asking, may they, and the audit record of what they did: the HTTP side of security.
 
-:class:`AuthMiddleware` authenticates every request but ``/healthz`` and the login page (a bearer
-API token, an OIDC JWT, or the UI's session cookie) and, once the response is sent, queues one
-audit record for it. Routes call :func:`authorize` first: it asks the one policy
-(:meth:`radstack.security.policy.Policy.require`) and notes what the audit record names.
+:class:`AuthMiddleware` authenticates every request but :data:`OPEN_PATHS` (``/healthz``,
+``/readyz``, the login page, the favicon) with a bearer API token, an OIDC JWT, or the UI's session
+cookie and, once the response is sent, queues one audit record for it. Routes call
+:func:`authorize` first: it asks the one policy (:meth:`radstack.security.policy.Policy.require`)
+and notes what the audit record names.
+
+A browser (``Accept: text/html``) never gets a JSON problem from this layer: without a valid login
+it is sent to ``/login`` (with "Your session expired" when its session cookie was refused), a
+lockout or refusal is an HTML page with the same status (and ``Retry-After``). API clients get
+``application/problem+json``. A password session of a user who must set a new password
+(the first administrator) reaches only the change-password page and logout: pages redirect there,
+API calls get 403 "Password change required".
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
+from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,20 +29,27 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from radstack.errors import Forbidden, RadstackError, RateLimited, Unauthenticated
+from radstack.errors import BadRequest, Forbidden, RadstackError, RateLimited, Unauthenticated
 from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues
+from radstack.security.authn import PasswordChangeRequired
+from radstack.security.passwords import MIN_LENGTH
 from radstack.security.policy import ActionValues, Principal, RoleDef, ViewValues
 from radstack.security.ratelimit import RateLimiter, RateLimits
 from radstack.security.views import View
+from radstack.web.templating import page
 
 __all__ = ["SESSION_COOKIE", "AuthMiddleware", "authorize", "note", "principal_of", "router", "view_of"]
 
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "radstack_session"
-#: Paths that answer without credentials.
-OPEN_PATHS = frozenset({"/healthz", "/login"})
+#: Paths that answer without credentials (``/readyz`` says only "ready" or "not ready").
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login", "/favicon.ico", "/favicon.svg"})
+#: Where the change-password page is.
+PASSWORD_PAGE = "/account/password"
+#: What a password session that must change its password may reach.
+_PASSWORD_CHANGE_PATHS = frozenset({PASSWORD_PAGE, "/logout", "/api/v1/me", "/api/v1/me/password"})
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 _AUDIT_ACTION = {
@@ -50,6 +65,7 @@ _AUDIT_ACTION = {
     ActionValues.MANAGE_SYSTEM: AuditActionValues.ADMIN,
     ActionValues.MANAGE_USERS: AuditActionValues.ADMIN,
     ActionValues.READ_AUDIT: AuditActionValues.ADMIN,
+    ActionValues.READ_METRICS: AuditActionValues.ADMIN,
 }
 
 
@@ -74,7 +90,14 @@ def _problem(error: RadstackError, headers: dict[str, str] | None = None) -> Res
 
 
 def _same_origin(headers: Headers, scope: Scope) -> bool:
-    """A cookie-authenticated change must come from our own pages (CSRF): Origin or Referer is us."""
+    """A cookie-authenticated change must come from our own pages (CSRF): the browser's Fetch
+    Metadata says so (``Sec-Fetch-Site: same-origin``; a page cannot set it), or Origin or Referer
+    is us. Under our ``Referrer-Policy: no-referrer`` a browser sends ``Origin: null`` even for a
+    same-origin form POST (Fetch §3.1), so the Fetch Metadata header is what a real browser proves
+    itself with."""
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
     origin = headers.get("origin") or headers.get("referer")
     if not origin:
         return False
@@ -99,22 +122,17 @@ class AuthMiddleware:
             principal = await self._authenticate(
                 platform, scope["app"].state.rate_limits, headers, scope, source
             )
+            if principal.must_change_password and scope["path"] not in _PASSWORD_CHANGE_PATHS:
+                raise PasswordChangeRequired(
+                    f"password change required: set a new password at {PASSWORD_PAGE} first"
+                )
             role = platform.policy.roles.get(principal.role)
             if role is not None and role.view is ViewValues.DEIDENTIFIED:
                 view = platform.view(role)
                 path = await to_thread.run_sync(_real_path, view, scope["path"])
                 scope["path"], scope["raw_path"] = path, path.encode()
         except RadstackError as error:
-            if isinstance(error, Unauthenticated) and _wants_html(headers, scope):
-                target = scope["path"] + (
-                    "?" + scope["query_string"].decode() if scope["query_string"] else ""
-                )
-                response: Response = RedirectResponse(f"/login?next={_quote(target)}", status_code=303)
-            else:
-                challenge = isinstance(error, Unauthenticated)
-                response = _problem(
-                    error, {"WWW-Authenticate": 'Bearer realm="radstack"'} if challenge else None
-                )
+            response = _refusal(error, headers, scope)
             await response(scope, receive, send)
             return
         note = AuditNote()
@@ -217,14 +235,39 @@ def _cookie(headers: Headers, name: str) -> str | None:
     return None
 
 
-def _wants_html(headers: Headers, scope: Scope) -> bool:
-    return scope["method"] == "GET" and "text/html" in headers.get("accept", "")
+def _wants_html(headers: Headers) -> bool:
+    """A browser navigating (a link, a form): it asks for HTML; fetches and API clients do not."""
+    return "text/html" in headers.get("accept", "")
 
 
 def _quote(target: str) -> str:
     from urllib.parse import quote
 
     return quote(target, safe="/")
+
+
+def _refusal(error: RadstackError, headers: Headers, scope: Scope) -> Response:
+    """How the auth layer answers a request it stops: a page or redirect for a browser, else a problem."""
+    if not _wants_html(headers):
+        challenge = isinstance(error, Unauthenticated)
+        return _problem(error, {"WWW-Authenticate": 'Bearer realm="radstack"'} if challenge else None)
+    target = "/"
+    if scope["method"] == "GET":
+        query = scope["query_string"].decode()
+        target = scope["path"] + ("?" + query if query else "")
+    if isinstance(error, PasswordChangeRequired):
+        return RedirectResponse(f"{PASSWORD_PAGE}?next={_quote(target)}", status_code=303)
+    if isinstance(error, Unauthenticated):
+        expired = _cookie(headers, SESSION_COOKIE) is not None and not headers.get("authorization")
+        location = f"/login?next={_quote(target)}" + ("&expired=1" if expired else "")
+        response: Response = RedirectResponse(location, status_code=303)
+        if expired:
+            response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+    message = error.message
+    if isinstance(error, RateLimited):
+        message = f"Too many failed attempts from your address: try again in {error.retry_after} seconds."
+    return page("error.html", error.http_status, headers=error.headers(), title=error.title, message=message)
 
 
 def _route(scope: Scope) -> str:
@@ -298,18 +341,9 @@ def authorize(
 # ----------------------------------------------------------------------------- login page
 router = APIRouter(include_in_schema=False)
 
-_LOGIN = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>radstack: log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>radstack</h1>
-<form method="post" action="/login">
-<p>{message}</p>
-<label>User name <input name="username" autocomplete="username" required autofocus></label><br>
-<label>Password <input name="password" type="password" autocomplete="current-password" required></label><br>
-<input type="hidden" name="next" value="{next}">
-<button type="submit">Log in</button>
-</form></main></body></html>
-"""
+#: What the login page says to a wrong user name or password (the same for every cause).
+WRONG_CREDENTIALS = "Wrong user name or password."
+_STATIC = files("radstack.web").joinpath("static")
 
 
 def _safe_next(target: str) -> str:
@@ -317,28 +351,56 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
 
 
-def _login_page(message: str, target: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        _LOGIN.format(message=html.escape(message), next=html.escape(_safe_next(target), quote=True)),
-        status_code=status,
+def _login_page(
+    target: str,
+    *,
+    message: str = "",
+    notice: str = "",
+    username: str = "",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    return page(
+        "login.html",
+        status,
+        headers=headers,
+        title="Log in",
+        message=message,
+        notice=notice,
+        username=username,
+        next=_safe_next(target),
     )
 
 
+def _locked_out(error: RateLimited) -> str:
+    return f"Too many attempts: try again in {error.retry_after} seconds."
+
+
 @router.get("/login")
-def login_page(next: str = "/") -> HTMLResponse:
-    return _login_page("", next)
+def login_page(next: str = "/", expired: str = "") -> HTMLResponse:
+    notice = "Your session expired; log in again." if expired else ""
+    return _login_page(next, notice=notice)
 
 
 @router.post("/login")
 def login(
     request: Request, username: str = Form(""), password: str = Form(""), next: str = Form("/")
 ) -> Response:
-    """Check the password and open a session (an HttpOnly, SameSite=Lax cookie; Secure under TLS)."""
+    """Check the password and open a session (an HttpOnly, SameSite=Lax cookie; Secure under TLS).
+
+    The form is answered with the login page again on a wrong password (401) or a lockout (429,
+    ``Retry-After``); a user who must change their password is sent to the change-password page.
+    """
     platform: Platform = request.app.state.platform
     source = request.client.host if request.client else ""
     limits: RateLimiter = request.app.state.rate_limits.login
-    limits.check(f"login:{source}")
-    limits.check(f"login:{username[:128]}")
+    try:
+        limits.check(f"login:{source}")
+        limits.check(f"login:{username[:128]}")
+    except RateLimited as error:
+        return _login_page(
+            next, message=_locked_out(error), username=username, status=429, headers=error.headers()
+        )
     try:
         principal = platform.accounts.check_password(username, password)
     except Unauthenticated as error:
@@ -353,7 +415,7 @@ def login(
                 error.message,
             )
         )
-        return _login_page(error.message, next, 401)
+        return _login_page(next, message=WRONG_CREDENTIALS, username=username, status=401)
     limits.reset(f"login:{username[:128]}")
     hours = platform.settings.session_hours
     secret = platform.accounts.create_token(
@@ -364,7 +426,10 @@ def login(
             principal.subject, principal.role, source, AuditActionValues.AUTHENTICATE, {"method": "password"}
         )
     )
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    target = _safe_next(next)
+    if principal.must_change_password:
+        target = f"{PASSWORD_PAGE}?next={_quote(target)}"
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         secret,
@@ -387,3 +452,109 @@ def logout(request: Request) -> Response:
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+# ----------------------------------------------------------------------------- change password
+def _password_page(
+    request: Request,
+    target: str,
+    *,
+    message: str = "",
+    changed: bool = False,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    principal = principal_of(request)
+    platform: Platform = request.app.state.platform
+    return page(
+        "password.html",
+        status,
+        headers=headers,
+        title="Change password",
+        path=PASSWORD_PAGE,
+        user=principal.subject,
+        role=principal.role,
+        can_manage=platform.policy.allows(principal, ActionValues.MANAGE_SYSTEM),
+        must_change=principal.must_change_password,
+        min_length=MIN_LENGTH,
+        message=message,
+        changed=changed,
+        next=_safe_next(target),
+    )
+
+
+def change_own_password(request: Request, current: str, new: str) -> None:
+    """The caller's own password change, for the page and the API (rate-limited like logins).
+
+    Raises
+    ------
+    RateLimited
+        Too many attempts for this user.
+    BadRequest
+        The caller has no built-in password (OIDC, DICOM), the current password is wrong, or the
+        new one does not follow the policy (:class:`~radstack.security.passwords.WeakPassword`).
+    """
+    principal = principal_of(request)
+    platform: Platform = request.app.state.platform
+    note(request, AuditActionValues.ADMIN, user=principal.subject, change="password")
+    if principal.method not in ("session", "token", "password"):
+        raise BadRequest(f"a {principal.method} login has no password here; change it where it is managed")
+    limits: RateLimiter = request.app.state.rate_limits.login
+    limits.check(f"login:{principal.subject[:128]}")
+    try:
+        platform.accounts.change_password(
+            principal.subject, current, new, keep_session=_cookie(request.headers, SESSION_COOKIE)
+        )
+    except Unauthenticated:
+        raise BadRequest("the current password is wrong") from None
+    limits.reset(f"login:{principal.subject[:128]}")
+
+
+@router.get(PASSWORD_PAGE)
+def password_page(request: Request, next: str = "", changed: str = "") -> HTMLResponse:
+    """The change-password form: current password, the new one twice."""
+    return _password_page(request, next, changed=bool(changed))
+
+
+@router.post(PASSWORD_PAGE)
+def change_password(
+    request: Request,
+    current: str = Form(""),
+    new: str = Form(""),
+    confirm: str = Form(""),
+    next: str = Form(""),
+) -> Response:
+    """Change the caller's password (a same-origin POST: the middleware's CSRF check), then go on to
+    ``next`` (or show the page again, saying it is done); a refusal shows the form with its reason."""
+    try:
+        if new != confirm:
+            raise BadRequest("the two new passwords differ")
+        change_own_password(request, current, new)
+    except RadstackError as error:
+        message = error.message[:1].upper() + error.message[1:] + "."
+        if isinstance(error, RateLimited):
+            message = _locked_out(error)
+        return _password_page(
+            request, next, message=message, status=error.http_status, headers=error.headers()
+        )
+    target = _safe_next(next) if next else f"{PASSWORD_PAGE}?changed=1"
+    return RedirectResponse(target, status_code=303)
+
+
+# ----------------------------------------------------------------------------- favicon
+@router.get("/favicon.ico")
+def favicon_ico() -> Response:
+    return Response(
+        _STATIC.joinpath("favicon.ico").read_bytes(),
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
+
+
+@router.get("/favicon.svg")
+def favicon_svg() -> Response:
+    return Response(
+        _STATIC.joinpath("favicon.svg").read_bytes(),
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
