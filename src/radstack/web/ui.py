@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from radstack.errors import NotFound, RadstackError
 from radstack.ingest.importjobs import IMPORT_KIND
@@ -25,6 +24,7 @@ from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.store.models import StudyStatus
 from radstack.web.auth import authorize, principal_of, view_of
+from radstack.web.templating import templates
 from radstack.web.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
 
 __all__ = ["router"]
@@ -39,13 +39,6 @@ REFUSED_SHOWN = 1000
 MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SEG", "SR", "US", "XA")
 _STATUSES = (UNREAD, *(s.value for s in StudyStatus))
 
-_env = Environment(
-    loader=PackageLoader("radstack.web", "templates"),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-
 
 def _platform(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
@@ -55,7 +48,7 @@ def _platform(request: Request) -> Platform:
 def _render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     platform = _platform(request)
     principal = principal_of(request)
-    page = _env.get_template(template).render(
+    page = templates.get_template(template).render(
         path=request.url.path,
         user=principal.subject,
         role=principal.role,
