@@ -33,18 +33,6 @@ from radstack.security.index_key import open_index_engine
 from radstack.store.index import create_index_engine, migrate
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.db'}"
-    return str(request.getfixturevalue("pg_database_url"))
-
-
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = create_index_engine(database_url)

@@ -393,18 +393,6 @@ def test_the_api_applies_the_password_policy(server: RunningServer) -> None:
 
 
 # ----------------------------------------------------------------------------- migration 0009
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.db'}"
-    return str(request.getfixturevalue("pg_database_url"))
-
-
 def test_migration_0009_adds_the_password_columns_to_existing_users(database_url: str) -> None:
     """An index at 0008 with users gains ``must_change_password`` (false) and ``password_changed_at``;
     the migrated table is what :class:`UserRow` describes; the downgrade removes them again."""
