@@ -2,10 +2,10 @@
 
 QUEUED → RUNNING → SUCCEEDED | DONE_WITH_ERRORS | FAILED | DEAD. A job that ran to its end but
 refused some of its input (an import whose files were partly refused, a dropped file that is not
-DICOM) is DONE_WITH_ERRORS, never SUCCEEDED; its ``last_error`` says how much was refused. A failure that may pass (an I/O error, a database
-hiccup) goes back to QUEUED with an exponential backoff until ``max_attempts`` runs are spent, then
-the job is DEAD until someone requeues it; a failure retries cannot fix (the client's mistake) is
-FAILED at once. A worker claims a job with one conditional UPDATE, so a job runs on one worker at a
+DICOM) is DONE_WITH_ERRORS, never SUCCEEDED; its ``last_error`` says how much was refused. A failure
+that may pass (an I/O error, a database hiccup) goes back to QUEUED with an exponential backoff
+until ``max_attempts`` runs are spent, then the job is DEAD until someone requeues it; a failure
+retries cannot fix (the client's mistake) is FAILED at once. A worker claims a job with one conditional UPDATE, so a job runs on one worker at a
 time however many messages name it; a RUNNING job whose lease ran out lost its worker and is
 claimed again (dramatiq's rules: tasks take ids, are safe to run twice, state lives in the database).
 """
