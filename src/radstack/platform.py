@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radstack.config import Settings
+from radstack.dicom.config import configure_pydicom
 from radstack.dicom.deid import Deidentifier
 from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scu import send_instances
@@ -57,6 +58,7 @@ class Platform:
     @classmethod
     def open(cls, settings: Settings) -> Platform:
         """Create the data dir, migrate the index to the newest schema and open the blob store."""
+        configure_pydicom()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         blob_url = settings.resolved_blob_url
         # Every blob is encrypted at rest; the ingest processes open the same store from the same settings.

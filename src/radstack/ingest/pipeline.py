@@ -20,7 +20,6 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 import pydicom
-import pydicom.config
 from numpy.typing import NDArray
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -64,11 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# pydicom's read-time validation warnings quote the offending value, which may be a patient's name
-# or ID; logs must never carry PHI. The pipeline validates what it relies on itself and names the
-# attribute, not the value, when it refuses one.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 _EXPLICIT_LE = str(ExplicitVRLittleEndian)
 _LARGEST_FOR_WORKERS = 256 * 1024 * 1024

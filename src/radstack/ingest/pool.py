@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from radstack.dicom.config import configure_pydicom
 from radstack.errors import ProcessingFailure
 from radstack.ingest.pipeline import IngestResult, stage_file
 from radstack.security.crypto import KeyConfig, open_encrypted_blob_store
@@ -33,6 +34,7 @@ def _start_worker(blob_url: str, keys: KeyConfig, parent: int) -> None:
     import imagecodecs  # noqa: F401
     import pydicom.pixels  # noqa: F401
 
+    configure_pydicom()
     _blobs = open_encrypted_blob_store(blob_url, keys)
     threading.Thread(target=_follow_parent, args=(parent,), name="follow-parent", daemon=True).start()
 
