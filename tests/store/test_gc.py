@@ -17,7 +17,7 @@ from radstack.platform import Platform
 from radstack.store import versions
 from radstack.store.blobs import content_key
 from radstack.store.gc import collect_garbage
-from radstack.store.studies import Batch
+from radstack.store.studies import Batch, BatchReason
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -32,7 +32,7 @@ def test_gc_removes_orphans_and_keeps_every_version(tmp_path: Path, blob_url: st
     try:
         path = Path(get_testdata_file("CT_small.dcm") or "")
         original = pydicom.dcmread(path)
-        assert ingest_file(store, path, Batch("stow")).ok
+        assert ingest_file(store, path, Batch(BatchReason.STOW)).ok
         study = str(original.StudyInstanceUID)
         versions.update_attributes(store, study, {"PatientName": "Renamed^Patient"})
         store.metadata_document(study)  # builds the current documents

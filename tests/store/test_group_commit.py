@@ -14,7 +14,14 @@ from pydicom.dataset import Dataset
 
 from radstack.errors import DataSetMismatch
 from radstack.ingest.pipeline import stage_file
-from radstack.store.studies import Batch, CommitOutcome, NewInstance, StoreOutcomeValues, StudyStore
+from radstack.store.studies import (
+    Batch,
+    BatchReason,
+    CommitOutcome,
+    NewInstance,
+    StoreOutcomeValues,
+    StudyStore,
+)
 from tests.conftest import RunningServer
 from tests.helpers import part10, synthetic_ct
 
@@ -56,7 +63,7 @@ def commit_together(store: StudyStore, items: list[tuple[NewInstance, Batch]]) -
 def test_a_group_is_one_study_version(store: StudyStore) -> None:
     study, series_uid = "1.2.826.0.1.3680043.8.498.100", "1.2.826.0.1.3680043.8.498.100.1"
     series = [synthetic_ct(seed=n, study=study, series=series_uid) for n in range(6)]
-    batch = Batch("stow")
+    batch = Batch(BatchReason.STOW)
     outcomes = commit_together(store, [(staged(store, ds), batch) for ds in series])
     assert all(isinstance(o, CommitOutcome) and o.outcome is StoreOutcomeValues.STORED for o in outcomes)
     assert [v.version for v in store.list_versions(study)] == [1]
@@ -65,14 +72,14 @@ def test_a_group_is_one_study_version(store: StudyStore) -> None:
 
 def test_a_refused_instance_does_not_take_its_group_down(store: StudyStore) -> None:
     elsewhere = synthetic_ct(seed=50, study="1.2.826.0.1.3680043.8.498.200")
-    first = Batch("stow")
+    first = Batch(BatchReason.STOW)
     assert store.commit_instance(staged(store, elsewhere), first).outcome is StoreOutcomeValues.STORED
 
     study = "1.2.826.0.1.3680043.8.498.201"
     good = [synthetic_ct(seed=60 + n, study=study) for n in range(4)]
     # The same SOP Instance UID as the instance stored in the other study: the index refuses it.
     bad = synthetic_ct(seed=51, study=study, sop=str(elsewhere.SOPInstanceUID))
-    batch = Batch("stow")
+    batch = Batch(BatchReason.STOW)
     items = [(staged(store, ds), batch) for ds in [*good[:2], bad, *good[2:]]]
     outcomes = commit_together(store, items)
 

@@ -17,7 +17,7 @@ from anyio import Semaphore, create_task_group, to_thread
 from radstack.dicomweb.multipart import Part, iter_multipart, parse_media_type
 from radstack.errors import BadRequest, CannotUnderstand, PayloadTooLarge, RadstackError, UnsupportedMediaType
 from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
-from radstack.store.studies import Batch, StudyStore
+from radstack.store.studies import BatchReason, StudyStore
 
 __all__ = ["StowResponse", "store_instances"]
 
@@ -82,7 +82,6 @@ async def store_instances(
     analyser: Analyser | None = None,
 ) -> StowResponse:
     """Store every part of a STOW-RS request body and build the response (PS3.18 §10.5.3)."""
-    batch = Batch(reason="stow")
     results: list[IngestResult] = []
     # Parts are analysed while later parts are still arriving: up to a few per request at once,
     # so the ingest processes stay busy; results keep the order of the parts.
@@ -106,7 +105,7 @@ async def store_instances(
             part.close()
             slots.release()
 
-    try:
+    with store.batch(BatchReason.STOW) as batch:
         async with _unwrapped(), create_task_group() as group:
             async for part in iter_multipart(chunks, boundary, max_bytes=max_bytes):
                 index = len(results) + 1
@@ -130,8 +129,6 @@ async def store_instances(
                     results.append(IngestResult())
                     await slots.acquire()  # back-pressure: stop reading the body while all slots are busy
                     group.start_soon(ingest, len(results) - 1, part)
-    finally:
-        store.schedule_documents(batch.touched)
     if not results:
         raise BadRequest("the multipart body holds no parts")
     return build_response(results, base_url, expected_study)

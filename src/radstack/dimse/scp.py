@@ -68,7 +68,7 @@ from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeV
 from radstack.security.policy import ActionValues, Principal
 from radstack.security.tls import server_ssl_context
 from radstack.security.views import View
-from radstack.store.studies import Batch, InstanceRecord, StoreOutcomeValues
+from radstack.store.studies import Batch, BatchReason, InstanceRecord, StoreOutcomeValues
 
 if TYPE_CHECKING:
     from radstack.platform import Platform
@@ -415,7 +415,7 @@ class DimseServer:
             inbound = self._inbound.get(event.assoc)
             if inbound is None:
                 # The detail is the calling AE title: routing rules match CallingAETitle on it.
-                batch = Batch(reason="c-store", detail=_calling(event))
+                batch = Batch(BatchReason.C_STORE, _calling(event))
                 inbound = self._inbound[event.assoc] = _Inbound(batch)
             return inbound
 

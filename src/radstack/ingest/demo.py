@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from radstack.ingest.pipeline import Analyser, ingest_file
-from radstack.store.studies import Batch, StudyStore
+from radstack.store.studies import BatchReason, StudyStore
 
 __all__ = ["DEMO_RADIOGRAPHS", "ct_phantom_series", "load_demo"]
 
@@ -96,14 +96,13 @@ def load_demo(store: StudyStore, *, encode: bool = True, analyser: Analyser | No
                     files.append(handle.read())
     except (ImportError, ValueError, OSError) as exc:  # pydicom-data absent: the CT alone
         log.warning("demo radiographs unavailable (%s); loading the generated CT only", type(exc).__name__)
-    batch = Batch(reason="demo")
     stored = 0
-    for data in files:
-        result = ingest_file(store, data, batch, encode=encode, analyser=analyser)
-        if result.error is not None:
-            log.warning("demo instance refused: %s", result.error.message)
-        else:
-            stored += 1
-    store.schedule_documents(batch.touched)
+    with store.batch(BatchReason.DEMO) as batch:
+        for data in files:
+            result = ingest_file(store, data, batch, encode=encode, analyser=analyser)
+            if result.error is not None:
+                log.warning("demo instance refused: %s", result.error.message)
+            else:
+                stored += 1
     log.info("loaded the demo data: %d instances in %d studies", stored, len(batch.touched))
     return stored

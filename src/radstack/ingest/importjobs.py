@@ -29,7 +29,7 @@ from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
 from radstack.jobs.queue import JobContext
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.store.blobs import S3BlobStore
-from radstack.store.studies import Batch, StudyStore
+from radstack.store.studies import Batch, BatchReason, StudyStore
 
 __all__ = ["IMPORT_KIND", "ImportRunner", "check_source"]
 
@@ -157,11 +157,14 @@ class ImportRunner:
         progress = _progress(files, context.records.import_counts(job.id))
         context.report(progress)
         todo = [f for f in files if f.relative not in done]
-        batch = Batch(reason="import", detail=job.id)
-        with ThreadPoolExecutor(self.parallel, thread_name_prefix=f"import-{job.id[:8]}") as pool:
+        with (
+            self.store.batch(BatchReason.IMPORT, job.id) as batch,
+            ThreadPoolExecutor(self.parallel, thread_name_prefix=f"import-{job.id[:8]}") as pool,
+        ):
             for start in range(0, len(todo), _CHUNK):
                 chunk = todo[start : start + _CHUNK]
                 items = list(pool.map(partial(self._ingest, source=source, batch=batch), chunk))
+                # What is stored so far is readable as the import goes on.
                 self.store.schedule_documents(batch.touched)
                 for item in items:
                     progress["files_done"] += 1

@@ -35,7 +35,7 @@ from radstack.ingest.pipeline import Analyser, ingest_file
 from radstack.jobs.periodic import Periodic
 from radstack.jobs.queue import JobContext, JobQueue
 from radstack.store.blobs import S3BlobStore
-from radstack.store.studies import Batch, StudyStore
+from radstack.store.studies import BatchReason, StudyStore
 
 __all__ = ["INBOX_KIND", "Inbox", "InboxRunner", "InboxWatcher", "open_inbox"]
 
@@ -202,9 +202,8 @@ class InboxRunner:
             if inbox.processed(relative):
                 return {"path": relative, "outcome": "stored"}  # a run before this one finished the work
             raise BadRequest(f"inbox file {relative!r} vanished before it was ingested") from None
-        batch = Batch(reason="inbox", detail=relative)
-        result = ingest_file(self.store, data, batch, encode=self.options.encode, analyser=self.analyser)
-        self.store.schedule_documents(batch.touched)
+        with self.store.batch(BatchReason.INBOX, relative) as batch:
+            result = ingest_file(self.store, data, batch, encode=self.options.encode, analyser=self.analyser)
         error = result.error
         if error is not None and error.http_status >= 500:
             raise error  # may pass (full disk, database away): the file stays, the job retries

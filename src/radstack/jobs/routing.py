@@ -30,7 +30,7 @@ from radstack.errors import BadRequest, Conflict, NotFound, ProcessingFailure
 from radstack.jobs.models import RoutingRuleRow
 from radstack.jobs.queue import JobContext, JobQueue
 from radstack.jobs.workflows import EventLog, post_json
-from radstack.store.studies import InstanceRecord, StudyStore
+from radstack.store.studies import BatchReason, InstanceRecord, StudyStore
 
 __all__ = ["ACTION_KIND", "RouteActionRunner", "RoutingRule", "RuleStore", "StableStudyRunner"]
 
@@ -166,7 +166,9 @@ def study_facts(store: StudyStore, study_uid: str, keywords: Iterable[str]) -> d
     for keyword in set(keywords):
         if keyword == _CALLING_AE:
             facts[keyword] = {
-                v.detail for v in store.list_versions(study_uid) if v.reason == "c-store" and v.detail
+                v.detail
+                for v in store.list_versions(study_uid)
+                if v.reason == BatchReason.C_STORE and v.detail
             }
             continue
         tag = tag_for_keyword(keyword)

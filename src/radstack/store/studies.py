@@ -33,6 +33,7 @@ from radstack.store.models import InstanceRow, SeriesRow, StudyRow, StudyVersion
 
 __all__ = [
     "Batch",
+    "BatchReason",
     "CommitOutcome",
     "InstanceRecord",
     "NewInstance",
@@ -135,11 +136,24 @@ class _PendingCommit:
     error: Exception | None = None
 
 
+class BatchReason(StrEnum):
+    """Why a study changed: each new study version records it (routing rules match C-STORE on it)."""
+
+    STOW = "stow"
+    C_STORE = "c-store"
+    IMPORT = "import"
+    INBOX = "inbox"
+    DEMO = "demo"
+    UPDATE = "update"
+    DELETE = "delete"
+    REVERT = "revert"
+
+
 @dataclass
 class Batch:
     """One user-visible change (a STOW request, an import, an update): one new version per study."""
 
-    reason: str
+    reason: BatchReason
     detail: str = ""
     versions: dict[str, int] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
@@ -619,6 +633,24 @@ class StudyStore:
                 self.blobs.put(self._document_key(study_uid, change_seq, series_uid), self._document(members))
             # The study document last: its presence marks the set complete.
             self.blobs.put(self._document_key(study_uid, change_seq, None), self._document(records))
+
+    @contextmanager
+    def batch(self, reason: BatchReason, detail: str = "") -> Iterator[Batch]:
+        """One change: the :class:`Batch` its writes share, and, when it ends (also by an error),
+        the rebuild of the metadata documents of every study it touched.
+
+        Parameters
+        ----------
+        reason
+            Why the studies change; recorded with each new study version.
+        detail
+            What the version list shows beside the reason (a job id, a calling AE title, tags).
+        """
+        batch = Batch(reason, detail)
+        try:
+            yield batch
+        finally:
+            self.schedule_documents(batch.touched)
 
     def schedule_documents(self, study_uids: set[str]) -> None:
         """Rebuild the metadata documents of changed studies in the background.

@@ -18,7 +18,7 @@ from radstack.dicom.header import encode_header, instance_json
 from radstack.dicom.json_model import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from radstack.errors import BadRequest, NotFound
 from radstack.store.blobs import content_key
-from radstack.store.studies import Batch, NewInstance, StudyStore
+from radstack.store.studies import BatchReason, NewInstance, StudyStore
 
 __all__ = ["delete", "revert", "update_attributes"]
 
@@ -36,10 +36,8 @@ def delete(
     """Remove a study, series or instance from the current view; returns the new study version."""
     records = store.current_instances(study_uid, series_uid, sop_uid)
     what = sop_uid or series_uid or study_uid
-    batch = Batch(reason="delete", detail=what)
-    version = store.replace_instances(study_uid, batch, remove=records, add=[])
-    store.schedule_documents(batch.touched)
-    return version
+    with store.batch(BatchReason.DELETE, what) as batch:
+        return store.replace_instances(study_uid, batch, remove=records, add=[])
 
 
 def revert(store: StudyStore, study_uid: str, version: int) -> int:
@@ -49,15 +47,13 @@ def revert(store: StudyStore, study_uid: str, version: int) -> int:
         raise NotFound(f"study {study_uid} has no version {version} (latest is {study.version})")
     target = {r.id: r for r in store.list_instances(study_uid, version=version)}
     current = {r.id: r for r in store.list_instances(study_uid)}
-    batch = Batch(reason="revert", detail=f"to version {version}")
-    new_version = store.replace_instances(
-        study_uid,
-        batch,
-        remove=[r for i, r in current.items() if i not in target],
-        add=[r for i, r in target.items() if i not in current],
-    )
-    store.schedule_documents(batch.touched)
-    return new_version
+    with store.batch(BatchReason.REVERT, f"to version {version}") as batch:
+        return store.replace_instances(
+            study_uid,
+            batch,
+            remove=[r for i, r in current.items() if i not in target],
+            add=[r for i, r in target.items() if i not in current],
+        )
 
 
 def _tag_of(name: str) -> str:
@@ -138,7 +134,5 @@ def update_attributes(
                 render=record.render,
             )
         )
-    batch = Batch(reason="update", detail=",".join(sorted(tags)))
-    version = store.replace_instances(study_uid, batch, remove=records, add=replacements)
-    store.schedule_documents(batch.touched)
-    return version
+    with store.batch(BatchReason.UPDATE, ",".join(sorted(tags))) as batch:
+        return store.replace_instances(study_uid, batch, remove=records, add=replacements)
