@@ -140,6 +140,7 @@ def stow_one(client: DICOMwebClient, data: bytes) -> tuple[str, str]:
         result = client._http_post_multipart_application_dicom(f"{client.base_url}/studies", [data])
     except requests.HTTPError as exc:
         response = exc.response
+        assert response is not None
         failed = response.json().get("00081198", {}).get("Value", [{}])
         reason = failed[0].get("00081197", {}).get("Value", [None])[0]
         if reason is None:
@@ -154,7 +155,7 @@ def stow_one(client: DICOMwebClient, data: bytes) -> tuple[str, str]:
 def test_dicomweb_client_store_and_retrieve(server: RunningServer, name: str) -> None:
     """The same path through dicomweb-client's own STOW (it re-encodes the data set)."""
     client = DICOMwebClient(server.dicomweb, headers=server.auth)
-    original = pydicom.dcmread(get_testdata_file(name))
+    original = pydicom.dcmread(str(get_testdata_file(name)))
     response = client.store_instances([original])
     assert response.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
     back = client.retrieve_instance(
