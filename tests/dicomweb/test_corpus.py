@@ -9,6 +9,7 @@ pydicom itself cannot decode it or the file breaks a rule the store enforces (UI
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from radstack.config import Settings
 from radstack.dicom.transfer_syntax import SyntaxKindValues, kind_of
 from radstack.dicom.uids import is_valid_uid
 from tests.conftest import RunningServer, start_server
+
+logger = logging.getLogger(__name__)
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -122,12 +125,11 @@ def test_every_corpus_image_round_trips(pooled_server: RunningServer) -> None:
         if not same:
             failures.append(f"{path.name}: pixels differ after the round trip")
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'file':<{width}}  outcome")
+    logger.info("%-*s  outcome", width, "file")
     for name, outcome, detail in rows:
-        print(f"{name:<{width}}  {outcome}  {detail[:100]}")
-    print(
-        f"{len(rows)} files: {sum(r[1] != 'refused' for r in rows)} stored, {sum(r[1] == 'refused' for r in rows)} refused"
-    )
+        logger.info("%-*s  %s  %s", width, name, outcome, detail[:100])
+    stored = sum(r[1] != "refused" for r in rows)
+    logger.info("%d files: %d stored, %d refused", len(rows), stored, len(rows) - stored)
     assert not failures, "\n".join(failures)
 
 
