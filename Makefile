@@ -27,7 +27,7 @@ LINT_PATHS := src tests $(wildcard bench)
 lint: install
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
-	$(BIN)/mypy
+	$(BIN)/mypy  # over src, tests and bench: [tool.mypy] files in pyproject.toml
 
 test: install lint viewer
 	$(BIN)/pytest $(PYTEST_ARGS)

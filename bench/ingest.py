@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +179,7 @@ def copies(files: Sequence[Path], count: int, into: Path) -> list[Path]:
         ds = pydicom.dcmread(files[n % len(files)])
         round_ = n // len(files)
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-            old = str(ds.data_element(keyword).value)
+            old = str(ds[keyword].value)
             setattr(ds, keyword, renamed.setdefault((round_, old), generate_uid()))
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         path = into / f"{n:05d}.dcm"
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = [cohort.root / i.path for i in cohort.of_kind(Kind.CT)]
     print(f"\ndata: {len(files)} CT slices (512², explicit VR little endian) in {cohort.root}")
 
-    servers = [radstack]
+    servers: list[Callable[[], contextlib.AbstractContextManager[Dicom]]] = [radstack]
     if args.no_orthanc:
         print("orthanc: skipped (--no-orthanc)")
     elif orthanc_plugin() is None:

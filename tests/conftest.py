@@ -7,7 +7,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,7 +76,7 @@ class RunningServer:
         return self.platform.settings.dicom_port
 
 
-def start_server(settings: Settings) -> Iterator[RunningServer]:
+def start_server(settings: Settings) -> Generator[RunningServer, None, None]:
     """Run ``create_app(settings)`` under uvicorn in a thread until the generator is closed.
 
     The app's lifespan also starts the DIMSE listener on ``settings.dicom_port`` (0: none).

@@ -7,6 +7,7 @@ is reproduced by running the same test again.
 
 from __future__ import annotations
 
+import io
 import random
 import warnings
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ def _parsed(data: bytes) -> tuple[int, list[RawDataElement], str | None] | None:
     elements = [e for e in ds._dict.values() if isinstance(e, RawDataElement) and e.value_tell]
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    stream = DicomBytesIO(data)
+    stream = io.BytesIO(data)
     try:
         read_preamble(stream, True)
         read_dataset(stream, False, True, stop_when=lambda tag, _vr, _length: tag.group != 2)

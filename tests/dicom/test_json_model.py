@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -24,7 +25,7 @@ def _parsed(ds: Dataset) -> Dataset:
 
 
 @pytest.mark.parametrize("path", corpus(), ids=lambda p: p.name)
-def test_fast_json_matches_pydicom(path: object) -> None:
+def test_fast_json_matches_pydicom(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, force=True)

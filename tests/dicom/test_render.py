@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from radstack.dicom.render import (
 @pytest.mark.parametrize("function", list(VoiFunctionValues))
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
 def test_lookup_table_matches_direct_formula(
-    dtype: type, function: VoiFunctionValues, photometric: str
+    dtype: type[np.integer[Any]], function: VoiFunctionValues, photometric: str
 ) -> None:
     rng = np.random.default_rng(7)
     info = np.iinfo(dtype)

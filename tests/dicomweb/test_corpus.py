@@ -9,6 +9,7 @@ pydicom itself cannot decode it or the file breaks a rule the store enforces (UI
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from radstack.config import Settings
 from radstack.dicom.transfer_syntax import SyntaxKindValues, kind_of
 from radstack.dicom.uids import is_valid_uid
 from tests.conftest import RunningServer, start_server
+
+logger = logging.getLogger(__name__)
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -122,12 +125,11 @@ def test_every_corpus_image_round_trips(pooled_server: RunningServer) -> None:
         if not same:
             failures.append(f"{path.name}: pixels differ after the round trip")
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'file':<{width}}  outcome")
+    logger.info("%-*s  outcome", width, "file")
     for name, outcome, detail in rows:
-        print(f"{name:<{width}}  {outcome}  {detail[:100]}")
-    print(
-        f"{len(rows)} files: {sum(r[1] != 'refused' for r in rows)} stored, {sum(r[1] == 'refused' for r in rows)} refused"
-    )
+        logger.info("%-*s  %s  %s", width, name, outcome, detail[:100])
+    stored = sum(r[1] != "refused" for r in rows)
+    logger.info("%d files: %d stored, %d refused", len(rows), stored, len(rows) - stored)
     assert not failures, "\n".join(failures)
 
 
@@ -140,6 +142,7 @@ def stow_one(client: DICOMwebClient, data: bytes) -> tuple[str, str]:
         result = client._http_post_multipart_application_dicom(f"{client.base_url}/studies", [data])
     except requests.HTTPError as exc:
         response = exc.response
+        assert response is not None
         failed = response.json().get("00081198", {}).get("Value", [{}])
         reason = failed[0].get("00081197", {}).get("Value", [None])[0]
         if reason is None:
@@ -154,7 +157,7 @@ def stow_one(client: DICOMwebClient, data: bytes) -> tuple[str, str]:
 def test_dicomweb_client_store_and_retrieve(server: RunningServer, name: str) -> None:
     """The same path through dicomweb-client's own STOW (it re-encodes the data set)."""
     client = DICOMwebClient(server.dicomweb, headers=server.auth)
-    original = pydicom.dcmread(get_testdata_file(name))
+    original = pydicom.dcmread(str(get_testdata_file(name)))
     response = client.store_instances([original])
     assert response.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
     back = client.retrieve_instance(

@@ -375,7 +375,7 @@ def test_frames_in_an_unavailable_media_type_are_406(server: RunningServer) -> N
 
 def test_an_object_without_pixels_is_stored_and_served_whole(server: RunningServer) -> None:
     """A structured report (OHIF saves measurements as one) is kept whole and comes back whole."""
-    report = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
+    report = pydicom.dcmread(str(get_testdata_file("test-SR.dcm")))
     response = stow(server, dicom_body(report))
     assert response.status_code == 200, response.text
     [match] = authed.get(

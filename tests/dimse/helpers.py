@@ -144,9 +144,11 @@ class StorageSCP:
         for uid in (CT_STORAGE, MR_STORAGE):
             self._ae.add_supported_context(uid, syntaxes or [EXPLICIT_LE, IMPLICIT_LE])
         self.port = free_port()
-        self._server = self._ae.start_server(
+        server = self._ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
         )
+        assert server is not None  # non-blocking: pynetdicom returns the running server
+        self._server = server
 
     def _on_store(self, event: Any) -> int:
         ds = event.dataset

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -80,7 +81,7 @@ def corpus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ru
     server = next(running)
     s1, s2, s3, s4 = (generate_uid() for _ in range(4))
     a, b = generate_uid(), generate_uid()
-    john = {"name": "Doe^John", "pid": "P-001"}
+    john: dict[str, Any] = {"name": "Doe^John", "pid": "P-001"}
     datasets = [
         _instance(s1, a, 1, date="20240105", **john),
         _instance(s1, a, 2, date="20240105", **john),
@@ -105,7 +106,7 @@ def find(
     return [identifier for _s, identifier in pending if identifier is not None], final
 
 
-def values(matches: list[Dataset], keyword: str) -> list[object]:
+def values(matches: list[Dataset], keyword: str) -> list[Any]:
     return [m.get(keyword) for m in matches]
 
 

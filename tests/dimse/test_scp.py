@@ -15,7 +15,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import generate_uid
+from pydicom.tag import TagType
+from pydicom.uid import UID, generate_uid
 from pynetdicom import AE
 
 from radstack.config import Settings
@@ -139,7 +140,7 @@ def test_htj2k_store(server: RunningServer, syntax: str) -> None:
     original = cube(40, 56, 2, seed=3)
     ds.PixelData = encapsulate([bytes(imagecodecs.htj2k_encode(frame)) for frame in original])
     ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     [status] = store(server, ds)
     assert status.Status == 0x0000
     record = server.platform.store.get_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
@@ -208,7 +209,7 @@ class CommandUID(Dataset):
     def SOPInstanceUID(self) -> str:
         return self._command_uid
 
-    def __contains__(self, name: object) -> bool:
+    def __contains__(self, name: TagType) -> bool:
         return name == "SOPInstanceUID" or super().__contains__(name)
 
 
@@ -232,7 +233,7 @@ def test_command_uid_differs_from_the_data_set(server: RunningServer) -> None:
 
 def test_pixel_data_not_in_the_negotiated_syntax(server: RunningServer) -> None:
     ds = synthetic_ct(rows=16, columns=16)
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"  # claims JPEG, holds native pixels
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.50")  # claims JPEG, holds native pixels
     [status] = store(server, ds)
     assert status.Status == 0xA900
     assert "encapsulated PixelData" in status.ErrorComment
@@ -255,6 +256,7 @@ def test_allow_list_rejects_unknown_calling_ae(guarded: RunningServer) -> None:
     assoc = ae.associate("127.0.0.1", guarded.dicom_port, ae_title="RADSTACK")
     assert assoc.is_rejected
     rejection = assoc.acceptor.primitive
+    assert rejection is not None
     # Rejected permanently by the service user: calling AE title not recognised (PS3.8 §9.3.4).
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x01, 0x01, 0x03)
 

@@ -134,7 +134,7 @@ def test_a_bad_source_is_a_problem_naming_it(server: RunningServer, source: str,
 
 
 def run_cli_import(
-    source: Path, data: Path, *, stderr: int | None = None
+    source: Path | str, data: Path, *, stderr: int | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).with_name("radstack")), "import", str(source), "--data-dir", str(data)],
@@ -330,8 +330,10 @@ def test_import_from_a_bucket_prefix(server: RunningServer, archive: Path, s3_bu
     assert response.status_code == 202, response.text
     job = wait_done(server.url, response.json()["id"])
     assert job["state"] == "DONE_WITH_ERRORS", job
-    assert job["params"]["source"] == f"s3://{s3_bucket}/exports/2024"
-    assert job["params"]["submitted_by"] == {"subject": "admin", "role": "admin"}
+    params = job["params"]
+    assert isinstance(params, dict)
+    assert params["source"] == f"s3://{s3_bucket}/exports/2024"
+    assert params["submitted_by"] == {"subject": "admin", "role": "admin"}
     progress = job["progress"]
     assert isinstance(progress, dict)
     assert (progress["files_total"], progress["stored"], progress["refused"]) == (7, 5, 2)

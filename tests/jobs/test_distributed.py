@@ -8,8 +8,9 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
@@ -83,7 +84,7 @@ def test_two_api_nodes_and_two_workers_store_everything_once(
         (archive / f"{n}.dcm").write_bytes(part10(ds))
 
     with ThreadPoolExecutor(6) as pool:
-        futures = [
+        futures: list[Future[Any]] = [
             pool.submit(stow, first, series[10:30]),
             pool.submit(stow, second, shared),
             pool.submit(c_store, first, shared),

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from radstack.security.policy import DEFAULT_ROLES, ActionValues, ViewValues
 from radstack.web.app import create_app
 from tests.conftest import RunningServer, server_settings, start_server
-from tests.dimse.helpers import EXPLICIT_LE, STUDY_FIND, STUDY_GET, association, query
+from tests.dimse.helpers import EXPLICIT_LE, STUDY_FIND, STUDY_GET, Context, association, query
 from tests.helpers import DICOM_MULTIPART, dicom_body, synthetic_ct
 
 pytestmark = pytest.mark.timeout(300)
@@ -163,7 +163,7 @@ def test_role_on_the_dicom_network(stored: Stored, role: str) -> None:
     """The calling AE title acts as the service account that names it; C-FIND, C-GET, C-STORE."""
     actions = DEFAULT_ROLES[role].actions
     calling = f"AE-{role[:12]}".upper()
-    contexts = [STUDY_FIND, STUDY_GET, (str(stored.ds.SOPClassUID), [EXPLICIT_LE])]
+    contexts: list[Context | str] = [STUDY_FIND, STUDY_GET, (str(stored.ds.SOPClassUID), [EXPLICIT_LE])]
     received: list[Dataset] = []
     study = stored.seen(role, stored.study)
 
@@ -305,8 +305,10 @@ def test_role_through_the_login_page(stored: Stored, role: str) -> None:
     """The UI: a person of each role logs in with a password and acts with the session cookie."""
     actions = DEFAULT_ROLES[role].actions
     name = f"ui-{role}"
-    extra = {"referring_name": REFERRER} if role == "referring-physician" else {}
-    stored.server.platform.accounts.create_user(name, role, password="correct horse battery", **extra)
+    referrer = REFERRER if role == "referring-physician" else None
+    stored.server.platform.accounts.create_user(
+        name, role, password="correct horse battery", referring_name=referrer
+    )
     with httpx.Client(base_url=stored.server.url, timeout=30) as browser:
         login = browser.post("/login", data={"username": name, "password": "correct horse battery"})
         assert login.status_code == 303 and "radstack_session" in browser.cookies

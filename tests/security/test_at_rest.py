@@ -52,8 +52,8 @@ def _find(root: Path, needles: list[bytes]) -> list[str]:
 def test_no_phi_and_no_pixels_on_disk(tmp_path: Path) -> None:
     ds1 = synthetic_ct(patient_name="Diskmann^Dora", patient_id="PID-DISK-4471", rows=128, columns=128)
     ds1.PatientBirthDate, ds1.AccessionNumber = "19580412", "ACC-DISK-99"
-    ds2 = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    ds3 = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds2 = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
+    ds3 = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     strings, runs = _secrets([ds1, ds2, ds3])
     # Stored as sent (no HTJ2K): an unencrypted store would hold these very pixel bytes.
     settings = server_settings(tmp_path / "data", encode_htj2k=False, stable_seconds=1)

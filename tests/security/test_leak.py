@@ -68,7 +68,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Case]:
         ds.ReferringPhysicianName = "Referrer^Rolf"
         ds.InstitutionName = "St. Leak Hospital"
         datasets.append(ds)
-    real = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    real = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     datasets.append(real)
     for server in start_server(settings):
         stored = httpx.post(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,11 @@ def test_put_get_range_exists_delete(store: S3BlobStore) -> None:
     store.delete("f/ab/blob")
     assert not store.exists("f/ab/blob")
     store.delete("f/ab/blob")  # deleting what is gone is not an error, as for files
-    for read in (lambda: store.get("f/ab/blob"), lambda: store.get_range("f/ab/blob", 0, 10)):
+    reads: list[Callable[[], bytes]] = [
+        lambda: store.get("f/ab/blob"),
+        lambda: store.get_range("f/ab/blob", 0, 10),
+    ]
+    for read in reads:
         with pytest.raises(NotFound, match="'f/ab/blob'"):
             read()
     with pytest.raises(ValueError, match="not a relative key"):

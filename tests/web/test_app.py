@@ -22,7 +22,7 @@ def test_health_ready_and_metrics(server: RunningServer) -> None:
     assert authed.get(f"{server.url}/healthz").text == "ok"
     assert authed.get(f"{server.url}/readyz").status_code == 200
     DICOMwebClient(server.dicomweb, headers=server.auth).store_instances(
-        [pydicom.dcmread(get_testdata_file("CT_small.dcm"))]
+        [pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))]
     )
     authed.get(f"{server.dicomweb}/studies")
     metrics = authed.get(f"{server.url}/metrics").text
