@@ -15,28 +15,26 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Row, Table, bindparam, func, select
+from sqlalchemy import Engine, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from radstack.dicom.codecs import PixelInfo
-from radstack.dicom.json_model import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS, pick
+from radstack.dicom.json_model import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS, first_int, first_text, pick
 from radstack.errors import DataSetMismatch, NotFound
 from radstack.store.blobs import BlobStore
 from radstack.store.models import InstanceRow, SeriesRow, StudyRow, StudyVersionRow
+from radstack.store.records import Batch, BatchReason, CommitOutcome, InstanceRecord, StoreOutcomeValues
 
 __all__ = [
     "Batch",
     "BatchReason",
     "CommitOutcome",
     "InstanceRecord",
-    "NewInstance",
     "StoreOutcomeValues",
     "StudyStore",
 ]
@@ -54,144 +52,30 @@ log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 
 
-class StoreOutcomeValues(StrEnum):
-    STORED = "stored"
-    DUPLICATE = "duplicate"  #: same SOP instance, same content: stored once, reported as success
-    REPLACED = "replaced"  #: same SOP Instance UID, new content: the old one stays in earlier versions
-
-
-@dataclass(frozen=True, slots=True)
-class NewInstance:
-    """An instance whose blobs are written and that waits for its index row."""
-
-    attrs: JsonDict  #: the instance's DICOM JSON (bulk values by BulkDataURI)
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    frame_syntax: str | None
-    pixel: PixelInfo | None
-    frames: list[str]
-    frame_crcs: list[int]
-    content_hash: str
-    header_key: str
-    json_key: str
-    size_bytes: int
-    render: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommitOutcome:
-    outcome: StoreOutcomeValues
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRecord:
-    """A stored instance as the read paths need it."""
-
-    id: int
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    frame_syntax: str | None
-    pixel: PixelInfo | None
-    frames: list[str]
-    frame_crcs: list[int]
-    header_key: str
-    json_key: str
-    version_added: int
-    render: dict[str, Any] | None
-
-    @classmethod
-    def from_row(cls, row: InstanceRow | Row[Any]) -> InstanceRecord:
-        return cls(
-            id=row.id,
-            study_uid=row.study_uid,
-            series_uid=row.series_uid,
-            sop_uid=row.sop_uid,
-            sop_class_uid=row.sop_class_uid,
-            transfer_syntax_uid=row.transfer_syntax_uid,
-            frame_syntax=row.frame_syntax,
-            pixel=PixelInfo(**json.loads(row.pixel)) if row.pixel else None,
-            frames=json.loads(row.frames),
-            frame_crcs=json.loads(row.frame_crcs),
-            header_key=row.header_key,
-            json_key=row.json_key,
-            version_added=row.version_added,
-            render=json.loads(row.render) if row.render else None,
-        )
-
-
 @dataclass(slots=True)
 class _PendingCommit:
     """One instance waiting for a group commit, and what became of it."""
 
-    new: NewInstance
+    record: InstanceRecord
     batch: Batch
     outcome: CommitOutcome | None = None
     error: Exception | None = None
 
 
-class BatchReason(StrEnum):
-    """Why a study changed: each new study version records it (routing rules match C-STORE on it)."""
-
-    STOW = "stow"
-    C_STORE = "c-store"
-    IMPORT = "import"
-    INBOX = "inbox"
-    DEMO = "demo"
-    UPDATE = "update"
-    DELETE = "delete"
-    REVERT = "revert"
-
-
-@dataclass
-class Batch:
-    """One user-visible change (a STOW request, an import, an update): one new version per study."""
-
-    reason: BatchReason
-    detail: str = ""
-    versions: dict[str, int] = field(default_factory=dict)
-    touched: set[str] = field(default_factory=set)
-
-
-def _text(attrs: JsonDict, tag: str) -> str | None:
-    """First value of an attribute in DICOM JSON as text (person names by their alphabetic group)."""
-    element = attrs.get(tag)
-    if not element or not element.get("Value"):
-        return None
-    value = element["Value"][0]
-    if isinstance(value, dict):
-        value = value.get("Alphabetic")
-    return None if value is None else str(value)
-
-
-def _int(attrs: JsonDict, tag: str) -> int | None:
-    text = _text(attrs, tag)
-    try:
-        return None if text is None else int(float(text))
-    except ValueError:
-        return None
-
-
 def study_columns(attrs: JsonDict) -> dict[str, Any]:
     """Study row columns derived from an instance's DICOM JSON."""
     return {
-        "patient_id": _text(attrs, "00100020"),
-        "patient_name": _text(attrs, "00100010"),
-        "patient_birth_date": _text(attrs, "00100030"),
-        "patient_sex": _text(attrs, "00100040"),
-        "study_date": _text(attrs, "00080020"),
-        "study_time": _text(attrs, "00080030"),
-        "accession_number": _text(attrs, "00080050"),
-        "study_id": _text(attrs, "00200010"),
-        "study_description": _text(attrs, "00081030"),
-        "referring_physician_name": _text(attrs, "00080090"),
-        "institution_name": _text(attrs, "00080080"),
+        "patient_id": first_text(attrs, "00100020"),
+        "patient_name": first_text(attrs, "00100010"),
+        "patient_birth_date": first_text(attrs, "00100030"),
+        "patient_sex": first_text(attrs, "00100040"),
+        "study_date": first_text(attrs, "00080020"),
+        "study_time": first_text(attrs, "00080030"),
+        "accession_number": first_text(attrs, "00080050"),
+        "study_id": first_text(attrs, "00200010"),
+        "study_description": first_text(attrs, "00081030"),
+        "referring_physician_name": first_text(attrs, "00080090"),
+        "institution_name": first_text(attrs, "00080080"),
         "attrs": json.dumps(pick(attrs, STUDY_LEVEL_TAGS)),
     }
 
@@ -199,14 +83,14 @@ def study_columns(attrs: JsonDict) -> dict[str, Any]:
 def series_columns(attrs: JsonDict) -> dict[str, Any]:
     """Series row columns derived from an instance's DICOM JSON."""
     return {
-        "modality": _text(attrs, "00080060"),
-        "series_number": _int(attrs, "00200011"),
-        "series_description": _text(attrs, "0008103E"),
-        "body_part": _text(attrs, "00180015"),
-        "series_date": _text(attrs, "00080021"),
-        "series_time": _text(attrs, "00080031"),
-        "pps_start_date": _text(attrs, "00400244"),
-        "pps_start_time": _text(attrs, "00400245"),
+        "modality": first_text(attrs, "00080060"),
+        "series_number": first_int(attrs, "00200011"),
+        "series_description": first_text(attrs, "0008103E"),
+        "body_part": first_text(attrs, "00180015"),
+        "series_date": first_text(attrs, "00080021"),
+        "series_time": first_text(attrs, "00080031"),
+        "pps_start_date": first_text(attrs, "00400244"),
+        "pps_start_time": first_text(attrs, "00400245"),
         "attrs": json.dumps(pick(attrs, SERIES_LEVEL_TAGS)),
     }
 
@@ -259,8 +143,8 @@ class StudyStore:
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ ingest
-    def commit_instance(self, new: NewInstance, batch: Batch) -> CommitOutcome:
-        """Make ``new`` visible: the last step of ingest, one transaction.
+    def commit_instance(self, record: InstanceRecord, batch: Batch) -> CommitOutcome:
+        """Make ``record`` visible: the last step of ingest, one transaction.
 
         Same SOP instance and content as the current one: nothing changes (DUPLICATE). Same SOP
         Instance UID with other content: the new content becomes current in a new study version and
@@ -270,8 +154,14 @@ class StudyStore:
         caller that finds the committer free commits everything waiting), which halves the index
         cost per instance under load. A group with an instance that is refused is rolled back and
         committed one by one, so one bad instance never takes others down with it.
+
+        Raises
+        ------
+        DataSetMismatch
+            When the instance or its series is stored in another study, or the study belongs to
+            another patient.
         """
-        pending = _PendingCommit(new, batch)
+        pending = _PendingCommit(record, batch)
         with self._group_guard:
             self._group.append(pending)
         with self._committer:
@@ -283,19 +173,18 @@ class StudyStore:
             raise pending.error
         assert pending.outcome is not None
         if pending.outcome.outcome is not StoreOutcomeValues.DUPLICATE:
-            batch.touched.add(new.study_uid)
+            batch.touched.add(record.study_uid)
         return pending.outcome
 
     def _commit_group(self, group: list[_PendingCommit]) -> None:
+        commit = self._commit_one
         if len(group) > 1:
             # Rows lock in study order on PostgreSQL, so two nodes' groups never deadlock.
-            group.sort(key=lambda item: item.new.study_uid)
+            group.sort(key=lambda item: item.record.study_uid)
             versions = {id(item.batch): dict(item.batch.versions) for item in group}
             try:
                 outcomes = self._write(
-                    lambda session: [
-                        self._commit_one(session, new=item.new, batch=item.batch) for item in group
-                    ]
+                    lambda session: [commit(session, item.record, item.batch) for item in group]
                 )
             except Exception:
                 for item in group:  # the versions the rolled-back transaction handed out are void
@@ -306,48 +195,51 @@ class StudyStore:
                 return
         for item in group:
             try:
-                item.outcome = self._write(partial(self._commit_one, new=item.new, batch=item.batch))
+                item.outcome = self._write(partial(commit, record=item.record, batch=item.batch))
             except Exception as exc:
                 item.error = exc
 
-    def _commit_one(self, session: Session, *, new: NewInstance, batch: Batch) -> CommitOutcome:
+    def _commit_one(self, session: Session, record: InstanceRecord, batch: Batch) -> CommitOutcome:
         current = session.scalar(
             select(InstanceRow).where(
-                InstanceRow.sop_uid == new.sop_uid, InstanceRow.version_removed.is_(None)
+                InstanceRow.sop_uid == record.sop_uid, InstanceRow.version_removed.is_(None)
             )
         )
-        if current is not None and current.study_uid != new.study_uid:
+        if current is not None and current.study_uid != record.study_uid:
             raise DataSetMismatch(
-                f"SOPInstanceUID {new.sop_uid} is already stored in study {current.study_uid}, "
-                f"not in StudyInstanceUID {new.study_uid}"
+                f"SOPInstanceUID {record.sop_uid} is already stored in study {current.study_uid}, "
+                f"not in StudyInstanceUID {record.study_uid}"
             )
-        if current is not None and current.content_hash == new.content_hash:
+        if current is not None and current.content_hash == record.content_hash:
             return CommitOutcome(StoreOutcomeValues.DUPLICATE, current.version_added)
-        series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == new.series_uid))
-        if series is not None and series.study_uid != new.study_uid:
+        series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == record.series_uid))
+        if series is not None and series.study_uid != record.study_uid:
             raise DataSetMismatch(
-                f"SeriesInstanceUID {new.series_uid} already belongs to study {series.study_uid}, "
-                f"not to StudyInstanceUID {new.study_uid}"
+                f"SeriesInstanceUID {record.series_uid} already belongs to study {series.study_uid}, "
+                f"not to StudyInstanceUID {record.study_uid}"
             )
-        study = self._study_for_update(session, new.study_uid, new.attrs)
-        patient_id = _text(new.attrs, "00100020")
+        attrs: JsonDict = (
+            record.attrs if record.attrs is not None else json.loads(self.blobs.get(record.json_key))
+        )
+        study = self._study_for_update(session, record.study_uid, attrs)
+        patient_id = first_text(attrs, "00100020")
         if study.num_instances > 0 and study.patient_id and patient_id and study.patient_id != patient_id:
             raise DataSetMismatch(
-                f"study {new.study_uid} belongs to another patient: PatientID differs from the stored one"
+                f"study {record.study_uid} belongs to another patient: PatientID differs from the stored one"
             )
         version = self._version_for(session, study, batch)
         if current is not None:
             current.version_removed = version
-        session.add(_instance_row(new, version, self._pseudo(new.sop_uid)))
+        session.add(record.to_row(version, self._pseudo(record.sop_uid)))
         if series is None:
-            series = self._series_for_update(session, study, new.series_uid, new.attrs)
-        if current is not None and current.series_uid != new.series_uid:
+            series = self._series_for_update(session, study, record.series_uid, attrs)
+        if current is not None and current.series_uid != record.series_uid:
             session.flush()
             self._rebuild_series(session, study)  # the instance moved between series: recount
         elif current is None:
             if series.num_instances == 0:
                 study.num_series += 1
-                modality = _text(new.attrs, "00080060")
+                modality = first_text(attrs, "00080060")
                 modalities = set(filter(None, study.modalities.split("\\")))
                 if modality and modality not in modalities:
                     study.modalities = "\\".join(sorted({*modalities, modality}))
@@ -693,7 +585,7 @@ class StudyStore:
         batch: Batch,
         *,
         remove: Sequence[InstanceRecord],
-        add: Sequence[NewInstance | InstanceRecord],
+        add: Sequence[InstanceRecord],
     ) -> int:
         """Make a new study version that drops ``remove`` and adds ``add`` (update, delete, revert).
 
@@ -710,11 +602,8 @@ class StudyStore:
                 if row.version_removed is None:
                     row.version_removed = version
             session.flush()
-            for item in add:
-                if isinstance(item, NewInstance):
-                    session.add(_instance_row(item, version, self._pseudo(item.sop_uid)))
-                else:
-                    session.add(_copy_row(session, item, version))
+            for record in add:
+                session.add(record.to_row(version, self._pseudo(record.sop_uid)))
             session.flush()
             self._rebuild_series(session, study)
             study.change_seq += 1
@@ -761,46 +650,3 @@ class StudyStore:
                 setattr(study, key, value)
         session.flush()
         self._refresh_study_aggregates(session, study)
-
-
-def _instance_row(new: NewInstance, version: int, pseudo_uid: str | None) -> InstanceRow:
-    pixel = new.pixel
-    return InstanceRow(
-        study_uid=new.study_uid,
-        series_uid=new.series_uid,
-        sop_uid=new.sop_uid,
-        pseudo_uid=pseudo_uid,
-        sop_class_uid=new.sop_class_uid,
-        instance_number=_int(new.attrs, "00200013"),
-        version_added=version,
-        version_removed=None,
-        transfer_syntax_uid=new.transfer_syntax_uid,
-        frame_syntax=new.frame_syntax,
-        rows=pixel.rows if pixel else None,
-        columns=pixel.columns if pixel else None,
-        bits_allocated=pixel.bits_allocated if pixel else None,
-        number_of_frames=pixel.number_of_frames if pixel else None,
-        pixel=json.dumps(_pixel_dict(pixel)) if pixel else None,
-        frames=json.dumps(new.frames),
-        frame_crcs=json.dumps(new.frame_crcs),
-        content_hash=new.content_hash,
-        header_key=new.header_key,
-        json_key=new.json_key,
-        size_bytes=new.size_bytes,
-        render=json.dumps(new.render) if new.render else None,
-        created_at=_now(),
-    )
-
-
-def _copy_row(session: Session, record: InstanceRecord, version: int) -> InstanceRow:
-    """A copy of a past row that becomes current again in ``version`` (revert); blobs are shared."""
-    source = session.get(InstanceRow, record.id)
-    if source is None:
-        raise NotFound(f"instance row {record.id} vanished")
-    columns = {c.key: getattr(source, c.key) for c in InstanceRow.__table__.columns if c.key != "id"}
-    columns.update(version_added=version, version_removed=None, created_at=_now())
-    return InstanceRow(**columns)
-
-
-def _pixel_dict(pixel: PixelInfo) -> dict[str, Any]:
-    return {name: getattr(pixel, name) for name in PixelInfo.__slots__}
