@@ -1,22 +1,19 @@
-"""Studies, series and instances in the index: committing ingested instances and reading them back.
+"""Studies, series and instances in the index: the store's façade, which every other package uses.
 
 Write order makes crashes safe: the ingest pipeline writes every blob first, then
 :meth:`StudyStore.commit_instance` makes the instance visible in one index transaction. A crash
 before the commit leaves only unreferenced blobs (collected later), never a half-stored instance.
+
+The writes themselves are in :mod:`radstack.store._writes`, the metadata documents in
+:mod:`radstack.store.metadata`, and the records in :mod:`radstack.store.records` (exported here too).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -24,9 +21,10 @@ from sqlalchemy import Engine, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from radstack.dicom.json_model import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS, first_int, first_text, pick
-from radstack.errors import DataSetMismatch, NotFound
+from radstack.errors import NotFound
+from radstack.store._writes import IndexWriter
 from radstack.store.blobs import BlobStore
+from radstack.store.metadata import MetadataDocuments
 from radstack.store.models import InstanceRow, SeriesRow, StudyRow, StudyVersionRow
 from radstack.store.records import Batch, BatchReason, CommitOutcome, InstanceRecord, StoreOutcomeValues
 
@@ -40,7 +38,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_DOCUMENT_SETTLE_SECONDS = 0.2
 _INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
 _CURRENT_INSTANCE = select(_INSTANCES).where(
     _INSTANCES.c.sop_uid == bindparam("sop"),
@@ -48,8 +45,6 @@ _CURRENT_INSTANCE = select(_INSTANCES).where(
     _INSTANCES.c.version_removed.is_(None),
 )
 _CURRENT_INSTANCE_IN_SERIES = _CURRENT_INSTANCE.where(_INSTANCES.c.series_uid == bindparam("series"))
-log = logging.getLogger(__name__)
-JsonDict = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -60,43 +55,6 @@ class _PendingCommit:
     batch: Batch
     outcome: CommitOutcome | None = None
     error: Exception | None = None
-
-
-def study_columns(attrs: JsonDict) -> dict[str, Any]:
-    """Study row columns derived from an instance's DICOM JSON."""
-    return {
-        "patient_id": first_text(attrs, "00100020"),
-        "patient_name": first_text(attrs, "00100010"),
-        "patient_birth_date": first_text(attrs, "00100030"),
-        "patient_sex": first_text(attrs, "00100040"),
-        "study_date": first_text(attrs, "00080020"),
-        "study_time": first_text(attrs, "00080030"),
-        "accession_number": first_text(attrs, "00080050"),
-        "study_id": first_text(attrs, "00200010"),
-        "study_description": first_text(attrs, "00081030"),
-        "referring_physician_name": first_text(attrs, "00080090"),
-        "institution_name": first_text(attrs, "00080080"),
-        "attrs": json.dumps(pick(attrs, STUDY_LEVEL_TAGS)),
-    }
-
-
-def series_columns(attrs: JsonDict) -> dict[str, Any]:
-    """Series row columns derived from an instance's DICOM JSON."""
-    return {
-        "modality": first_text(attrs, "00080060"),
-        "series_number": first_int(attrs, "00200011"),
-        "series_description": first_text(attrs, "0008103E"),
-        "body_part": first_text(attrs, "00180015"),
-        "series_date": first_text(attrs, "00080021"),
-        "series_time": first_text(attrs, "00080031"),
-        "pps_start_date": first_text(attrs, "00400244"),
-        "pps_start_time": first_text(attrs, "00400245"),
-        "attrs": json.dumps(pick(attrs, SERIES_LEVEL_TAGS)),
-    }
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class StudyStore:
@@ -113,13 +71,11 @@ class StudyStore:
         self._committer = threading.Lock()
         self._group_guard = threading.Lock()
         self._group: list[_PendingCommit] = []
-        self._doc_locks: dict[str, threading.Lock] = {}
-        self._doc_locks_guard = threading.Lock()
-        self._doc_pending: set[str] = set()
-        self._doc_builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docs")
+        self._writer = IndexWriter(blobs, self._pseudo, lock_rows=not self._sqlite)
+        self._documents = MetadataDocuments(self, engine, blobs)
 
     def close(self) -> None:
-        self._doc_builder.shutdown(wait=True, cancel_futures=True)  # documents rebuild on demand
+        self._documents.close()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ transactions
@@ -142,7 +98,25 @@ class StudyStore:
                     raise
         raise AssertionError("unreachable")
 
-    # ------------------------------------------------------------------ ingest
+    @contextmanager
+    def batch(self, reason: BatchReason, detail: str = "") -> Iterator[Batch]:
+        """One change: the :class:`Batch` its writes share, and, when it ends (also by an error),
+        the rebuild of the metadata documents of every study it touched.
+
+        Parameters
+        ----------
+        reason
+            Why the studies change; recorded with each new study version.
+        detail
+            What the version list shows beside the reason (a job id, a calling AE title, tags).
+        """
+        batch = Batch(reason, detail)
+        try:
+            yield batch
+        finally:
+            self.schedule_documents(batch.touched)
+
+    # ------------------------------------------------------------------ writes
     def commit_instance(self, record: InstanceRecord, batch: Batch) -> CommitOutcome:
         """Make ``record`` visible: the last step of ingest, one transaction.
 
@@ -177,7 +151,7 @@ class StudyStore:
         return pending.outcome
 
     def _commit_group(self, group: list[_PendingCommit]) -> None:
-        commit = self._commit_one
+        commit = self._writer.commit
         if len(group) > 1:
             # Rows lock in study order on PostgreSQL, so two nodes' groups never deadlock.
             group.sort(key=lambda item: item.record.study_uid)
@@ -199,126 +173,28 @@ class StudyStore:
             except Exception as exc:
                 item.error = exc
 
-    def _commit_one(self, session: Session, record: InstanceRecord, batch: Batch) -> CommitOutcome:
-        current = session.scalar(
-            select(InstanceRow).where(
-                InstanceRow.sop_uid == record.sop_uid, InstanceRow.version_removed.is_(None)
-            )
-        )
-        if current is not None and current.study_uid != record.study_uid:
-            raise DataSetMismatch(
-                f"SOPInstanceUID {record.sop_uid} is already stored in study {current.study_uid}, "
-                f"not in StudyInstanceUID {record.study_uid}"
-            )
-        if current is not None and current.content_hash == record.content_hash:
-            return CommitOutcome(StoreOutcomeValues.DUPLICATE, current.version_added)
-        series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == record.series_uid))
-        if series is not None and series.study_uid != record.study_uid:
-            raise DataSetMismatch(
-                f"SeriesInstanceUID {record.series_uid} already belongs to study {series.study_uid}, "
-                f"not to StudyInstanceUID {record.study_uid}"
-            )
-        attrs: JsonDict = (
-            record.attrs if record.attrs is not None else json.loads(self.blobs.get(record.json_key))
-        )
-        study = self._study_for_update(session, record.study_uid, attrs)
-        patient_id = first_text(attrs, "00100020")
-        if study.num_instances > 0 and study.patient_id and patient_id and study.patient_id != patient_id:
-            raise DataSetMismatch(
-                f"study {record.study_uid} belongs to another patient: PatientID differs from the stored one"
-            )
-        version = self._version_for(session, study, batch)
-        if current is not None:
-            current.version_removed = version
-        session.add(record.to_row(version, self._pseudo(record.sop_uid)))
-        if series is None:
-            series = self._series_for_update(session, study, record.series_uid, attrs)
-        if current is not None and current.series_uid != record.series_uid:
-            session.flush()
-            self._rebuild_series(session, study)  # the instance moved between series: recount
-        elif current is None:
-            if series.num_instances == 0:
-                study.num_series += 1
-                modality = first_text(attrs, "00080060")
-                modalities = set(filter(None, study.modalities.split("\\")))
-                if modality and modality not in modalities:
-                    study.modalities = "\\".join(sorted({*modalities, modality}))
-            series.num_instances += 1
-            study.num_instances += 1
-        study.change_seq += 1
-        study.updated_at = _now()
-        return CommitOutcome(
-            StoreOutcomeValues.REPLACED if current is not None else StoreOutcomeValues.STORED, version
-        )
+    def replace_instances(
+        self,
+        study_uid: str,
+        batch: Batch,
+        *,
+        remove: Sequence[InstanceRecord],
+        add: Sequence[InstanceRecord],
+    ) -> int:
+        """Make a new study version that drops ``remove`` and adds ``add`` (update, delete, revert).
 
-    def _study_for_update(self, session: Session, study_uid: str, attrs: JsonDict) -> StudyRow:
-        query = select(StudyRow).where(StudyRow.study_uid == study_uid)
-        if not self._sqlite:
-            query = query.with_for_update()
-        study = session.scalar(query)
-        if study is None:
-            study = StudyRow(
-                study_uid=study_uid,
-                pseudo_uid=self._pseudo(study_uid),
-                version=0,
-                change_seq=0,
-                num_series=0,
-                num_instances=0,
-            )
-            study.updated_at = _now()
-            for key, value in study_columns(attrs).items():
-                setattr(study, key, value)
-            session.add(study)
-            session.flush()
-        elif study.num_instances == 0:
-            for key, value in study_columns(attrs).items():
-                setattr(study, key, value)
-        return study
+        Returns the new version number.
 
-    def _version_for(self, session: Session, study: StudyRow, batch: Batch) -> int:
-        version = batch.versions.get(study.study_uid)
-        if version is not None and study.version == version:
-            return version
-        study.version += 1
-        session.add(
-            StudyVersionRow(
-                study_uid=study.study_uid,
-                version=study.version,
-                reason=batch.reason,
-                detail=batch.detail,
-                created_at=_now(),
-            )
+        Raises
+        ------
+        NotFound
+            When the study was never stored.
+        """
+        version = self._write(
+            partial(self._writer.replace, study_uid=study_uid, batch=batch, remove=remove, add=add)
         )
-        batch.versions[study.study_uid] = study.version
-        return study.version
-
-    def _series_for_update(
-        self, session: Session, study: StudyRow, series_uid: str, attrs: JsonDict
-    ) -> SeriesRow:
-        series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == series_uid))
-        if series is None:
-            series = SeriesRow(
-                study_pk=study.id,
-                series_uid=series_uid,
-                pseudo_uid=self._pseudo(series_uid),
-                study_uid=study.study_uid,
-                num_instances=0,
-            )
-            for key, value in series_columns(attrs).items():
-                setattr(series, key, value)
-            session.add(series)
-            session.flush()
-        return series
-
-    def _refresh_study_aggregates(self, session: Session, study: StudyRow) -> None:
-        rows = session.execute(
-            select(SeriesRow.modality, SeriesRow.num_instances).where(
-                SeriesRow.study_pk == study.id, SeriesRow.num_instances > 0
-            )
-        ).all()
-        study.num_series = len(rows)
-        study.num_instances = sum(n for _m, n in rows)
-        study.modalities = "\\".join(sorted({m for m, _n in rows if m}))
+        batch.touched.add(study_uid)
+        return version
 
     # ------------------------------------------------------------------ reads
     def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str) -> InstanceRecord:
@@ -475,97 +351,15 @@ class StudyStore:
         Documents are precomputed after every change (see :meth:`schedule_documents`) and cached
         in the blob store under the study's change sequence, so a read is one blob fetch.
         """
-        study = self.require_study(study_uid)
-        if series_uid is not None:
-            self.require_series(study_uid, series_uid)
-        key = self._document_key(study_uid, study.change_seq, series_uid)
-        if not self.blobs.exists(key):
-            self._build_documents(study_uid)
-            study = self.require_study(study_uid)
-            key = self._document_key(study_uid, study.change_seq, series_uid)
-            if not self.blobs.exists(key):  # changed again meanwhile: build for the latest
-                self._build_documents(study_uid)
-        try:
-            return self.blobs.get(key)
-        except NotFound:
-            return self._document(self.list_instances(study_uid, series_uid))
+        return self._documents.current(study_uid, series_uid)
 
     def version_document(self, study_uid: str, version: int) -> bytes:
         """The gzipped metadata document of a past (or the current) study version."""
-        study = self.require_study(study_uid, include_deleted=True)
-        if not 0 < version <= study.version:
-            raise NotFound(f"study {study_uid} has no version {version} (latest is {study.version})")
-        return self._document(self.list_instances(study_uid, version=version))
-
-    @staticmethod
-    def _document_key(study_uid: str, change_seq: int, series_uid: str | None) -> str:
-        return f"docs/{study_uid}/{change_seq}/{series_uid or 'study'}.json.gz"
-
-    def _document(self, records: Sequence[InstanceRecord]) -> bytes:
-        body = b"[" + b",".join(self.blobs.get(r.json_key) for r in records) + b"]"
-        return gzip.compress(body, compresslevel=5)
-
-    def _doc_lock(self, study_uid: str) -> threading.Lock:
-        with self._doc_locks_guard:
-            return self._doc_locks.setdefault(study_uid, threading.Lock())
-
-    def _build_documents(self, study_uid: str) -> None:
-        with self._doc_lock(study_uid):
-            with self._session() as session:
-                change_seq = session.scalar(
-                    select(StudyRow.change_seq).where(StudyRow.study_uid == study_uid)
-                )
-            if change_seq is None or self.blobs.exists(self._document_key(study_uid, change_seq, None)):
-                return
-            records = self.list_instances(study_uid)
-            by_series: dict[str, list[InstanceRecord]] = {}
-            for record in records:
-                by_series.setdefault(record.series_uid, []).append(record)
-            for series_uid, members in by_series.items():
-                self.blobs.put(self._document_key(study_uid, change_seq, series_uid), self._document(members))
-            # The study document last: its presence marks the set complete.
-            self.blobs.put(self._document_key(study_uid, change_seq, None), self._document(records))
-
-    @contextmanager
-    def batch(self, reason: BatchReason, detail: str = "") -> Iterator[Batch]:
-        """One change: the :class:`Batch` its writes share, and, when it ends (also by an error),
-        the rebuild of the metadata documents of every study it touched.
-
-        Parameters
-        ----------
-        reason
-            Why the studies change; recorded with each new study version.
-        detail
-            What the version list shows beside the reason (a job id, a calling AE title, tags).
-        """
-        batch = Batch(reason, detail)
-        try:
-            yield batch
-        finally:
-            self.schedule_documents(batch.touched)
+        return self._documents.of_version(study_uid, version)
 
     def schedule_documents(self, study_uids: set[str]) -> None:
-        """Rebuild the metadata documents of changed studies in the background.
-
-        A rebuild reads the newest state when it starts, so one that is queued and not yet running
-        already covers later changes: during a bulk ingest the work stays linear, not quadratic.
-        """
-        with self._doc_locks_guard:
-            fresh = sorted(study_uids - self._doc_pending)
-            self._doc_pending.update(fresh)
-        for study_uid in fresh:
-            self._doc_builder.submit(self._build_pending, study_uid)
-
-    def _build_pending(self, study_uid: str) -> None:
-        # A short pause lets the next requests of a bulk send join this rebuild instead of queueing
-        # their own; a read that comes first builds the document itself.
-        time.sleep(_DOCUMENT_SETTLE_SECONDS)
-        with self._doc_locks_guard:
-            self._doc_pending.discard(study_uid)
-        try:
-            self._build_documents(study_uid)
-        except Exception:  # a failed rebuild is retried by the next read; never kill the builder
-            log.exception("metadata document rebuild failed for a study")
+        """Rebuild the metadata documents of changed studies in the background."""
+        self._documents.schedule(study_uids)
 
     # ------------------------------------------------------------------ versions
     def list_versions(self, study_uid: str) -> list[StudyVersionRow]:
@@ -578,75 +372,3 @@ class StudyStore:
                     .order_by(StudyVersionRow.version)
                 ).all()
             )
-
-    def replace_instances(
-        self,
-        study_uid: str,
-        batch: Batch,
-        *,
-        remove: Sequence[InstanceRecord],
-        add: Sequence[InstanceRecord],
-    ) -> int:
-        """Make a new study version that drops ``remove`` and adds ``add`` (update, delete, revert).
-
-        Returns the new version number.
-        """
-
-        def work(session: Session) -> int:
-            study = session.scalar(select(StudyRow).where(StudyRow.study_uid == study_uid))
-            if study is None:
-                raise NotFound(f"study {study_uid} is not stored")
-            version = self._version_for(session, study, batch)
-            removed_ids = [r.id for r in remove]
-            for row in session.scalars(select(InstanceRow).where(InstanceRow.id.in_(removed_ids))):
-                if row.version_removed is None:
-                    row.version_removed = version
-            session.flush()
-            for record in add:
-                session.add(record.to_row(version, self._pseudo(record.sop_uid)))
-            session.flush()
-            self._rebuild_series(session, study)
-            study.change_seq += 1
-            study.updated_at = _now()
-            return version
-
-        version = self._write(work)
-        batch.touched.add(study_uid)
-        return version
-
-    def _rebuild_series(self, session: Session, study: StudyRow) -> None:
-        """Recompute the series rows and study aggregates of ``study`` from its current instances."""
-        counts = dict(
-            session.execute(
-                select(InstanceRow.series_uid, func.count())
-                .where(InstanceRow.study_uid == study.study_uid, InstanceRow.version_removed.is_(None))
-                .group_by(InstanceRow.series_uid)
-            ).all()
-        )
-        existing = {
-            s.series_uid: s for s in session.scalars(select(SeriesRow).where(SeriesRow.study_pk == study.id))
-        }
-        first_attrs: JsonDict | None = None
-        for series_uid, count in counts.items():
-            first = session.scalar(
-                select(InstanceRow)
-                .where(InstanceRow.series_uid == series_uid, InstanceRow.version_removed.is_(None))
-                .order_by(InstanceRow.instance_number)
-                .limit(1)
-            )
-            assert first is not None
-            attrs: JsonDict = json.loads(self.blobs.get(first.json_key))
-            first_attrs = first_attrs or attrs
-            series = existing.pop(series_uid, None) or self._series_for_update(
-                session, study, series_uid, attrs
-            )
-            for key, value in series_columns(attrs).items():
-                setattr(series, key, value)
-            series.num_instances = count
-        for stale in existing.values():
-            session.delete(stale)
-        if first_attrs is not None:
-            for key, value in study_columns(first_attrs).items():
-                setattr(study, key, value)
-        session.flush()
-        self._refresh_study_aggregates(session, study)
