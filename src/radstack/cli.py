@@ -425,6 +425,16 @@ class _ProgressBar:
                 self.last = now
                 self._draw()
 
+    def show_count(self, done: int, total: int, what: str) -> None:
+        """``done`` of ``total`` things (``what``: "images"), for work that is not files and bytes."""
+        filled = min(self.width, self.width * done // total) if total else self.width
+        with self.lock:
+            self.line = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {what}"
+            now = time.monotonic()
+            if done == total or now - self.last >= self.every:
+                self.last = now
+                self._draw()
+
     def _draw(self) -> None:
         if self.tty:
             self.stream.write(f"\r{self.line}\x1b[K")
@@ -475,6 +485,44 @@ class _AroundBar(logging.Handler):
             self.inner.handle(record)
             if was_drawn:
                 self.bar._draw()
+
+
+def _demo_fractures(args: argparse.Namespace) -> int:
+    """Write synthetic fracture radiographs (DX DICOM) and their ground truth, with a progress bar."""
+    from collections import Counter
+
+    from radstack.ai.synthetic import Options, SyntheticDataError, write_dataset
+
+    bar = _ProgressBar(sys.stderr)
+    try:
+        options = Options(
+            fracture_rate=args.fracture_rate,
+            scale=args.scale,
+            images_per_patient=args.images_per_patient,
+            rg3_rate=args.rg3_rate,
+        )
+        with bar.attached(logging.getLogger()):
+            document = write_dataset(
+                args.out,
+                args.count,
+                args.seed,
+                options,
+                on_progress=lambda d, t: bar.show_count(d, t, "images"),
+            )
+    except SyntheticDataError as exc:
+        print(f"radstack demo-data fractures: {exc.message}", file=sys.stderr)
+        return 2
+    images = document["images"].values()
+    kinds = Counter(str(image["type"]) for image in images if image["fracture"])
+    patients = len({image["patient_id"] for image in images})
+    detail = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    print(
+        f"{len(document['images'])} images of {patients} patients in {args.out / 'dicom'}: "
+        f"{sum(kinds.values())} with a fracture ({detail or 'none'}), "
+        f"{sum(1 for image in images if image['composited'])} composited onto RG3"
+    )
+    print(f"ground truth: {args.out / 'truth.json'}; load them with: radstack import {args.out / 'dicom'}")
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -627,6 +675,39 @@ def build_parser() -> argparse.ArgumentParser:
     viewer_fetch.add_argument("--cache", type=Path, help="cache directory (RADSTACK_OHIF_DIR)")
     viewer_fetch.add_argument("--tarball", type=Path, help="install this @ohif/app tarball (offline)")
     viewer_fetch.set_defaults(func=_viewer_fetch)
+    demo = commands.add_parser("demo-data", help="make demonstration data sets")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True)
+    fractures = demo_commands.add_parser(
+        "fractures",
+        help="synthetic fracture radiographs (DX DICOM, marked synthetic) with ground truth in OUT/truth.json",
+    )
+    fractures.add_argument(
+        "--out", type=Path, required=True, help="directory to write (must hold no data set)"
+    )
+    fractures.add_argument("--count", type=int, required=True, help="number of images")
+    fractures.add_argument("--seed", type=int, required=True, help="the same seed makes the same files")
+    fractures.add_argument(
+        "--fracture-rate", type=float, default=0.5, help="share of patients with a fracture (default 0.5)"
+    )
+    fractures.add_argument(
+        "--images-per-patient",
+        type=int,
+        default=1,
+        help="views per patient: 1 to 3 (AP/PA, lateral, oblique)",
+    )
+    fractures.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="image size relative to 2500x2048 (wrist 1500x1200; default 1)",
+    )
+    fractures.add_argument(
+        "--rg3-rate",
+        type=float,
+        default=0.1,
+        help="share of patients composited onto pydicom-data's real RG3 radiograph (default 0.1)",
+    )
+    fractures.set_defaults(func=_demo_fractures)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.set_defaults(func=_worker)
