@@ -165,6 +165,19 @@ def pg_database_url(postgres_url: str) -> Iterator[str]:
         pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     ]
 )
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty index database: a SQLite file, then a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.db'}"
+    return str(request.getfixturevalue("pg_database_url"))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
 def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Settings for a fresh index on each backend: SQLite in the data dir, or a new PostgreSQL database."""
     database_url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database_url"))

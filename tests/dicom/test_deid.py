@@ -23,16 +23,11 @@ from pydicom.datadict import dictionary_description, dictionary_has_tag
 from pydicom.dataset import Dataset
 
 from radstack.dicom import deid
-from radstack.dicom.deid import (
-    AttributeFilter,
-    Deidentifier,
-    PrivateTag,
-    ProfileActionValues,
-    basic_profile_action,
-    parse_attribute,
-)
+from radstack.dicom.attributes import parse_attribute
+from radstack.dicom.deid import Deidentifier, PrivateTag, ProfileActionValues, basic_profile_action
 from radstack.dicom.json_model import dataset_to_json
 from radstack.dicom.uids import is_valid_uid
+from radstack.security.attribute_filter import AttributeFilter
 
 pytestmark = pytest.mark.filterwarnings("ignore:VR lookup failed:UserWarning")
 

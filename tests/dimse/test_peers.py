@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from pydantic import ValidationError
 
 from radstack.config import PeerSetting, Settings
-from radstack.store.index import create_index_engine, migrate
-from radstack.store.models import Base
 from tests import authed
 from tests.conftest import RunningServer, free_port, start_server
 
@@ -101,13 +96,3 @@ def test_peers_setting() -> None:
         Settings(peers=[{"ae_title": "PACS", "host": "pacs", "port": 70000}])
     with pytest.raises(ValidationError, match="is not a host name or IP address"):
         Settings(peers=[{"ae_title": "PACS", "host": "http://pacs/", "port": 104}])
-
-
-def test_migration_matches_the_model(tmp_path: Path) -> None:
-    """Migration 0002 creates the ``peers`` table exactly as :class:`PeerRow` describes it."""
-    engine = create_index_engine(f"sqlite:///{tmp_path / 'index.db'}")
-    migrate(engine)
-    with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    engine.dispose()
-    assert [d for d in differences if "peers" in repr(d)] == []

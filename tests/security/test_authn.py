@@ -401,8 +401,8 @@ def test_migration_0009_adds_the_password_columns_to_existing_users(database_url
     from alembic.migration import MigrationContext
     from sqlalchemy import inspect, text
 
+    from radstack.migrations import target_metadata
     from radstack.store.index import alembic_config, create_index_engine, migrate
-    from radstack.store.models import Base
 
     engine = create_index_engine(database_url)
     try:
@@ -420,7 +420,7 @@ def test_migration_0009_adds_the_password_columns_to_existing_users(database_url
                 text("SELECT must_change_password, password_changed_at FROM users WHERE username = 'old'")
             ).one()
             assert (bool(row[0]), row[1]) == (False, None)
-            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+            differences = compare_metadata(MigrationContext.configure(connection), target_metadata)
         assert [d for d in differences if "users" in repr(d)] == []
         with engine.begin() as connection:
             command.downgrade(alembic_config(connection), "0008")

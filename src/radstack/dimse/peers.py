@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from radstack.config import PeerSetting, check_ae_title, check_host
+from radstack.dimse.models import PeerRow
 from radstack.errors import BadRequest, Conflict, NotFound
-from radstack.store.models import PeerRow
 
 __all__ = ["Peer", "PeerRegistry", "PeerSourceValues", "check_peer_address"]
 

@@ -1,4 +1,6 @@
-"""Job tables: one row per job (its state, attempts and progress) and one per imported file.
+"""Job tables: one row per job (its state, attempts and progress), the events workflows publish, each
+study's study-stable bookkeeping and the routing rules. (An import job's per-file rows are ingest's:
+:class:`radstack.ingest.models.ImportItemRow`.)
 
 The queue carries only job ids; everything a restarted or second node needs to carry on lives here.
 """
@@ -7,22 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-)
+from sqlalchemy import Boolean, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from radstack.store.models import UID, Base
 
-__all__ = ["EventRow", "ImportItemRow", "JobRow", "RoutingRuleRow", "StudyWorkflowRow"]
+__all__ = ["EventRow", "JobRow", "RoutingRuleRow", "StudyWorkflowRow"]
 
 
 class JobRow(Base):
@@ -46,29 +38,6 @@ class JobRow(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: When a QUEUED job may run (retries wait with exponential backoff).
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class ImportItemRow(Base):
-    """One file of an import job and what became of it: the success and failure manifests."""
-
-    __tablename__ = "import_items"
-    __table_args__ = (
-        UniqueConstraint("job_id", "path", name="uq_import_items_job_path"),
-        Index("ix_import_items_job_failed", "job_id", "failed"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    path: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(BigInteger)
-    failed: Mapped[bool] = mapped_column(Boolean)
-    outcome: Mapped[str] = mapped_column(String(16))
-    sop_class_uid: Mapped[str | None] = mapped_column(UID)
-    sop_uid: Mapped[str | None] = mapped_column(UID)
-    study_uid: Mapped[str | None] = mapped_column(UID)
-    series_uid: Mapped[str | None] = mapped_column(UID)
-    status: Mapped[int | None] = mapped_column(Integer)
-    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class EventRow(Base):

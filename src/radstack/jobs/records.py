@@ -23,7 +23,8 @@ from sqlalchemy import Engine, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from radstack.errors import Conflict, NotFound
-from radstack.jobs.models import ImportItemRow, JobRow
+from radstack.ingest.models import ImportItemRow
+from radstack.jobs.models import JobRow
 
 __all__ = ["Job", "JobState", "JobStore"]
 

@@ -1,4 +1,7 @@
-"""Alembic environment: runs on the connection radstack hands in, or on sqlalchemy.url."""
+"""Alembic environment: runs on the connection radstack hands in, or on sqlalchemy.url.
+
+Its metadata is every package's tables (:data:`radstack.migrations.target_metadata`).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,14 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from radstack.store.models import Base
+from radstack.migrations import target_metadata
 
 config = context.config
 connection = config.attributes.get("connection")
 
 
 def _run(conn: Connection) -> None:
-    context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=True)
+    context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -32,24 +32,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, Integer, Row, String, Text, insert, select, update
+from sqlalchemy import Engine, Row, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Mapped, mapped_column
 
 from radstack.errors import RadstackError
 from radstack.security.keyfile import load_secret
-from radstack.store.models import Base
+from radstack.security.models import AuditHeadRow, AuditRow
 
 __all__ = [
     "GENESIS",
     "AuditActionValues",
     "AuditEntry",
-    "AuditHeadRow",
     "AuditLog",
     "AuditOutcomeValues",
     "AuditRecord",
-    "AuditRow",
     "AuditWriter",
     "ChainFault",
     "ChainProblem",
@@ -86,35 +83,6 @@ class AuditActionValues(StrEnum):
 class AuditOutcomeValues(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
-
-
-class AuditRow(Base):
-    """One audit record. Never updated or deleted by radstack."""
-
-    __tablename__ = "audit_log"
-
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    actor: Mapped[str] = mapped_column(String(256))
-    role: Mapped[str] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(32))
-    #: Canonical JSON of what was acted on (study/series/SOP UIDs, a job id, …), hashed as stored.
-    resource: Mapped[str] = mapped_column(Text)
-    outcome: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str | None] = mapped_column(Text)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
-
-
-class AuditHeadRow(Base):
-    """The chain head: one row (id 1) with the last sequence number and hash, made by migration 0005."""
-
-    __tablename__ = "audit_head"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    hash: Mapped[str] = mapped_column(String(64))
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,15 +36,15 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, String, Text, false, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from radstack.config import check_ae_title
 from radstack.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthenticated
+from radstack.security.models import TokenRow, UserRow
 from radstack.security.passwords import check_password_policy
 from radstack.security.policy import Principal
-from radstack.store.models import Base
 
 __all__ = [
     "CREDENTIAL_FILE",
@@ -52,9 +52,7 @@ __all__ = [
     "Accounts",
     "OidcVerifier",
     "PasswordChangeRequired",
-    "TokenRow",
     "User",
-    "UserRow",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,43 +67,6 @@ class PasswordChangeRequired(Forbidden):
     """403: a password session of a user who must set a new password first (the first administrator)."""
 
     title = "Password change required"
-
-
-class UserRow(Base):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    username: Mapped[str] = mapped_column(String(128), unique=True)
-    password_hash: Mapped[str | None] = mapped_column(String(256))
-    role: Mapped[str] = mapped_column(String(64))
-    #: Referring Physician's Name this user is, for the ``referred`` scope (PN, ``Family^Given``).
-    referring_name: Mapped[str | None] = mapped_column(String(324))
-    #: JSON list of Institution Names, for the ``institution`` scope.
-    institutions: Mapped[str] = mapped_column(Text, default="[]")
-    #: Calling AE title of a DICOM peer that acts as this (service) account.
-    ae_title: Mapped[str | None] = mapped_column(String(16), unique=True)
-    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    #: The user must set a new password before a password session may do anything else.
-    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class TokenRow(Base):
-    """An API token (``kind`` api) or a UI session (``kind`` session); only the SHA-256 is kept."""
-
-    __tablename__ = "api_tokens"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    #: A narrower role for this token (an AI service's token of an admin's account); None: the user's.
-    role: Mapped[str | None] = mapped_column(String(64))
-    label: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 @dataclass(frozen=True, slots=True)

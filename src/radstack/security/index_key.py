@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from radstack.config import Settings
-from radstack.security.crypto import KeyProvider, WrappedKey, open_key_provider
+from radstack.security.crypto.providers import KeyProvider, WrappedKey, open_key_provider
 from radstack.store.index import create_index_engine
 
 __all__ = ["INDEX_KEY_FILE", "index_key", "is_plaintext_sqlite", "open_index_engine", "rewrap_index_key"]

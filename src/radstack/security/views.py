@@ -22,8 +22,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from radstack.dicom.deid import AttributeFilter, Deidentifier
+from radstack.dicom.deid import Deidentifier
 from radstack.errors import BadRequest, IdentifierMismatch, NotFound
+from radstack.security.attribute_filter import AttributeFilter
 from radstack.security.policy import RoleDef, ViewValues
 from radstack.store.studies import StudyStore
 

@@ -1,4 +1,9 @@
-"""SQL index tables (SQLAlchemy 2). The schema itself is owned by the Alembic migrations.
+"""The store's index tables (SQLAlchemy 2) and the declarative :class:`Base` every package's tables share.
+
+Each package declares its own tables in its own ``models.py`` on this :class:`Base` (the peers with
+:mod:`radstack.dimse.models`, import items with :mod:`radstack.ingest.models`, …); the store sits below
+them all, so the base lives here. The schema itself is made by the Alembic migrations, and
+:data:`radstack.migrations.MODEL_MODULES` lists every ``models.py`` so that Alembic sees all the tables.
 
 Instances are immutable rows with a version interval: a row belongs to study version ``v`` when
 ``version_added <= v`` and (``version_removed`` is null or ``version_removed > v``); the current
@@ -14,13 +19,14 @@ from enum import StrEnum
 from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "InstanceRow", "PeerRow", "SeriesRow", "StudyRow", "StudyStatus", "StudyVersionRow"]
+__all__ = ["UID", "Base", "InstanceRow", "SeriesRow", "StudyRow", "StudyStatus", "StudyVersionRow"]
 
+#: The column type of a DICOM UID (PS3.5 §9.1: at most 64 characters).
 UID = String(64)
 
 
 class Base(DeclarativeBase):
-    pass
+    """The one declarative base: every table of the index is declared on its metadata."""
 
 
 class StudyStatus(StrEnum):
@@ -140,15 +146,3 @@ class StudyVersionRow(Base):
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class PeerRow(Base):
-    """A DICOM peer (C-MOVE destination) added through the API; configured peers are not stored."""
-
-    __tablename__ = "peers"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
-    host: Mapped[str] = mapped_column(String(255))
-    port: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
