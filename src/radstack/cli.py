@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import threading
@@ -10,14 +11,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from radstack import __version__
 from radstack.config import Settings
 
 if TYPE_CHECKING:
+    from radstack.ai.registry import ModelVersion
+    from radstack.platform import Platform
     from radstack.security.authn import Accounts
     from radstack.security.crypto import EncryptedBlobStore
+    from radstack.security.policy import Principal
 
 __all__ = ["main"]
 
@@ -313,6 +317,225 @@ def _keys_status(args: argparse.Namespace) -> int:
         print(f"  damaged {key}: {message}")
     stale = sum(count for kek, count in usage.by_kek.items() if kek != usage.current)
     return 0 if not (stale or usage.plaintext or usage.damaged) else 1
+
+
+def _models(args: argparse.Namespace) -> int:
+    """``radstack models …``: the model registry, acting as the user named by ``--user`` (whose role
+    the registry's policy checks, as it does an API caller's)."""
+    from radstack.errors import RadstackError
+    from radstack.platform import Platform
+
+    platform = Platform.open(_settings(args))
+    try:
+        return int(_MODEL_COMMANDS[args.models_command](platform, args))
+    except RadstackError as exc:
+        print(f"radstack models {args.models_command}: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file named on the command line that cannot be read
+        print(f"radstack models {args.models_command}: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    finally:
+        platform.close()
+
+
+def _acting(platform: Platform, args: argparse.Namespace) -> Principal:
+    """The principal of ``--user``: an enabled user of this data dir."""
+    from radstack.errors import Forbidden
+
+    user = platform.accounts.user(args.user)
+    if user.disabled:
+        raise Forbidden(f"user {user.username!r} is disabled")
+    return user.principal("cli").with_source("cli")
+
+
+def _json_file(path: Path | None, what: str) -> Any:
+    from radstack.errors import BadRequest
+
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"the {what} file {str(path)!r} cannot be read as JSON: {exc}") from None
+
+
+def _model_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    from radstack.ai.card import ModelCard
+    from radstack.ai.registry import Lineage
+
+    return {
+        "lineage": Lineage.from_json(_json_file(args.lineage, "lineage")) if args.lineage else None,
+        "metrics": _json_file(args.metrics, "metrics"),
+        "card": ModelCard.from_json(_json_file(args.card, "card")) if args.card else None,
+        "description": args.description,
+    }
+
+
+def _print_version(version: ModelVersion) -> None:
+    stage = version.stage.value if version.stage else "-"
+    print(f"{version.ref}: {version.status.value}, stage {stage} ({version.format.value})")
+
+
+def _models_list(platform: Platform, args: argparse.Namespace) -> int:
+    rows = [("MODEL", "VERSIONS", "LATEST", "PRODUCTION", "DESCRIPTION")]
+    for model in platform.models.models():
+        latest = str(model.latest_version or "-")
+        production = f"v{model.production_version}" if model.production_version else "-"
+        rows.append((model.name, str(model.version_count), latest, production, model.description[:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _models_show(platform: Platform, args: argparse.Namespace) -> int:
+    registry = platform.models
+    if args.version is None:
+        model = registry.model(args.name)
+        print(f"{model.name}: {model.description or 'no description'} (created by {model.created_by})")
+        for version in registry.versions(args.name):
+            reviewed = f", {version.status.value} by {version.reviewed_by}" if version.reviewed_by else ""
+            stage = version.stage.value if version.stage else "-"
+            print(
+                f"  v{version.version}  {version.status.value:<8}  {stage:<10}  trained by "
+                f"{version.trained_by}{reviewed}  {version.created_at:%Y-%m-%d %H:%M}"
+            )
+        return 0
+    version = registry.version(args.name, args.version)
+    _print_version(version)
+    print(f"  trained by {version.trained_by}, registered by {version.registered_by}")
+    if version.reviewed_by:
+        print(f"  {version.status.value} by {version.reviewed_by}: {version.review_comment}")
+    for label, document in (
+        ("contract", version.contract.to_json()),
+        ("lineage", version.lineage.to_json()),
+        ("card", version.card.to_json()),
+    ):
+        print(f"  {label}: {json.dumps(document, sort_keys=True)}")
+    if "auroc" in version.metrics:
+        print(f"  AUROC {version.metrics['auroc']}")
+    for artifact in version.artifacts:
+        print(
+            f"  {artifact.kind.value:<13} {artifact.name}  {_size(artifact.size)}  sha256 {artifact.sha256}"
+        )
+    return 0
+
+
+def _models_import_onnx(platform: Platform, args: argparse.Namespace) -> int:
+    from radstack.ai.contract import Contract
+
+    contract = Contract.from_json(_json_file(args.contract, "contract"))
+    version = platform.models.import_onnx(
+        args.name,
+        args.model.read_bytes(),
+        contract,
+        by=_acting(platform, args),
+        weights=args.weights.read_bytes() if args.weights else None,
+        **_model_inputs(args),
+    )
+    _print_version(version)
+    return 0
+
+
+def _models_import_bundle(platform: Platform, args: argparse.Namespace) -> int:
+    from radstack.ai.contract import Contract
+
+    declared = _json_file(args.contract, "contract")
+    bundle = args.bundle if args.bundle.is_dir() else args.bundle.read_bytes()
+    version = platform.models.import_bundle(
+        args.name,
+        bundle,
+        by=_acting(platform, args),
+        contract=Contract.from_json(declared) if declared is not None else None,
+        **_model_inputs(args),
+    )
+    _print_version(version)
+    return 0
+
+
+def _models_review(platform: Platform, args: argparse.Namespace) -> int:
+    registry = platform.models
+    review = registry.approve if args.models_command == "approve" else registry.reject
+    _print_version(review(args.name, args.version, by=_acting(platform, args), comment=args.comment))
+    return 0
+
+
+def _models_promote(platform: Platform, args: argparse.Namespace) -> int:
+    from radstack.ai.registry import Stage
+
+    by = _acting(platform, args)
+    _print_version(platform.models.promote(args.name, args.version, Stage(args.stage), by=by))
+    return 0
+
+
+def _models_rollback(platform: Platform, args: argparse.Namespace) -> int:
+    _print_version(platform.models.rollback(args.name, by=_acting(platform, args)))
+    return 0
+
+
+_MODEL_COMMANDS: dict[str, Callable[[Platform, argparse.Namespace], int]] = {
+    "list": _models_list,
+    "show": _models_show,
+    "import-onnx": _models_import_onnx,
+    "import-bundle": _models_import_bundle,
+    "approve": _models_review,
+    "reject": _models_review,
+    "promote": _models_promote,
+    "rollback": _models_rollback,
+}
+
+
+def _add_models_parser(commands: Any) -> None:
+    models = commands.add_parser("models", help="the model registry: versions, approval, stages, imports")
+    sub = models.add_subparsers(dest="models_command", required=True)
+
+    def command(name: str, help: str, *, user: bool = True) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        parser.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+        if user:
+            parser.add_argument(
+                "--user", required=True, help="the user acting (needs the manage-models permission)"
+            )
+        parser.set_defaults(func=_models)
+        return parser
+
+    command("list", "list the registered models", user=False)
+    show = command("show", "a model and its versions, or one version in detail", user=False)
+    show.add_argument("name")
+    show.add_argument("version", type=int, nargs="?")
+    for name, help in (
+        ("import-onnx", "register an ONNX model with its declared input/output contract (JSON)"),
+        ("import-bundle", "register a MONAI bundle (a directory or zip: configs/metadata.json and weights)"),
+    ):
+        imp = command(name, help)
+        imp.add_argument("name", help="model name (lowercase letters, digits, '.', '_', '-')")
+        if name == "import-onnx":
+            imp.add_argument("model", type=Path, help="the .onnx file")
+            imp.add_argument("--contract", type=Path, required=True, help="its input/output contract (JSON)")
+            imp.add_argument("--weights", type=Path, help="the source weights, kept with the version")
+        else:
+            imp.add_argument("bundle", type=Path, help="the bundle directory or zip file")
+            imp.add_argument("--contract", type=Path, help="the contract the bundle must match (JSON)")
+        imp.add_argument(
+            "--lineage", type=Path, help="JSON: dataset_version, code_version, hyperparameters, ..."
+        )
+        imp.add_argument("--metrics", type=Path, help="JSON: evaluation metrics (see radstack.ai.card)")
+        imp.add_argument("--card", type=Path, help="JSON: intended_use, training_data, limitations")
+        imp.add_argument("--description", default="", help="the model's description (when it is new)")
+    for name, help in (
+        ("approve", "approve a pending version (not by its trainer)"),
+        ("reject", "reject a pending version"),
+    ):
+        review = command(name, help)
+        review.add_argument("name")
+        review.add_argument("version", type=int)
+        review.add_argument("--comment", required=True, help="why")
+    promote = command("promote", "put a version in staging, or an approved one in production")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--stage", choices=("staging", "production"), default="production")
+    rollback = command("rollback", "return production to the version that was there before")
+    rollback.add_argument("name")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -711,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.set_defaults(func=_worker)
+    _add_models_parser(commands)
     return parser
 
 

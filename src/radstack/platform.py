@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from radstack.ai.registry import ModelRegistry
 from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
 from radstack.dicom.deid import Deidentifier
@@ -129,6 +131,11 @@ class Platform:
         )
         jobs.register(ACTION_KIND, RouteActionRunner(store, platform.forward, settings.outbound_tokens))
         return platform
+
+    @cached_property
+    def models(self) -> ModelRegistry:
+        """The model registry: its rows in the index, its artifacts in the (encrypted) blob store."""
+        return ModelRegistry(self.store.engine, self.store.blobs, self.policy, self.audit.submit)
 
     def view(self, role: RoleDef) -> View:
         """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""
