@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from radstack.ai.datasets import DATASET_KIND, DatasetRunner, DatasetService
 from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
 from radstack.dicom.deid import Deidentifier
@@ -128,7 +130,13 @@ class Platform:
             inboxes=inboxes,
         )
         jobs.register(ACTION_KIND, RouteActionRunner(store, platform.forward, settings.outbound_tokens))
+        jobs.register(DATASET_KIND, DatasetRunner(platform.datasets, analyser, parallel, ingest_options))
         return platform
+
+    @cached_property
+    def datasets(self) -> DatasetService:
+        """Data sets: their rows in the index, their images in the store, made and read by policy."""
+        return DatasetService(self.store, self.deidentifier, self.policy, self.audit.submit)
 
     def view(self, role: RoleDef) -> View:
         """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""

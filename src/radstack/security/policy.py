@@ -56,6 +56,10 @@ class ActionValues(StrEnum):
     READ_AUDIT = "read-audit"
     #: Prometheus metrics at ``/metrics`` (request counts and latencies by route; no PHI).
     READ_METRICS = "read-metrics"
+    #: Data sets read-only: their versions, counts, items and (with ``read-pixels``) their images.
+    READ_DATASETS = "read-datasets"
+    #: Make data sets and new versions of them.
+    MANAGE_DATASETS = "manage-datasets"
 
 
 class ViewValues(StrEnum):
@@ -99,7 +103,15 @@ DEFAULT_ROLES: dict[str, RoleDef] = {
         RoleDef("annotator", frozenset(_READ | {ActionValues.LABEL})),
         RoleDef(
             "data-scientist",
-            frozenset(_READ | {ActionValues.TRAIN, ActionValues.EXPORT}),
+            frozenset(
+                _READ
+                | {
+                    ActionValues.TRAIN,
+                    ActionValues.EXPORT,
+                    ActionValues.READ_DATASETS,
+                    ActionValues.MANAGE_DATASETS,
+                }
+            ),
             view=ViewValues.DEIDENTIFIED,
         ),
         RoleDef("referring-physician", frozenset(_READ), scope=ScopeValues.REFERRED),
