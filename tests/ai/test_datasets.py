@@ -4,6 +4,9 @@ reader in the de-identified view, the API's permissions, and the CLI."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,8 @@ from radstack.ingest.pipeline import ingest_file
 from radstack.platform import Platform
 from radstack.security.policy import SYSTEM, Principal
 from radstack.store.studies import BatchReason
+from tests import authed
+from tests.conftest import RunningServer, server_settings
 
 #: Digital X-Ray Image Storage - For Presentation (PS3.4 §B.5).
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -376,3 +381,158 @@ def test_a_radiologist_may_not_make_or_read_data_sets(platform: Platform, folder
     with pytest.raises(Forbidden):
         platform.datasets.list_datasets(RADIOLOGIST)
     assert len(platform.datasets.reader(DATA_SCIENTIST, "x", None, None)) == len(images)
+
+
+# ----------------------------------------------------------------------------------------- HTTP API
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[RunningServer]:
+    from tests.conftest import start_server
+
+    yield from start_server(server_settings(tmp_path / "data", dicom_port=0))
+
+
+def wait_for_job(server: RunningServer, url: str, token: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        job: dict[str, Any] = authed.get(url, headers={"Authorization": f"Bearer {token}"}).json()
+        if job["state"] not in ("QUEUED", "RUNNING") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
+def test_api_makes_lists_and_shows_data_sets_by_permission(api_server: RunningServer, folder: Path) -> None:
+    images = write_folder(folder, positive_patients=3, negative_patients=3)
+    base = f"{api_server.url}/api/v1/datasets"
+    scientist = {"Authorization": f"Bearer {api_server.token_for('data-scientist')}"}
+    radiologist = {"Authorization": f"Bearer {api_server.token_for('radiologist')}"}
+
+    # From a folder (an admin: it ingests): a job with progress, then the version.
+    response = authed.post(
+        base, json={"name": "wrists", "from_folder": str(folder), "seed": 4, "split": "70/15/15"}
+    )
+    assert response.status_code == 202, response.text
+    job = wait_for_job(api_server, response.headers["Location"], api_server.token)
+    assert job["state"] == "SUCCEEDED", job
+    assert job["progress"]["files_done"] == job["progress"]["files_total"] == 12
+    assert (job["progress"]["dataset"], job["progress"]["version"]) == ("wrists", 1)
+
+    shown = authed.get(f"{base}/wrists", headers=scientist)
+    assert shown.status_code == 200
+    body = shown.json()
+    assert body["version"] == 1 and body["item_count"] == 12
+    assert body["counts"]["all"]["positive"] == 3 and body["counts"]["all"]["negative"] == 9
+    assert set(body["counts"]) == {"train", "validation", "test", "all"}
+    assert authed.get(f"{base}/wrists/versions/1", headers=scientist).json() == body
+    listed = authed.get(base, headers=scientist).json()
+    assert [(d["name"], d["latest_version"]) for d in listed] == [("wrists", 1)]
+
+    page = authed.get(
+        f"{base}/wrists/versions/1/items", params={"limit": 5, "offset": 0}, headers=scientist
+    ).json()
+    rest = authed.get(
+        f"{base}/wrists/versions/1/items", params={"limit": 50, "offset": 5}, headers=scientist
+    ).json()
+    assert len(page["items"]) == 5 and len(rest["items"]) == 7 and page["total"] == 12
+    pseudonyms = {api_server.platform.deidentifier.uid(i.sop_uid) for i in images}
+    assert {item["sop_uid"] for item in page["items"] + rest["items"]} == pseudonyms
+    test_items = authed.get(
+        f"{base}/wrists/versions/1/items", params={"split": "test"}, headers=scientist
+    ).json()
+    assert test_items["items"] and all(item["split"] == "test" for item in test_items["items"])
+
+    # From stored instances named as the data scientist sees them: a new version (other labels).
+    pseudo = api_server.platform.deidentifier.uid
+    instances = [
+        {
+            "study_uid": pseudo(i.study_uid),
+            "sop_uid": pseudo(i.sop_uid),
+            "label": {**i.label, "anatomy": "wrist"},
+        }
+        for i in images
+    ]
+    made = authed.post(base, json={"name": "wrists", "instances": instances, "seed": 4}, headers=scientist)
+    assert made.status_code == 201, made.text
+    assert made.json()["version"] == 2
+    again = authed.post(base, json={"name": "wrists", "instances": instances, "seed": 4}, headers=scientist)
+    assert again.status_code == 200 and again.json()["version"] == 2  # the same content: the same version
+
+    # Bad input: a clear problem, nothing changed.
+    one_class = [{**item, "label": {"fracture": False, "type": None, "boxes": []}} for item in instances]
+    refused = authed.post(base, json={"name": "wrists", "instances": one_class}, headers=scientist)
+    assert refused.status_code == 400
+    assert "one class" in refused.json()["detail"]
+    assert authed.get(f"{base}/wrists", headers=scientist).json()["version"] == 2
+    missing = authed.get(f"{base}/wrists/versions/9", headers=scientist)
+    assert missing.status_code == 404 and "versions are 1, 2" in missing.json()["detail"]
+
+    # A radiologist may neither read nor make data sets.
+    assert authed.get(base, headers=radiologist).status_code == 403
+    assert authed.get(f"{base}/wrists", headers=radiologist).status_code == 403
+    assert authed.get(f"{base}/wrists/versions/1/items", headers=radiologist).status_code == 403
+    denied = authed.post(base, json={"name": "r", "instances": instances}, headers=radiologist)
+    assert denied.status_code == 403
+    # A data scientist may not ingest a folder.
+    assert (
+        authed.post(base, json={"name": "f", "from_folder": str(folder)}, headers=scientist).status_code
+        == 403
+    )
+
+    # Creation is audited, with the data set and version.
+    api_server.platform.audit.flush()
+    from radstack.security.audit import AuditLog
+
+    records = [r for r in AuditLog(api_server.platform.store.engine).records() if r.resource.get("dataset")]
+    assert {(r.resource["dataset"], r.resource.get("version")) for r in records} >= {
+        ("wrists", 1),
+        ("wrists", 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("radstack")), "datasets", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_creates_lists_and_shows_a_data_set(
+    tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radstack.cli import main
+
+    write_folder(folder, positive_patients=3, negative_patients=3)
+    data = str(tmp_path / "cli-data")
+    made = run_cli(
+        "create", "--name", "demo", "--from-folder", str(folder), "--seed", "2", "--split", "70/15/15",
+        "--data-dir", data,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "12/12 files" in made.stderr  # the progress bar
+    assert "data set demo version 1: 12 images, seed 2, split 70/15/15" in made.stdout
+    assert all(split in made.stdout for split in ("train", "validation", "test"))
+    # The other commands in this process (a process start costs seconds here).
+    assert main(["datasets", "list", "--data-dir", data]) == 0
+    assert "demo" in capsys.readouterr().out
+    assert main(["datasets", "show", "demo", "--data-dir", data]) == 0
+    shown = capsys.readouterr().out
+    assert "version 1" in shown and "3 positive and 9 negative images in all" in shown
+    write_folder(tmp_path / "negatives", positive_patients=0, negative_patients=3)
+    refused = main(
+        [
+            "datasets",
+            "create",
+            "--name",
+            "neg",
+            "--from-folder",
+            str(tmp_path / "negatives"),
+            "--data-dir",
+            data,
+        ]
+    )
+    assert refused == 2 and "one class" in capsys.readouterr().err
+    assert main(["datasets", "show", "neg", "--data-dir", data]) == 2
+    assert "data set 'neg' does not exist" in capsys.readouterr().err

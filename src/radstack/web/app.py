@@ -76,7 +76,18 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     """
     from radstack.dimse import DimseServer
     from radstack.ingest.demo import load_demo
-    from radstack.web import accounts, api_v1, auth, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
+    from radstack.web import (
+        accounts,
+        api_v1,
+        auth,
+        datasets,
+        dicomweb,
+        dicomweb_qido,
+        jobs,
+        peers,
+        ui,
+        workflows,
+    )
     from radstack.web.apidocs import router as apidocs_router
     from radstack.web.auth import AuthMiddleware
     from radstack.web.viewer import router as viewer_router
@@ -196,6 +207,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(peers.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(workflows.router, prefix="/api/v1")
+    app.include_router(datasets.router, prefix="/api/v1")
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)
