@@ -479,27 +479,38 @@ class _AroundBar(logging.Handler):
 
 
 def _datasets_create(args: argparse.Namespace) -> int:
-    """Make a data set version from a demo-data folder here (ingesting it, with a progress bar)."""
-    from radstack.ai.datasets import parse_ratios
+    """Make a data set version from a demo-data folder: a ``dataset`` job run here with a progress
+    bar (its files are imported first); exit 0 when made, 2 when refused (the reason on stderr)."""
+    from dataclasses import replace
+
+    from radstack.ai.datasets import DATASET_KIND, folder_job_params, parse_ratios
     from radstack.errors import RadstackError
+    from radstack.jobs.records import JobState
     from radstack.platform import Platform
     from radstack.security.policy import SYSTEM
 
     platform = Platform.open(_settings(args))
     bar = _ProgressBar(sys.stderr)
     try:
+        folder = Path(args.from_folder).resolve()
+        ratios = parse_ratios(args.split)
+        # Refused here, before a job is recorded, with the errors the job would give.
+        platform.datasets.preview_from_folder(args.name, folder, SYSTEM, seed=args.seed, ratios=ratios)
+        params = folder_job_params(
+            args.name, folder, SYSTEM, seed=args.seed, ratios=ratios, description=args.description
+        )
+        records = platform.jobs.records
+        # Recorded like one the API makes, then run here: if this process dies, a worker resumes it.
+        job, _created = records.create(DATASET_KIND, params)
+        print(f"data set job {job.id}: {folder}", file=sys.stderr)
         with bar.attached(logging.getLogger()):
-            version = platform.datasets.create_from_folder(
-                args.name,
-                Path(args.from_folder).resolve(),
-                SYSTEM,
-                seed=args.seed,
-                ratios=parse_ratios(args.split),
-                description=args.description,
-                options=platform.ingest_options,
-                analyser=platform.analyser,
-                on_progress=bar.show,
-            )
+            platform.jobs.execute(job.id, on_progress=bar.show)
+        job = records.get(job.id)
+        if job.state is not JobState.SUCCEEDED:
+            print(f"radstack datasets create: the job is {job.state}: {job.last_error}", file=sys.stderr)
+            return 2
+        made = platform.datasets.version(SYSTEM, args.name, int(job.progress["version"]))
+        version = replace(made, created=bool(job.progress["created"]))
     except RadstackError as exc:
         print(f"radstack datasets create: {exc.message}", file=sys.stderr)
         return 2

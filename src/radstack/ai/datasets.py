@@ -53,7 +53,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from radstack.ai.models import DatasetItemRow, DatasetRow, DatasetVersionRow
@@ -82,6 +82,7 @@ __all__ = [
     "LabeledInstance",
     "SplitValues",
     "check_folder",
+    "folder_job_params",
     "parse_ratios",
 ]
 
@@ -98,8 +99,8 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 #: Label fields kept beside fracture, type and boxes when a truth file has them (for breakdowns).
 _LABEL_EXTRAS = ("anatomy", "view", "displaced", "composited", "source")
 _DICOMDIR = "DICOMDIR"
-#: Files between two saved progress reports of a job.
-_SAVE_EVERY = 32
+#: Files ingested at once (and between two saved progress reports of a job).
+_CHUNK = 32
 _HEADER_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Rows", "Columns"]
 
 
@@ -664,17 +665,20 @@ class DatasetService:
             ThreadPoolExecutor(max(1, parallel), thread_name_prefix="dataset-ingest") as pool,
         ):
             ingest = partial(_ingest_one, self.store, batch=batch, encode=options.encode, analyser=analyser)
-            for path, result in zip(paths, pool.map(ingest, paths), strict=True):
-                progress["files_done"] += 1
-                progress["bytes_done"] += path.stat().st_size
-                if result.error is not None or result.outcome is None:
-                    progress["refused"] += 1
-                    reason = result.error.message if result.error is not None else "not stored"
-                    refused.append(f"{path.name}: {reason}")
-                else:
-                    progress[result.outcome.value] += 1
-                if on_progress is not None:
-                    on_progress(dict(progress))
+            # A chunk at a time, so a job told to stop stops after the chunk, not after every file.
+            for start in range(0, len(paths), _CHUNK):
+                chunk = paths[start : start + _CHUNK]
+                for path, result in zip(chunk, pool.map(ingest, chunk), strict=True):
+                    progress["files_done"] += 1
+                    progress["bytes_done"] += path.stat().st_size
+                    if result.error is not None or result.outcome is None:
+                        progress["refused"] += 1
+                        reason = result.error.message if result.error is not None else "not stored"
+                        refused.append(f"{path.name}: {reason}")
+                    else:
+                        progress[result.outcome.value] += 1
+                    if on_progress is not None:
+                        on_progress(dict(progress))
         if refused:
             raise BadRequest(
                 f"{len(refused)} of {len(paths)} files of the folder were refused, so no data set was made: "
@@ -720,7 +724,8 @@ class DatasetService:
                     name, description, items, content_hash, seed, ratios, counts, source, principal
                 )
                 break
-            except IntegrityError:  # a concurrent writer took the version number (or the name)
+            # A concurrent writer took the version number or the name, or held SQLite's write lock.
+            except (IntegrityError, OperationalError):
                 if attempt == 2:
                     raise
         if created and self.audit is not None:
@@ -930,11 +935,16 @@ class DatasetReader(Sequence[DatasetSample]):
 
     def __init__(self, store: StudyStore, items: Sequence[DatasetItem], view: View) -> None:
         self.store = store
-        self.items = list(items)
+        self._items = list(items)
         self.view = view
 
+    @property
+    def items(self) -> list[DatasetItem]:
+        """The items (references, split, patient, label), UIDs as the view shows them; no pixels."""
+        return [item.shown(self.view) for item in self._items]
+
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._items)
 
     @overload
     def __getitem__(self, index: int) -> DatasetSample: ...
@@ -944,8 +954,8 @@ class DatasetReader(Sequence[DatasetSample]):
 
     def __getitem__(self, index: int | slice) -> DatasetSample | DatasetReader:
         if isinstance(index, slice):
-            return DatasetReader(self.store, self.items[index], self.view)
-        item = self.items[index]
+            return DatasetReader(self.store, self._items[index], self.view)
+        item = self._items[index]
         record = self._record(item)
         pixel = record.pixel
         assert pixel is not None  # checked when the version was made
@@ -965,12 +975,12 @@ class DatasetReader(Sequence[DatasetSample]):
         )
 
     def __iter__(self) -> Iterator[DatasetSample]:
-        for index in range(len(self.items)):
+        for index in range(len(self._items)):
             yield self[index]
 
     def header(self, index: int) -> JsonDict:
         """Item ``index``'s DICOM JSON as the view shows it (de-identified for a data scientist)."""
-        item = self.items[index]
+        item = self._items[index]
         record = self._record(item)
         attrs: JsonDict = json.loads(self.store.instance_json(record))
         return self.view.json(attrs, record.study_uid)
@@ -993,6 +1003,26 @@ class DatasetReader(Sequence[DatasetSample]):
 
 
 # ---------------------------------------------------------------------------------------- jobs
+def folder_job_params(
+    name: str,
+    folder: str | Path,
+    principal: Principal,
+    *,
+    seed: int = 0,
+    ratios: tuple[float, float, float] = DEFAULT_RATIOS,
+    description: str = "",
+) -> JsonDict:
+    """The parameters of a ``dataset`` job that makes a version from ``folder`` for ``principal``."""
+    return {
+        "name": name,
+        "description": description,
+        "folder": str(folder),
+        "seed": seed,
+        "ratios": list(ratios),
+        "submitted_by": {"subject": principal.subject, "role": principal.role},
+    }
+
+
 class DatasetRunner:
     """The job handler of ``dataset`` jobs: a data set version from a folder, with progress.
 
@@ -1022,7 +1052,7 @@ class DatasetRunner:
             progress.update(update)
             done = int(update["files_done"])
             # Saved (the lease renewed) every few files and at both ends, not on every file.
-            context.report(dict(progress), save=done % _SAVE_EVERY == 0 or done == update["files_total"])
+            context.report(dict(progress), save=done % _CHUNK == 0 or done == update["files_total"])
 
         version = self.service.create_from_folder(
             str(params["name"]),

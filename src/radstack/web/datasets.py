@@ -22,6 +22,7 @@ from radstack.ai.datasets import (
     LabeledInstance,
     SplitValues,
     check_folder,
+    folder_job_params,
     parse_ratios,
 )
 from radstack.errors import BadRequest, NotFound
@@ -146,14 +147,9 @@ def create_dataset(request: Request, body: DatasetIn) -> JSONResponse:
         folder = str(check_folder(body.from_folder))
         # Refused here, before the job, with the same errors the job would give.
         service.preview_from_folder(body.name, folder, principal, seed=body.seed, ratios=ratios)
-        params = {
-            "name": body.name,
-            "description": body.description,
-            "folder": folder,
-            "seed": body.seed,
-            "ratios": list(ratios),
-            "submitted_by": {"subject": principal.subject, "role": principal.role},
-        }
+        params = folder_job_params(
+            body.name, folder, principal, seed=body.seed, ratios=ratios, description=body.description
+        )
         job, _created = platform_of(request).jobs.submit(DATASET_KIND, params)
         return JSONResponse(
             JobOut.of(job).model_dump(mode="json"),
