@@ -8,11 +8,10 @@ boxes in pixels of the stored image, edges, ``x1`` and ``y1`` exclusive). A vers
 changed once written; its content hash is the SHA-256 of its items, so the same content is the
 same version and any change makes a new one while the old stays readable.
 
-The split is by patient, never by image: patients are put in order by a keyed hash of the seed
-and their key, separately for those with a fracture on any image and those without (so each
-split gets its share of both), and cut by the ratios. The same seed, ratios and patients give the
-same split. A data set with one class, or a split that would be empty or lack a class, is refused
-with the counts, and nothing is written.
+The split is by patient, never by image, stratified by whether a patient has a fracture, and the
+same for the same seed, ratios and patients (:mod:`radstack.ai.splits`, with the label rules). A
+data set with one class, or a split that would be empty or lack a class, is refused with the
+counts, and nothing is written.
 
 Patients are kept under the pseudonym the de-identified view gives them (the ``ANON-…`` Patient
 ID of PS3.15 Annex E as :class:`radstack.dicom.deid.Deidentifier` makes it), never the real ID.
@@ -35,14 +34,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any, overload
@@ -57,6 +54,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from radstack.ai.models import DatasetItemRow, DatasetRow, DatasetVersionRow
+from radstack.ai.splits import (
+    DEFAULT_RATIOS,
+    SplitValues,
+    assign_splits,
+    check_counts,
+    check_label,
+    parse_ratios,
+    split_counts,
+)
 from radstack.dicom.deid import Deidentifier
 from radstack.dicomweb.wado import decoded_frame
 from radstack.errors import BadRequest, NotFound
@@ -67,7 +73,8 @@ from radstack.security.audit import AuditActionValues, AuditEntry
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.security.views import View
 from radstack.store.models import InstanceRow
-from radstack.store.studies import Batch, BatchReason, InstanceRecord, StudyStore
+from radstack.store.records import Batch, BatchReason, InstanceRecord
+from radstack.store.studies import StudyStore
 
 __all__ = [
     "DATASET_KIND",
@@ -91,28 +98,13 @@ JsonDict = dict[str, Any]
 
 #: The job kind that makes a data set version from a folder (ingest, then snapshot).
 DATASET_KIND = "dataset"
-#: Train, validation and test shares when none are given.
-DEFAULT_RATIOS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 #: The ground-truth file of a demo-data folder.
 TRUTH_FILE = "truth.json"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-#: Label fields kept beside fracture, type and boxes when a truth file has them (for breakdowns).
-_LABEL_EXTRAS = ("anatomy", "view", "displaced", "composited", "source")
 _DICOMDIR = "DICOMDIR"
 #: Files ingested at once (and between two saved progress reports of a job).
 _CHUNK = 32
 _HEADER_TAGS = ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "Rows", "Columns"]
-
-
-class SplitValues(StrEnum):
-    """The three splits, in their order."""
-
-    TRAIN = "train"
-    VALIDATION = "validation"
-    TEST = "test"
-
-
-_SPLITS = tuple(SplitValues)
 
 
 # ---------------------------------------------------------------------------------------- values
@@ -232,29 +224,6 @@ class DatasetSample:
 
 
 # ---------------------------------------------------------------------------------------- input
-def parse_ratios(value: str | Sequence[float]) -> tuple[float, float, float]:
-    """Train/validation/test shares from ``"70/15/15"`` or ``[0.7, 0.15, 0.15]``, as fractions.
-
-    Raises
-    ------
-    BadRequest
-        Not three positive numbers (they are scaled to sum to one).
-    """
-    parts: list[Any] = value.split("/") if isinstance(value, str) else list(value)
-    try:
-        numbers = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        numbers = []
-    if len(numbers) != 3 or not all(math.isfinite(n) and n > 0 for n in numbers):
-        raise BadRequest(
-            f"split {value!r} is not three positive shares train/validation/test, e.g. 70/15/15; "
-            "every split needs a share (an empty split is refused)"
-        )
-    total = sum(numbers)
-    train, validation, test = (n / total for n in numbers)
-    return train, validation, test
-
-
 def check_name(name: str) -> str:
     """A data set name: lower-case letters, digits, ``.``, ``_``, ``-``; up to 64 characters."""
     if not _NAME.fullmatch(name):
@@ -280,51 +249,8 @@ def check_folder(folder: str | Path) -> Path:
     return path.resolve()
 
 
-def check_label(label: Any, where: str, rows: int | None = None, columns: int | None = None) -> JsonDict:
-    """A label in the data set's form; :class:`BadRequest` naming ``where`` and the bad value.
-
-    ``{"fracture": bool, "type": str | None, "boxes": [[x0, y0, x1, y1], …]}`` with ``x0 < x1``
-    and ``y0 < y1``, inside the image when its size is known; an image without a fracture has no
-    boxes. The extra fields of a truth file (``anatomy``, ``view``, …) are kept.
-    """
-    if not isinstance(label, dict):
-        raise BadRequest(f"{where}: the label must be a JSON object with 'fracture', 'type' and 'boxes'")
-    fracture = label.get("fracture")
-    if not isinstance(fracture, bool):
-        raise BadRequest(f"{where}: 'fracture' must be true or false, not {fracture!r}")
-    kind = label.get("type")
-    if kind is not None and not isinstance(kind, str):
-        raise BadRequest(f"{where}: 'type' must be a string or null, not {kind!r}")
-    boxes = label.get("boxes") or []
-    if not isinstance(boxes, list):
-        raise BadRequest(f"{where}: 'boxes' must be a list of [x0, y0, x1, y1]")
-    if boxes and not fracture:
-        raise BadRequest(f"{where}: an image without a fracture has boxes {boxes!r}")
-    checked: list[list[float | int]] = []
-    for box in boxes:
-        if (
-            not isinstance(box, list)
-            or len(box) != 4
-            or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box
-            )
-        ):
-            raise BadRequest(f"{where}: box {box!r} is not [x0, y0, x1, y1] (four numbers, in pixels)")
-        x0, y0, x1, y1 = box
-        if not (x0 < x1 and y0 < y1):
-            raise BadRequest(f"{where}: box {box!r} needs x0 < x1 and y0 < y1")
-        if x0 < 0 or y0 < 0 or (columns is not None and x1 > columns) or (rows is not None and y1 > rows):
-            raise BadRequest(f"{where}: box {box!r} lies outside the {columns}×{rows} image")
-        checked.append([int(v) if float(v).is_integer() else float(v) for v in box])
-    out: JsonDict = {"fracture": fracture, "type": kind if fracture else None, "boxes": checked}
-    for extra in _LABEL_EXTRAS:
-        value = label.get(extra)
-        if isinstance(value, str | bool | int | float) or (value is None and extra in label):
-            out[extra] = value
-    return out
-
-
 # ---------------------------------------------------------------------------------------- split
+# ---------------------------------------------------------------------------------------- service
 @dataclass(frozen=True, slots=True)
 class _Planned:
     """An item before it is written: the stored references, the real patient key, the label."""
@@ -338,107 +264,6 @@ class _Planned:
     path: Path | None = None
 
 
-def assign_splits(
-    patients: dict[str, bool], seed: int, ratios: tuple[float, float, float]
-) -> dict[str, SplitValues]:
-    """Each patient's split: stratified by whether they have a positive image, deterministic.
-
-    Within each stratum patients are ordered by SHA-256 of the seed and their key (so adding a
-    patient does not reorder the others) and cut by the ratios with the largest remainders; when a
-    stratum has at least as many patients as there are splits, every split gets at least one.
-    """
-    out: dict[str, SplitValues] = {}
-    for positive in (True, False):
-        keys = sorted(
-            (k for k, p in patients.items() if p is positive),
-            key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest(),
-        )
-        sizes = _shares(len(keys), ratios)
-        start = 0
-        for split, size in zip(_SPLITS, sizes, strict=True):
-            for key in keys[start : start + size]:
-                out[key] = split
-            start += size
-    return out
-
-
-def _shares(count: int, ratios: tuple[float, float, float]) -> list[int]:
-    exact = [count * r for r in ratios]
-    sizes = [math.floor(e) for e in exact]
-    by_remainder = sorted(range(3), key=lambda i: (-(exact[i] - sizes[i]), i))
-    for i in by_remainder[: count - sum(sizes)]:
-        sizes[i] += 1
-    if count >= len(sizes):
-        while 0 in sizes:
-            sizes[sizes.index(max(sizes))] -= 1
-            sizes[sizes.index(0)] = 1
-    return sizes
-
-
-def _counts(planned: Sequence[_Planned], splits: dict[str, SplitValues]) -> JsonDict:
-    """Patients, images, positive and negative images, and positive images by type, per split."""
-
-    def empty() -> JsonDict:
-        return {"patients": 0, "images": 0, "positive": 0, "negative": 0, "types": {}}
-
-    counts: JsonDict = {str(s): empty() for s in _SPLITS} | {"all": empty()}
-    seen: set[tuple[str, str]] = set()
-    for item in planned:
-        split = str(splits[item.patient])
-        for bucket in (split, "all"):
-            entry = counts[bucket]
-            if (bucket, item.patient) not in seen:
-                seen.add((bucket, item.patient))
-                entry["patients"] += 1
-            entry["images"] += 1
-            if item.label["fracture"]:
-                entry["positive"] += 1
-                kind = item.label.get("type") or "unknown"
-                entry["types"][kind] = entry["types"].get(kind, 0) + 1
-            else:
-                entry["negative"] += 1
-    return counts
-
-
-def _describe(counts: JsonDict) -> str:
-    """``train: 6 patients, 2 positive and 10 negative images; validation: …; all: …``."""
-    return "; ".join(
-        f"{s}: {_plural(counts[s]['patients'], 'patient')}, {counts[s]['positive']} positive and "
-        f"{_plural(counts[s]['negative'], 'negative image')}"
-        for s in (*(str(s) for s in _SPLITS), "all")
-    )
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _check_counts(counts: JsonDict) -> None:
-    """Refuse a data set with one class, or a split that is empty or lacks a class."""
-    total = counts["all"]
-    if not total["images"]:
-        raise BadRequest("the data set has no images")
-    if not total["positive"] or not total["negative"]:
-        only = "with a fracture" if total["positive"] else "without a fracture"
-        raise BadRequest(
-            f"the data set has one class: all {total['images']} images are {only} "
-            f"({total['positive']} positive, {total['negative']} negative); a detector needs both"
-        )
-    for split in _SPLITS:
-        entry = counts[str(split)]
-        if not entry["images"]:
-            raise BadRequest(
-                f"split '{split}' would be empty ({_describe(counts)}); add patients or change the ratios"
-            )
-        if not entry["positive"] or not entry["negative"]:
-            missing = "positive" if not entry["positive"] else "negative"
-            raise BadRequest(
-                f"split '{split}' would have no {missing} image ({_describe(counts)}); each split needs "
-                "patients with and without a fracture: add patients or change the ratios"
-            )
-
-
-# ---------------------------------------------------------------------------------------- service
 class DatasetService:
     """Make, list and read data sets: the one place their rows are written and read.
 
@@ -633,8 +458,8 @@ class DatasetService:
         for item in planned:
             patients[item.patient] = patients.get(item.patient, False) or bool(item.label["fracture"])
         splits = assign_splits(patients, seed, ratios)
-        counts = _counts(planned, splits)
-        _check_counts(counts)
+        counts = split_counts(((item.patient, item.label) for item in planned), splits)
+        check_counts(counts)
         return splits, counts
 
     def _ingest(
@@ -701,7 +526,11 @@ class DatasetService:
         """Pin each item to its stored content, hash, and write the version (or find it)."""
         order = sorted(
             planned,
-            key=lambda p: (_SPLITS.index(splits[p.patient]), self._patient_key(p.patient), p.sop_uid),
+            key=lambda p: (
+                list(SplitValues).index(splits[p.patient]),
+                self._patient_key(p.patient),
+                p.sop_uid,
+            ),
         )
         stored = _current_instances(self.store, order)
         items = [
@@ -709,9 +538,9 @@ class DatasetService:
                 position=position,
                 split=splits[item.patient],
                 study_uid=item.study_uid,
-                series_uid=stored[item.sop_uid][0].series_uid,
+                series_uid=stored[item.sop_uid].series_uid,
                 sop_uid=item.sop_uid,
-                instance_hash=stored[item.sop_uid][1],
+                instance_hash=stored[item.sop_uid].content_hash,
                 patient_key=self._patient_key(item.patient),
                 label=item.label,
             )
@@ -1127,13 +956,11 @@ def _check_image(record: InstanceRecord, where: str) -> tuple[int, int]:
     return pixel.rows, pixel.columns
 
 
-def _current_instances(
-    store: StudyStore, planned: Sequence[_Planned]
-) -> dict[str, tuple[InstanceRecord, str]]:
-    """SOP Instance UID → (current stored instance, its content hash), checked to be images of
-    the planned studies; :class:`NotFound` naming one that is not stored."""
+def _current_instances(store: StudyStore, planned: Sequence[_Planned]) -> dict[str, InstanceRecord]:
+    """SOP Instance UID → current stored instance, checked to be images of the planned studies;
+    :class:`NotFound` naming one that is not stored."""
     sops = [item.sop_uid for item in planned]
-    found: dict[str, tuple[InstanceRecord, str]] = {}
+    found: dict[str, InstanceRecord] = {}
     with store.engine.connect() as connection:
         for start in range(0, len(sops), 500):
             rows = connection.execute(
@@ -1142,12 +969,12 @@ def _current_instances(
                 )
             ).all()
             for row in rows:
-                found[row.sop_uid] = (InstanceRecord.from_row(row), str(row.content_hash))
+                found[row.sop_uid] = InstanceRecord.from_row(row)
     for item in planned:
         record = found.get(item.sop_uid)
-        if record is None or record[0].study_uid != item.study_uid:
+        if record is None or record.study_uid != item.study_uid:
             raise NotFound(f"instance {item.sop_uid} is not stored in study {item.study_uid}")
-        _check_image(record[0], f"instance {item.sop_uid}")
+        _check_image(record, f"instance {item.sop_uid}")
     return found
 
 
