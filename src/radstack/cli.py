@@ -17,6 +17,7 @@ from radstack import __version__
 from radstack.config import Settings
 
 if TYPE_CHECKING:
+    from radstack.ai.datasets import DatasetVersion
     from radstack.ai.registry import ModelVersion
     from radstack.platform import Platform
     from radstack.security.authn import Accounts
@@ -748,6 +749,103 @@ def _demo_fractures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets_create(args: argparse.Namespace) -> int:
+    """Make a data set version from a demo-data folder: a ``dataset`` job run here with a progress
+    bar (its files are imported first); exit 0 when made, 2 when refused (the reason on stderr)."""
+    from dataclasses import replace
+
+    from radstack.ai.datasets import DATASET_KIND, folder_job_params, parse_ratios
+    from radstack.errors import RadstackError
+    from radstack.jobs.records import JobState
+    from radstack.platform import Platform
+    from radstack.security.policy import SYSTEM
+
+    platform = Platform.open(_settings(args))
+    bar = _ProgressBar(sys.stderr)
+    try:
+        folder = Path(args.from_folder).resolve()
+        ratios = parse_ratios(args.split)
+        # Refused here, before a job is recorded, with the errors the job would give.
+        platform.datasets.preview_from_folder(args.name, folder, SYSTEM, seed=args.seed, ratios=ratios)
+        params = folder_job_params(
+            args.name, folder, SYSTEM, seed=args.seed, ratios=ratios, description=args.description
+        )
+        records = platform.jobs.records
+        # Recorded like one the API makes, then run here: if this process dies, a worker resumes it.
+        job, _created = records.create(DATASET_KIND, params)
+        print(f"data set job {job.id}: {folder}", file=sys.stderr)
+        with bar.attached(logging.getLogger()):
+            platform.jobs.execute(job.id, on_progress=bar.show)
+        job = records.get(job.id)
+        if job.state is not JobState.SUCCEEDED:
+            print(f"radstack datasets create: the job is {job.state}: {job.last_error}", file=sys.stderr)
+            return 2
+        made = platform.datasets.version(SYSTEM, args.name, int(job.progress["version"]))
+        version = replace(made, created=bool(job.progress["created"]))
+    except RadstackError as exc:
+        print(f"radstack datasets create: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        platform.close()
+    _print_dataset_version(version)
+    return 0
+
+
+def _datasets_list(args: argparse.Namespace) -> int:
+    from radstack.platform import Platform
+    from radstack.security.policy import SYSTEM
+
+    platform = Platform.open(_settings(args))
+    try:
+        summaries = platform.datasets.list_datasets(SYSTEM)
+    finally:
+        platform.close()
+    print(f"{'name':<32} {'latest':>6} {'versions':>8}  created")
+    for summary in summaries:
+        print(
+            f"{summary.name:<32} {summary.latest_version:>6} {summary.versions:>8}  "
+            f"{summary.created_at:%Y-%m-%d %H:%M} by {summary.created_by}"
+        )
+    return 0
+
+
+def _datasets_show(args: argparse.Namespace) -> int:
+    from radstack.errors import RadstackError
+    from radstack.platform import Platform
+    from radstack.security.policy import SYSTEM
+
+    platform = Platform.open(_settings(args))
+    try:
+        version = platform.datasets.version(SYSTEM, args.name, args.version)
+    except RadstackError as exc:
+        print(f"radstack datasets show: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        platform.close()
+    _print_dataset_version(version)
+    return 0
+
+
+def _print_dataset_version(version: DatasetVersion) -> None:
+    """A version's identity and its counts per split and class, as a table."""
+    state = "" if version.created else " (already made: the same content)"
+    shares = "/".join(f"{100 * r:g}" for r in version.ratios)
+    print(
+        f"data set {version.name} version {version.version}{state}: {version.item_count} images, "
+        f"seed {version.seed}, split {shares}, content {version.content_hash[:16]}"
+    )
+    print(f"  {'split':<12} {'patients':>8} {'images':>7} {'positive':>9} {'negative':>9}  types")
+    for split in ("train", "validation", "test", "all"):
+        entry = version.counts[split]
+        types = ", ".join(f"{kind} {count}" for kind, count in sorted(entry["types"].items()))
+        print(
+            f"  {split:<12} {entry['patients']:>8} {entry['images']:>7} {entry['positive']:>9} "
+            f"{entry['negative']:>9}  {types}"
+        )
+    total = version.counts["all"]
+    print(f"  {total['positive']} positive and {total['negative']} negative images in all")
+
+
 def _worker(args: argparse.Namespace) -> int:
     from radstack.platform import Platform
 
@@ -931,6 +1029,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of patients composited onto pydicom-data's real RG3 radiograph (default 0.1)",
     )
     fractures.set_defaults(func=_demo_fractures)
+    datasets = commands.add_parser("datasets", help="data sets: labeled images split by patient, versioned")
+    datasets_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    datasets_create = datasets_commands.add_parser(
+        "create",
+        help="make a version from a folder written by 'radstack demo-data fractures' (its files are imported)",
+    )
+    datasets_create.add_argument("--name", required=True, help="the data set (a new version if it exists)")
+    datasets_create.add_argument("--from-folder", required=True, help="the folder with truth.json")
+    datasets_create.add_argument("--seed", type=int, default=0, help="seed of the split by patient")
+    datasets_create.add_argument("--split", default="70/15/15", help="train/validation/test shares")
+    datasets_create.add_argument("--description", default="", help="what the data set is for")
+    datasets_create.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    datasets_create.set_defaults(func=_datasets_create)
+    datasets_list = datasets_commands.add_parser("list", help="data sets and their newest versions")
+    datasets_list.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    datasets_list.set_defaults(func=_datasets_list)
+    datasets_show = datasets_commands.add_parser("show", help="a version's counts per split and class")
+    datasets_show.add_argument("name")
+    datasets_show.add_argument("--version", type=int, help="which version (default: the newest)")
+    datasets_show.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    datasets_show.set_defaults(func=_datasets_show)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.set_defaults(func=_worker)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from radstack.ai.datasets import DATASET_KIND, DatasetRunner, DatasetService
 from radstack.ai.registry import ModelRegistry
 from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
@@ -130,12 +131,18 @@ class Platform:
             inboxes=inboxes,
         )
         jobs.register(ACTION_KIND, RouteActionRunner(store, platform.forward, settings.outbound_tokens))
+        jobs.register(DATASET_KIND, DatasetRunner(platform.datasets, analyser, parallel, ingest_options))
         return platform
 
     @cached_property
     def models(self) -> ModelRegistry:
         """The model registry: its rows in the index, its artifacts in the (encrypted) blob store."""
         return ModelRegistry(self.store.engine, self.store.blobs, self.policy, self.audit.submit)
+
+    @cached_property
+    def datasets(self) -> DatasetService:
+        """Data sets: their rows in the index, their images in the store, made and read by policy."""
+        return DatasetService(self.store, self.deidentifier, self.policy, self.audit.submit)
 
     def view(self, role: RoleDef) -> View:
         """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""

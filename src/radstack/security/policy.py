@@ -60,6 +60,10 @@ class ActionValues(StrEnum):
     READ_MODELS = "read-models"
     #: Register and import model versions, approve or reject them, promote and roll back stages.
     MANAGE_MODELS = "manage-models"
+    #: Data sets read-only: their versions, counts, items and (with ``read-pixels``) their images.
+    READ_DATASETS = "read-datasets"
+    #: Make data sets and new versions of them.
+    MANAGE_DATASETS = "manage-datasets"
 
 
 class ViewValues(StrEnum):
@@ -116,6 +120,8 @@ DEFAULT_ROLES: dict[str, RoleDef] = {
                     ActionValues.EXPORT,
                     ActionValues.READ_MODELS,
                     ActionValues.MANAGE_MODELS,
+                    ActionValues.READ_DATASETS,
+                    ActionValues.MANAGE_DATASETS,
                 }
             ),
             view=ViewValues.DEIDENTIFIED,

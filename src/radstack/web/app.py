@@ -76,7 +76,18 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     """
     from radstack.dimse import DimseServer
     from radstack.ingest.demo import load_demo
-    from radstack.web import accounts, api_v1, auth, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
+    from radstack.web import (
+        accounts,
+        api_v1,
+        auth,
+        datasets,
+        dicomweb,
+        dicomweb_qido,
+        jobs,
+        peers,
+        ui,
+        workflows,
+    )
     from radstack.web import models as model_registry
     from radstack.web.apidocs import router as apidocs_router
     from radstack.web.auth import AuthMiddleware
@@ -199,6 +210,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(workflows.router, prefix="/api/v1")
     app.include_router(model_registry.router, prefix="/api/v1")
     app.include_router(model_registry.pages)
+    app.include_router(datasets.router, prefix="/api/v1")
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)
