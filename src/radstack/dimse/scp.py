@@ -34,30 +34,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 
+from radstack.dicom.transfer_syntax import TRANSFER_SYNTAXES
 from radstack.dicomweb.wado import part10
 from radstack.dimse import _query
 from radstack.dimse._tls import DeferredHandshakeServer
@@ -79,31 +62,9 @@ log = logging.getLogger(__name__)
 
 #: Every transfer syntax whose pixel data the ingest pipeline reads (docs/store.md); others are
 #: refused at negotiation, so a sender can fall back to one of these. When a presentation context
-#: proposes several, the first of this list wins (PS3.8 §9.3.3.2 leaves the choice to the
-#: acceptor): explicit and implicit VR little endian, which every sender can produce and which a
-#: C-GET requestor can always be sent; then lossless compressed syntaxes; lossy ones last, so no
-#: sender is ever asked to compress lossily an image it holds uncompressed.
-STORAGE_TRANSFER_SYNTAXES = tuple(
-    str(uid)
-    for uid in (
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-        HTJ2KLosslessRPCL,
-        HTJ2KLossless,
-        JPEG2000Lossless,
-        JPEGLSLossless,
-        JPEGLosslessSV1,
-        JPEGLossless,
-        RLELossless,
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        HTJ2K,
-        JPEG2000,
-        JPEGLSNearLossless,
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-    )
-)
+#: proposes several, the first of this list wins: the order of
+#: :data:`~radstack.dicom.transfer_syntax.TRANSFER_SYNTAXES` says why.
+STORAGE_TRANSFER_SYNTAXES = tuple(syntax.uid for syntax in TRANSFER_SYNTAXES)
 STORAGE_SOP_CLASSES = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 _MAX_ASSOCIATIONS = 32
 _PENDING, _PENDING_WARNING, _CANCEL = 0xFF00, 0xFF01, 0xFE00
