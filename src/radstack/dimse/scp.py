@@ -41,7 +41,6 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 
 from radstack.dicom.transfer_syntax import TRANSFER_SYNTAXES
-from radstack.dicomweb.wado import part10
 from radstack.dimse import _query
 from radstack.dimse._tls import DeferredHandshakeServer
 from radstack.dimse.scu import VERIFICATION, choose_syntax, offered_syntaxes, propose_contexts
@@ -51,6 +50,7 @@ from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeV
 from radstack.security.policy import ActionValues, Principal
 from radstack.security.tls import server_ssl_context
 from radstack.security.views import View
+from radstack.store.retrieve import part10
 from radstack.store.studies import Batch, BatchReason, InstanceRecord, StoreOutcomeValues
 
 if TYPE_CHECKING:
