@@ -13,6 +13,7 @@ from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
 from radstack.dicom.deid import Deidentifier
 from radstack.dimse.peers import PeerRegistry
+from radstack.dimse.scp import DimseConfig, DimseServer
 from radstack.dimse.scu import send_instances
 from radstack.ingest.importjobs import IMPORT_KIND, ImportRunner
 from radstack.ingest.options import IngestOptions
@@ -147,6 +148,23 @@ class Platform:
     def view(self, role: RoleDef) -> View:
         """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""
         return View(role, self.store, self.deidentifier)
+
+    def dimse_server(self) -> DimseServer | None:
+        """The DICOM service on the services of this platform; ``None`` when no DICOM port is set."""
+        config = DimseConfig.from_settings(self.settings)
+        if not config.listens:
+            return None
+        return DimseServer(
+            config,
+            store=self.store,
+            peers=self.peers,
+            accounts=self.accounts,
+            policy=self.policy,
+            views=self.view,
+            audit=self.audit,
+            ingest_options=self.ingest_options,
+            analyser=self.analyser,
+        )
 
     def forward(self, ae_title: str, records: list[InstanceRecord]) -> dict[str, Any]:
         """C-STORE ``records`` to the registered peer ``ae_title`` (routing's ``forward`` action)."""

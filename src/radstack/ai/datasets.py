@@ -64,7 +64,6 @@ from radstack.ai.splits import (
     split_counts,
 )
 from radstack.dicom.deid import Deidentifier
-from radstack.dicomweb.wado import decoded_frame
 from radstack.errors import BadRequest, NotFound
 from radstack.ingest.options import IngestOptions
 from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
@@ -74,6 +73,7 @@ from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.security.views import View
 from radstack.store.models import InstanceRow
 from radstack.store.records import Batch, BatchReason, InstanceRecord
+from radstack.store.retrieve import decoded_frame
 from radstack.store.studies import StudyStore
 
 __all__ = [

@@ -74,7 +74,6 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     0) and the job consumers and drop-folder watcher (unless ``no_workers``) start with the app and stop before the
     platform closes.
     """
-    from radstack.dimse import DimseServer
     from radstack.ingest.demo import load_demo
     from radstack.web import (
         accounts,
@@ -97,7 +96,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = platform or Platform.open(settings)
         app.state.platform = opened
-        dimse = DimseServer(opened) if opened.settings.dicom_port or opened.settings.dicom_tls_port else None
+        dimse = opened.dimse_server()
         try:
             if opened.settings.demo:
                 await to_thread.run_sync(
