@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import threading
@@ -10,14 +11,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from radstack import __version__
 from radstack.config import Settings
 
 if TYPE_CHECKING:
+    from radstack.ai.datasets import DatasetVersion
+    from radstack.ai.registry import ModelVersion
+    from radstack.platform import Platform
     from radstack.security.authn import Accounts
     from radstack.security.crypto import EncryptedBlobStore
+    from radstack.security.policy import Principal
 
 __all__ = ["main"]
 
@@ -315,6 +320,225 @@ def _keys_status(args: argparse.Namespace) -> int:
     return 0 if not (stale or usage.plaintext or usage.damaged) else 1
 
 
+def _models(args: argparse.Namespace) -> int:
+    """``radstack models …``: the model registry, acting as the user named by ``--user`` (whose role
+    the registry's policy checks, as it does an API caller's)."""
+    from radstack.errors import RadstackError
+    from radstack.platform import Platform
+
+    platform = Platform.open(_settings(args))
+    try:
+        return int(_MODEL_COMMANDS[args.models_command](platform, args))
+    except RadstackError as exc:
+        print(f"radstack models {args.models_command}: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file named on the command line that cannot be read
+        print(f"radstack models {args.models_command}: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    finally:
+        platform.close()
+
+
+def _acting(platform: Platform, args: argparse.Namespace) -> Principal:
+    """The principal of ``--user``: an enabled user of this data dir."""
+    from radstack.errors import Forbidden
+
+    user = platform.accounts.user(args.user)
+    if user.disabled:
+        raise Forbidden(f"user {user.username!r} is disabled")
+    return user.principal("cli").with_source("cli")
+
+
+def _json_file(path: Path | None, what: str) -> Any:
+    from radstack.errors import BadRequest
+
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"the {what} file {str(path)!r} cannot be read as JSON: {exc}") from None
+
+
+def _model_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    from radstack.ai.card import ModelCard
+    from radstack.ai.registry import Lineage
+
+    return {
+        "lineage": Lineage.from_json(_json_file(args.lineage, "lineage")) if args.lineage else None,
+        "metrics": _json_file(args.metrics, "metrics"),
+        "card": ModelCard.from_json(_json_file(args.card, "card")) if args.card else None,
+        "description": args.description,
+    }
+
+
+def _print_version(version: ModelVersion) -> None:
+    stage = version.stage.value if version.stage else "-"
+    print(f"{version.ref}: {version.status.value}, stage {stage} ({version.format.value})")
+
+
+def _models_list(platform: Platform, args: argparse.Namespace) -> int:
+    rows = [("MODEL", "VERSIONS", "LATEST", "PRODUCTION", "DESCRIPTION")]
+    for model in platform.models.models():
+        latest = str(model.latest_version or "-")
+        production = f"v{model.production_version}" if model.production_version else "-"
+        rows.append((model.name, str(model.version_count), latest, production, model.description[:60]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _models_show(platform: Platform, args: argparse.Namespace) -> int:
+    registry = platform.models
+    if args.version is None:
+        model = registry.model(args.name)
+        print(f"{model.name}: {model.description or 'no description'} (created by {model.created_by})")
+        for version in registry.versions(args.name):
+            reviewed = f", {version.status.value} by {version.reviewed_by}" if version.reviewed_by else ""
+            stage = version.stage.value if version.stage else "-"
+            print(
+                f"  v{version.version}  {version.status.value:<8}  {stage:<10}  trained by "
+                f"{version.trained_by}{reviewed}  {version.created_at:%Y-%m-%d %H:%M}"
+            )
+        return 0
+    version = registry.version(args.name, args.version)
+    _print_version(version)
+    print(f"  trained by {version.trained_by}, registered by {version.registered_by}")
+    if version.reviewed_by:
+        print(f"  {version.status.value} by {version.reviewed_by}: {version.review_comment}")
+    for label, document in (
+        ("contract", version.contract.to_json()),
+        ("lineage", version.lineage.to_json()),
+        ("card", version.card.to_json()),
+    ):
+        print(f"  {label}: {json.dumps(document, sort_keys=True)}")
+    if "auroc" in version.metrics:
+        print(f"  AUROC {version.metrics['auroc']}")
+    for artifact in version.artifacts:
+        print(
+            f"  {artifact.kind.value:<13} {artifact.name}  {_size(artifact.size)}  sha256 {artifact.sha256}"
+        )
+    return 0
+
+
+def _models_import_onnx(platform: Platform, args: argparse.Namespace) -> int:
+    from radstack.ai.contract import Contract
+
+    contract = Contract.from_json(_json_file(args.contract, "contract"))
+    version = platform.models.import_onnx(
+        args.name,
+        args.model.read_bytes(),
+        contract,
+        by=_acting(platform, args),
+        weights=args.weights.read_bytes() if args.weights else None,
+        **_model_inputs(args),
+    )
+    _print_version(version)
+    return 0
+
+
+def _models_import_bundle(platform: Platform, args: argparse.Namespace) -> int:
+    from radstack.ai.contract import Contract
+
+    declared = _json_file(args.contract, "contract")
+    bundle = args.bundle if args.bundle.is_dir() else args.bundle.read_bytes()
+    version = platform.models.import_bundle(
+        args.name,
+        bundle,
+        by=_acting(platform, args),
+        contract=Contract.from_json(declared) if declared is not None else None,
+        **_model_inputs(args),
+    )
+    _print_version(version)
+    return 0
+
+
+def _models_review(platform: Platform, args: argparse.Namespace) -> int:
+    registry = platform.models
+    review = registry.approve if args.models_command == "approve" else registry.reject
+    _print_version(review(args.name, args.version, by=_acting(platform, args), comment=args.comment))
+    return 0
+
+
+def _models_promote(platform: Platform, args: argparse.Namespace) -> int:
+    from radstack.ai.registry import Stage
+
+    by = _acting(platform, args)
+    _print_version(platform.models.promote(args.name, args.version, Stage(args.stage), by=by))
+    return 0
+
+
+def _models_rollback(platform: Platform, args: argparse.Namespace) -> int:
+    _print_version(platform.models.rollback(args.name, by=_acting(platform, args)))
+    return 0
+
+
+_MODEL_COMMANDS: dict[str, Callable[[Platform, argparse.Namespace], int]] = {
+    "list": _models_list,
+    "show": _models_show,
+    "import-onnx": _models_import_onnx,
+    "import-bundle": _models_import_bundle,
+    "approve": _models_review,
+    "reject": _models_review,
+    "promote": _models_promote,
+    "rollback": _models_rollback,
+}
+
+
+def _add_models_parser(commands: Any) -> None:
+    models = commands.add_parser("models", help="the model registry: versions, approval, stages, imports")
+    sub = models.add_subparsers(dest="models_command", required=True)
+
+    def command(name: str, help: str, *, user: bool = True) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        parser.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+        if user:
+            parser.add_argument(
+                "--user", required=True, help="the user acting (needs the manage-models permission)"
+            )
+        parser.set_defaults(func=_models)
+        return parser
+
+    command("list", "list the registered models", user=False)
+    show = command("show", "a model and its versions, or one version in detail", user=False)
+    show.add_argument("name")
+    show.add_argument("version", type=int, nargs="?")
+    for name, help in (
+        ("import-onnx", "register an ONNX model with its declared input/output contract (JSON)"),
+        ("import-bundle", "register a MONAI bundle (a directory or zip: configs/metadata.json and weights)"),
+    ):
+        imp = command(name, help)
+        imp.add_argument("name", help="model name (lowercase letters, digits, '.', '_', '-')")
+        if name == "import-onnx":
+            imp.add_argument("model", type=Path, help="the .onnx file")
+            imp.add_argument("--contract", type=Path, required=True, help="its input/output contract (JSON)")
+            imp.add_argument("--weights", type=Path, help="the source weights, kept with the version")
+        else:
+            imp.add_argument("bundle", type=Path, help="the bundle directory or zip file")
+            imp.add_argument("--contract", type=Path, help="the contract the bundle must match (JSON)")
+        imp.add_argument(
+            "--lineage", type=Path, help="JSON: dataset_version, code_version, hyperparameters, ..."
+        )
+        imp.add_argument("--metrics", type=Path, help="JSON: evaluation metrics (see radstack.ai.card)")
+        imp.add_argument("--card", type=Path, help="JSON: intended_use, training_data, limitations")
+        imp.add_argument("--description", default="", help="the model's description (when it is new)")
+    for name, help in (
+        ("approve", "approve a pending version (not by its trainer)"),
+        ("reject", "reject a pending version"),
+    ):
+        review = command(name, help)
+        review.add_argument("name")
+        review.add_argument("version", type=int)
+        review.add_argument("--comment", required=True, help="why")
+    promote = command("promote", "put a version in staging, or an approved one in production")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--stage", choices=("staging", "production"), default="production")
+    rollback = command("rollback", "return production to the version that was there before")
+    rollback.add_argument("name")
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
 
@@ -425,6 +649,16 @@ class _ProgressBar:
                 self.last = now
                 self._draw()
 
+    def show_count(self, done: int, total: int, what: str) -> None:
+        """``done`` of ``total`` things (``what``: "images"), for work that is not files and bytes."""
+        filled = min(self.width, self.width * done // total) if total else self.width
+        with self.lock:
+            self.line = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {what}"
+            now = time.monotonic()
+            if done == total or now - self.last >= self.every:
+                self.last = now
+                self._draw()
+
     def _draw(self) -> None:
         if self.tty:
             self.stream.write(f"\r{self.line}\x1b[K")
@@ -475,6 +709,141 @@ class _AroundBar(logging.Handler):
             self.inner.handle(record)
             if was_drawn:
                 self.bar._draw()
+
+
+def _demo_fractures(args: argparse.Namespace) -> int:
+    """Write synthetic fracture radiographs (DX DICOM) and their ground truth, with a progress bar."""
+    from collections import Counter
+
+    from radstack.ai.synthetic import Options, SyntheticDataError, write_dataset
+
+    bar = _ProgressBar(sys.stderr)
+    try:
+        options = Options(
+            fracture_rate=args.fracture_rate,
+            scale=args.scale,
+            images_per_patient=args.images_per_patient,
+            rg3_rate=args.rg3_rate,
+        )
+        with bar.attached(logging.getLogger()):
+            document = write_dataset(
+                args.out,
+                args.count,
+                args.seed,
+                options,
+                on_progress=lambda d, t: bar.show_count(d, t, "images"),
+            )
+    except SyntheticDataError as exc:
+        print(f"radstack demo-data fractures: {exc.message}", file=sys.stderr)
+        return 2
+    images = document["images"].values()
+    kinds = Counter(str(image["type"]) for image in images if image["fracture"])
+    patients = len({image["patient_id"] for image in images})
+    detail = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    print(
+        f"{len(document['images'])} images of {patients} patients in {args.out / 'dicom'}: "
+        f"{sum(kinds.values())} with a fracture ({detail or 'none'}), "
+        f"{sum(1 for image in images if image['composited'])} composited onto RG3"
+    )
+    print(f"ground truth: {args.out / 'truth.json'}; load them with: radstack import {args.out / 'dicom'}")
+    return 0
+
+
+def _datasets_create(args: argparse.Namespace) -> int:
+    """Make a data set version from a demo-data folder: a ``dataset`` job run here with a progress
+    bar (its files are imported first); exit 0 when made, 2 when refused (the reason on stderr)."""
+    from dataclasses import replace
+
+    from radstack.ai.datasets import DATASET_KIND, folder_job_params, parse_ratios
+    from radstack.errors import RadstackError
+    from radstack.jobs.records import JobState
+    from radstack.platform import Platform
+    from radstack.security.policy import SYSTEM
+
+    platform = Platform.open(_settings(args))
+    bar = _ProgressBar(sys.stderr)
+    try:
+        folder = Path(args.from_folder).resolve()
+        ratios = parse_ratios(args.split)
+        # Refused here, before a job is recorded, with the errors the job would give.
+        platform.datasets.preview_from_folder(args.name, folder, SYSTEM, seed=args.seed, ratios=ratios)
+        params = folder_job_params(
+            args.name, folder, SYSTEM, seed=args.seed, ratios=ratios, description=args.description
+        )
+        records = platform.jobs.records
+        # Recorded like one the API makes, then run here: if this process dies, a worker resumes it.
+        job, _created = platform.jobs.create(DATASET_KIND, params)
+        print(f"data set job {job.id}: {folder}", file=sys.stderr)
+        with bar.attached(logging.getLogger()):
+            platform.jobs.execute(job.id, on_progress=bar.show)
+        job = records.get(job.id)
+        if job.state is not JobState.SUCCEEDED:
+            print(f"radstack datasets create: the job is {job.state}: {job.last_error}", file=sys.stderr)
+            return 2
+        made = platform.datasets.version(SYSTEM, args.name, int(job.progress["version"]))
+        version = replace(made, created=bool(job.progress["created"]))
+    except RadstackError as exc:
+        print(f"radstack datasets create: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        platform.close()
+    _print_dataset_version(version)
+    return 0
+
+
+def _datasets_list(args: argparse.Namespace) -> int:
+    from radstack.platform import Platform
+    from radstack.security.policy import SYSTEM
+
+    platform = Platform.open(_settings(args))
+    try:
+        summaries = platform.datasets.list_datasets(SYSTEM)
+    finally:
+        platform.close()
+    print(f"{'name':<32} {'latest':>6} {'versions':>8}  created")
+    for summary in summaries:
+        print(
+            f"{summary.name:<32} {summary.latest_version:>6} {summary.versions:>8}  "
+            f"{summary.created_at:%Y-%m-%d %H:%M} by {summary.created_by}"
+        )
+    return 0
+
+
+def _datasets_show(args: argparse.Namespace) -> int:
+    from radstack.errors import RadstackError
+    from radstack.platform import Platform
+    from radstack.security.policy import SYSTEM
+
+    platform = Platform.open(_settings(args))
+    try:
+        version = platform.datasets.version(SYSTEM, args.name, args.version)
+    except RadstackError as exc:
+        print(f"radstack datasets show: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        platform.close()
+    _print_dataset_version(version)
+    return 0
+
+
+def _print_dataset_version(version: DatasetVersion) -> None:
+    """A version's identity and its counts per split and class, as a table."""
+    state = "" if version.created else " (already made: the same content)"
+    shares = "/".join(f"{100 * r:g}" for r in version.ratios)
+    print(
+        f"data set {version.name} version {version.version}{state}: {version.item_count} images, "
+        f"seed {version.seed}, split {shares}, content {version.content_hash[:16]}"
+    )
+    print(f"  {'split':<12} {'patients':>8} {'images':>7} {'positive':>9} {'negative':>9}  types")
+    for split in ("train", "validation", "test", "all"):
+        entry = version.counts[split]
+        types = ", ".join(f"{kind} {count}" for kind, count in sorted(entry["types"].items()))
+        print(
+            f"  {split:<12} {entry['patients']:>8} {entry['images']:>7} {entry['positive']:>9} "
+            f"{entry['negative']:>9}  {types}"
+        )
+    total = version.counts["all"]
+    print(f"  {total['positive']} positive and {total['negative']} negative images in all")
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -641,6 +1010,60 @@ def build_parser() -> argparse.ArgumentParser:
     viewer_fetch.add_argument("--cache", type=Path, help="cache directory (RADSTACK_OHIF_DIR)")
     viewer_fetch.add_argument("--tarball", type=Path, help="install this @ohif/app tarball (offline)")
     viewer_fetch.set_defaults(func=_viewer_fetch)
+    demo = commands.add_parser("demo-data", help="make demonstration data sets")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True)
+    fractures = demo_commands.add_parser(
+        "fractures",
+        help="synthetic fracture radiographs (DX DICOM, marked synthetic) with ground truth in OUT/truth.json",
+    )
+    fractures.add_argument(
+        "--out", type=Path, required=True, help="directory to write (must hold no data set)"
+    )
+    fractures.add_argument("--count", type=int, required=True, help="number of images")
+    fractures.add_argument("--seed", type=int, required=True, help="the same seed makes the same files")
+    fractures.add_argument(
+        "--fracture-rate", type=float, default=0.5, help="share of patients with a fracture (default 0.5)"
+    )
+    fractures.add_argument(
+        "--images-per-patient",
+        type=int,
+        default=1,
+        help="views per patient: 1 to 3 (AP/PA, lateral, oblique)",
+    )
+    fractures.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="image size relative to 2500x2048 (wrist 1500x1200; default 1)",
+    )
+    fractures.add_argument(
+        "--rg3-rate",
+        type=float,
+        default=0.1,
+        help="share of patients composited onto pydicom-data's real RG3 radiograph (default 0.1)",
+    )
+    fractures.set_defaults(func=_demo_fractures)
+    datasets = commands.add_parser("datasets", help="data sets: labeled images split by patient, versioned")
+    datasets_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    datasets_create = datasets_commands.add_parser(
+        "create",
+        help="make a version from a folder written by 'radstack demo-data fractures' (its files are imported)",
+    )
+    datasets_create.add_argument("--name", required=True, help="the data set (a new version if it exists)")
+    datasets_create.add_argument("--from-folder", required=True, help="the folder with truth.json")
+    datasets_create.add_argument("--seed", type=int, default=0, help="seed of the split by patient")
+    datasets_create.add_argument("--split", default="70/15/15", help="train/validation/test shares")
+    datasets_create.add_argument("--description", default="", help="what the data set is for")
+    datasets_create.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    datasets_create.set_defaults(func=_datasets_create)
+    datasets_list = datasets_commands.add_parser("list", help="data sets and their newest versions")
+    datasets_list.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    datasets_list.set_defaults(func=_datasets_list)
+    datasets_show = datasets_commands.add_parser("show", help="a version's counts per split and class")
+    datasets_show.add_argument("name")
+    datasets_show.add_argument("--version", type=int, help="which version (default: the newest)")
+    datasets_show.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    datasets_show.set_defaults(func=_datasets_show)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.add_argument(
@@ -648,6 +1071,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="queues to consume, comma-separated, e.g. inference,training (RADSTACK_WORKER_QUEUES; default all)",
     )
     worker.set_defaults(func=_worker)
+    _add_models_parser(commands)
     return parser
 
 

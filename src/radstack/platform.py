@@ -5,12 +5,16 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from radstack.ai.datasets import DATASET, DatasetRunner, DatasetService
+from radstack.ai.registry import ModelRegistry
 from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
 from radstack.dicom.deid import Deidentifier
 from radstack.dimse.peers import PeerRegistry
+from radstack.dimse.scp import DimseConfig, DimseServer
 from radstack.dimse.scu import send_instances
 from radstack.ingest.importjobs import IMPORT, ImportRunner
 from radstack.ingest.items import ImportItems
@@ -136,13 +140,41 @@ class Platform:
             inboxes=inboxes,
         )
         jobs.register(ACTION, RouteActionRunner(store, jobs, platform.forward, settings.outbound_tokens))
+        jobs.register(DATASET, DatasetRunner(platform.datasets, analyser, parallel, ingest_options))
         for name in settings.plugins:
             _load_plugin(name, platform)
         return platform
 
+    @cached_property
+    def models(self) -> ModelRegistry:
+        """The model registry: its rows in the index, its artifacts in the (encrypted) blob store."""
+        return ModelRegistry(self.store.engine, self.store.blobs, self.policy, self.audit.submit)
+
+    @cached_property
+    def datasets(self) -> DatasetService:
+        """Data sets: their rows in the index, their images in the store, made and read by policy."""
+        return DatasetService(self.store, self.deidentifier, self.policy, self.audit.submit)
+
     def view(self, role: RoleDef) -> View:
         """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""
         return View(role, self.store, self.deidentifier)
+
+    def dimse_server(self) -> DimseServer | None:
+        """The DICOM service on the services of this platform; ``None`` when no DICOM port is set."""
+        config = DimseConfig.from_settings(self.settings)
+        if not config.listens:
+            return None
+        return DimseServer(
+            config,
+            store=self.store,
+            peers=self.peers,
+            accounts=self.accounts,
+            policy=self.policy,
+            views=self.view,
+            audit=self.audit,
+            ingest_options=self.ingest_options,
+            analyser=self.analyser,
+        )
 
     def forward(self, ae_title: str, records: list[InstanceRecord]) -> dict[str, Any]:
         """C-STORE ``records`` to the registered peer ``ae_title`` (routing's ``forward`` action)."""

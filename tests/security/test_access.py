@@ -99,6 +99,7 @@ ENDPOINTS = [
     ("api", "GET", "/api/v1/routing-rules", ActionValues.MANAGE_SYSTEM, 200),
     ("api", "GET", "/api/v1/users", ActionValues.MANAGE_USERS, 200),
     ("api", "GET", "/api/v1/audit", ActionValues.READ_AUDIT, 200),
+    ("api", "GET", "/api/v1/models", ActionValues.READ_MODELS, 200),
 ]
 
 

@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from radstack.store.studies import Batch, CommitOutcome, NewInstance, StudyStore
+from radstack.store.studies import Batch, CommitOutcome, InstanceRecord, StudyStore
 from tests import authed
 from tests.conftest import RunningServer
 from tests.helpers import (
@@ -46,10 +46,10 @@ class CommitCrash:
     """Makes ``commit_instance`` raise after the pipeline has written every blob, until healed."""
 
     store: StudyStore
-    attempted: list[NewInstance] = field(default_factory=list)
+    attempted: list[InstanceRecord] = field(default_factory=list)
     active: bool = True
 
-    def commit_instance(self, new: NewInstance, batch: Batch) -> CommitOutcome:
+    def commit_instance(self, new: InstanceRecord, batch: Batch) -> CommitOutcome:
         if not self.active:
             return StudyStore.commit_instance(self.store, new, batch)
         self.attempted.append(new)

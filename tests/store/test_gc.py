@@ -11,10 +11,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from radstack.config import Settings
-from radstack.dicomweb import wado
 from radstack.ingest.pipeline import ingest_file
 from radstack.platform import Platform
-from radstack.store import versions
+from radstack.store import retrieve, versions
 from radstack.store.blobs import content_key
 from radstack.store.gc import collect_garbage
 from radstack.store.studies import Batch, BatchReason
@@ -50,11 +49,11 @@ def test_gc_removes_orphans_and_keeps_every_version(tmp_path: Path, blob_url: st
         for version in (1, 2):
             assert store.version_document(study, version)
         record = store.get_instance(study, None, str(original.SOPInstanceUID))
-        rebuilt = pydicom.dcmread(io.BytesIO(wado.part10(store, record, "1.2.840.10008.1.2.1")))
+        rebuilt = pydicom.dcmread(io.BytesIO(retrieve.part10(store, record, "1.2.840.10008.1.2.1")))
         assert np.array_equal(rebuilt.pixel_array, original.pixel_array)
         assert str(rebuilt.PatientName) == "Renamed^Patient"
         first = store.list_instances(study, version=1)[0]
-        assert str(pydicom.dcmread(io.BytesIO(wado.part10(store, first, None))).PatientName) == str(
+        assert str(pydicom.dcmread(io.BytesIO(retrieve.part10(store, first, None))).PatientName) == str(
             original.PatientName
         )
     finally:

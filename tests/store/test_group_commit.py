@@ -18,7 +18,7 @@ from radstack.store.studies import (
     Batch,
     BatchReason,
     CommitOutcome,
-    NewInstance,
+    InstanceRecord,
     StoreOutcomeValues,
     StudyStore,
 )
@@ -31,17 +31,17 @@ def store(backend_server: RunningServer) -> StudyStore:
     return backend_server.platform.store
 
 
-def staged(store: StudyStore, ds: Dataset) -> NewInstance:
+def staged(store: StudyStore, ds: Dataset) -> InstanceRecord:
     result, new = stage_file(store.blobs, part10(ds), None, True)
     assert result.ok and new is not None, result.error
     return new
 
 
-def commit_together(store: StudyStore, items: list[tuple[NewInstance, Batch]]) -> list[object]:
+def commit_together(store: StudyStore, items: list[tuple[InstanceRecord, Batch]]) -> list[object]:
     """Commit every item from its own thread while the committer is busy, so they form one group."""
     outcomes: list[object] = [None] * len(items)
 
-    def commit(index: int, new: NewInstance, batch: Batch) -> None:
+    def commit(index: int, new: InstanceRecord, batch: Batch) -> None:
         try:
             outcomes[index] = store.commit_instance(new, batch)
         except Exception as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import io
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +14,14 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
+from radstack.config import Settings
+from radstack.ingest.pipeline import ingest_dataset
+from radstack.platform import Platform
+from radstack.store import versions
+from radstack.store.models import InstanceRow
+from radstack.store.studies import BatchReason
 from tests import authed
 from tests.conftest import RunningServer
 
@@ -163,3 +172,40 @@ def test_same_uid_new_content_is_a_new_version(backend_server: RunningServer) ->
     old = server.platform.store.list_instances(study, version=1)[0]
     new = server.platform.store.list_instances(study)[0]
     assert old.frames != new.frames, "the old content keeps its own frames"
+
+
+def test_a_revert_restores_each_instance_as_it_was(tmp_path: Path) -> None:
+    """A reverted instance is its old record again (frames, header, hash, pixel module, render
+    defaults, instance number), in a new row that a de-identified view still finds by pseudonym."""
+    platform = Platform.open(Settings(data_dir=tmp_path, ingest_processes=0))
+    store = platform.store
+    try:
+        datasets = make_study(2)
+        study = str(datasets[0].StudyInstanceUID)
+        with store.batch(BatchReason.STOW) as batch:
+            assert all(ingest_dataset(store, ds, batch).ok for ds in datasets)
+        before = store.list_instances(study)
+        assert [r.instance_number for r in before] == [1, 2]
+
+        versions.update_attributes(store, study, {"PatientName": "Renamed^Patient"})
+        renamed = store.list_instances(study)
+        assert {r.header_key for r in renamed}.isdisjoint(r.header_key for r in before)
+        assert [r.frames for r in renamed] == [r.frames for r in before], "an update shares the frames"
+
+        assert versions.revert(store, study, 1) == 3
+        after = store.list_instances(study)
+        assert [replace(r, id=None, version_added=None) for r in after] == [
+            replace(r, id=None, version_added=None) for r in before
+        ]
+        assert [r.version_added for r in after] == [3, 3]
+        assert {r.id for r in after}.isdisjoint(r.id for r in before), "new rows; old ones stay in version 1"
+        assert store.pseudonym is not None
+        with store.engine.connect() as connection:
+            current = connection.execute(
+                select(InstanceRow.sop_uid, InstanceRow.pseudo_uid).where(
+                    InstanceRow.version_removed.is_(None)
+                )
+            ).all()
+        assert sorted(current) == sorted((r.sop_uid, store.pseudonym(r.sop_uid)) for r in after)
+    finally:
+        platform.close()

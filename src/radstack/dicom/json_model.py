@@ -17,6 +17,8 @@ __all__ = [
     "STUDY_LEVEL_TAGS",
     "dataset_to_json",
     "element_path",
+    "first_int",
+    "first_text",
 ]
 
 #: Values of binary VRs longer than this are replaced by a BulkDataURI (ARCHITECTURE: 1 KiB).
@@ -216,6 +218,26 @@ def _element_json(elem: DataElement, bulk_base: str, path: tuple[str, ...]) -> J
         raw = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode("utf-8", "replace")
         result = {"vr": "UN", "InlineBinary": base64.b64encode(raw).decode("ascii")}
     return result
+
+
+def first_text(attrs: JsonDict, tag: str) -> str | None:
+    """First value of an attribute in DICOM JSON as text (person names by their alphabetic group)."""
+    element = attrs.get(tag)
+    if not element or not element.get("Value"):
+        return None
+    value = element["Value"][0]
+    if isinstance(value, dict):
+        value = value.get("Alphabetic")
+    return None if value is None else str(value)
+
+
+def first_int(attrs: JsonDict, tag: str) -> int | None:
+    """First value of an attribute in DICOM JSON as an integer (None when absent or not a number)."""
+    text = first_text(attrs, tag)
+    try:
+        return None if text is None else int(float(text))
+    except ValueError:
+        return None
 
 
 def pick(attrs: JsonDict, tags: tuple[str, ...] | frozenset[str]) -> JsonDict:

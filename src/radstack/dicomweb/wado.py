@@ -1,47 +1,27 @@
 """WADO-RS: retrieve instances, metadata, frames, bulk data, rendered images (PS3.18 §10.4).
 
-Instances are rebuilt as Part-10 files from the stored header and frames in the transfer syntax
-the client negotiated; frames are served as stored whenever the client accepts that syntax, so
-the common path of a viewer is one blob read.
+What is DICOMweb here: negotiating the transfer syntax from the Accept header, frames with their
+media types, bulk data URIs, progressive access and rendered media. Reading the stored instance
+(Part-10 rebuild, frames in a chosen syntax, the header) is :mod:`radstack.store.retrieve`, which
+DIMSE shares; frames are served as stored whenever the client accepts that syntax, so the common
+path of a viewer is one blob read.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import imagecodecs
 import numpy as np
-import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
 from pydicom.pixels.processing import apply_color_lut, convert_color_space
-from pydicom.pixels.utils import unpack_bits
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    UID,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-)
+from pydicom.uid import ExplicitVRLittleEndian
 
-from radstack.dicom.codecs import (
-    HTJ2K_PHOTOMETRIC,
-    PixelInfo,
-    array_to_native_frame,
-    decode_frame,
-    encode_htj2k,
-    htj2k_prefix,
-    htj2k_read_levels,
-    htj2k_resolution_prefixes,
-)
+from radstack.dicom.codecs import htj2k_prefix, htj2k_resolution_prefixes
 from radstack.dicom.header import PIXEL_DATA
 from radstack.dicom.json_model import element_path
 from radstack.dicom.render import (
@@ -53,19 +33,24 @@ from radstack.dicom.render import (
     fit_size,
     to_display,
 )
-from radstack.dicom.transfer_syntax import (
-    HTJ2K_RPCL,
-    NATIVE_SYNTAXES,
-    SyntaxKindValues,
-    kind_of,
-    media_type_for,
-    name_of,
-    syntax_for_media_type,
-)
+from radstack.dicom.transfer_syntax import HTJ2K_RPCL, media_type_for, name_of, syntax_for_media_type
 from radstack.dicomweb.accept import AcceptItem
 from radstack.errors import BadRequest, NotAcceptable, NotFound
+from radstack.store.retrieve import (
+    can_produce,
+    decoded_frame,
+    frame_in,
+    header_dataset,
+    native_info,
+    part10,
+    served_as_stored,
+    stored_frame,
+    stored_syntax,
+)
 from radstack.store.studies import InstanceRecord, StudyStore
 
+#: part10, served_as_stored and stored_syntax live in radstack.store.retrieve; the routes of
+#: radstack.web.dicomweb still read them through this module.
 __all__ = [
     "FramePart",
     "bulkdata",
@@ -75,14 +60,11 @@ __all__ = [
     "part10",
     "render",
     "rendered_media_type",
+    "served_as_stored",
+    "stored_syntax",
 ]
 
 _EXPLICIT_LE = str(ExplicitVRLittleEndian)
-_IMPLICIT_LE = str(ImplicitVRLittleEndian)
-_HTJ2K_FAMILY = frozenset({HTJ2K_RPCL, str(HTJ2KLossless), str(HTJ2K)})
-_J2K_FAMILY = frozenset({str(JPEG2000Lossless), str(JPEG2000)})
-#: What the samples of a decoded lossy frame are, given the stored photometric interpretation.
-_DECODED_PHOTOMETRIC = {"YBR_FULL_422": "YBR_FULL", "YBR_ICT": "RGB", "YBR_RCT": "RGB"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,32 +76,6 @@ class FramePart:
 
 
 # --------------------------------------------------------------------------- negotiation
-def can_produce(record: InstanceRecord, syntax: str) -> bool:
-    """True when frames of ``record`` can be delivered in ``syntax`` without lossy re-encoding."""
-    stored = record.frame_syntax
-    if syntax in (_EXPLICIT_LE, _IMPLICIT_LE):
-        return True  # every stored object can be written little endian, decoding frames if need be
-    if stored is None:  # no pixel data: only the little endian syntaxes above
-        return False
-    if syntax == stored:
-        return True
-    pixel = record.pixel
-    assert pixel is not None
-    lossless_source = kind_of(stored) is not SyntaxKindValues.LOSSY and pixel.bits_allocated in (8, 16, 32)
-    if syntax in _HTJ2K_FAMILY:
-        return stored == HTJ2K_RPCL or (
-            lossless_source and pixel.photometric_interpretation in HTJ2K_PHOTOMETRIC
-        )
-    if syntax in _J2K_FAMILY:
-        return lossless_source and pixel.samples_per_pixel == 1 and pixel.bits_allocated in (8, 16)
-    return False
-
-
-def stored_syntax(record: InstanceRecord) -> str:
-    """The syntax the frames are stored in (explicit VR little endian for objects without pixels)."""
-    return record.frame_syntax or _EXPLICIT_LE
-
-
 def instance_syntax(accept: Sequence[AcceptItem], records: Sequence[InstanceRecord]) -> str | None:
     """Negotiate the transfer syntax of retrieved instances (PS3.18 §8.7.3.5).
 
@@ -192,76 +148,6 @@ def parse_frame_list(value: str, record: InstanceRecord) -> list[int]:
     return numbers
 
 
-def stored_frame(store: StudyStore, record: InstanceRecord, number: int) -> bytes:
-    """Frame ``number`` (1-based) exactly as stored; bit-packed data is cut out of its single blob."""
-    pixel = record.pixel
-    assert pixel is not None
-    if pixel.bits_allocated == 1:
-        bits = np.asarray(unpack_bits(store.blobs.get(record.frames[0])))
-        size = pixel.rows * pixel.columns * pixel.samples_per_pixel
-        frame = bits[(number - 1) * size : number * size]
-        packed: bytes = np.packbits(frame.astype(np.uint8), bitorder="little").tobytes()
-        return packed
-    return store.blobs.get(record.frames[number - 1])
-
-
-def decoded_frame(
-    store: StudyStore, record: InstanceRecord, number: int, *, skipres: int = 0
-) -> NDArray[np.integer]:
-    """Samples of frame ``number`` (optionally at a reduced HTJ2K resolution)."""
-    pixel = record.pixel
-    assert pixel is not None
-    syntax = stored_syntax(record)
-    info = _decode_info(record)
-    if syntax == HTJ2K_RPCL and skipres and pixel.bits_allocated > 1:
-        key = record.frames[number - 1]
-        data = htj2k_read_levels(lambda start, length: store.blobs.get_range(key, start, length), skipres)
-        return decode_frame(data, syntax, info, skipres=skipres)
-    return decode_frame(stored_frame(store, record, number), syntax, info)
-
-
-def _decode_info(record: InstanceRecord) -> PixelInfo:
-    """PixelInfo with one frame, for decoding a single stored frame."""
-    pixel = record.pixel
-    assert pixel is not None
-    return replace(pixel, number_of_frames=1)
-
-
-def served_as_stored(record: InstanceRecord, syntax: str) -> bool:
-    """True when frames in ``syntax`` are the stored bytes themselves (no decoding needed)."""
-    stored = stored_syntax(record)
-    return (
-        syntax == stored
-        or (syntax in _HTJ2K_FAMILY and stored == HTJ2K_RPCL)
-        or (syntax in (_EXPLICIT_LE, _IMPLICIT_LE) and stored in NATIVE_SYNTAXES)
-    )
-
-
-def frame_in(store: StudyStore, record: InstanceRecord, number: int, syntax: str) -> bytes:
-    """Frame ``number`` in ``syntax`` (which :func:`can_produce` accepted)."""
-    pixel = record.pixel
-    assert pixel is not None
-    if served_as_stored(record, syntax):
-        return stored_frame(store, record, number)
-    if syntax in (_EXPLICIT_LE, _IMPLICIT_LE):
-        info = _native_info(record)
-        return array_to_native_frame(decoded_frame(store, record, number).reshape(info.shape), info)
-    array = decoded_frame(store, record, number)
-    if syntax in _HTJ2K_FAMILY:
-        return encode_htj2k(array.astype(pixel.dtype, copy=False))
-    return bytes(imagecodecs.jpeg2k_encode(array, level=0, codecformat="J2K", reversible=True))
-
-
-def _native_info(record: InstanceRecord) -> PixelInfo:
-    """How decoded samples of ``record`` are laid out as native frames."""
-    pixel = record.pixel
-    assert pixel is not None
-    photometric = pixel.photometric_interpretation
-    if kind_of(stored_syntax(record)) is SyntaxKindValues.LOSSY:
-        photometric = _DECODED_PHOTOMETRIC.get(photometric, photometric)
-    return replace(pixel, photometric_interpretation=photometric, number_of_frames=1)
-
-
 def frames(
     store: StudyStore, record: InstanceRecord, numbers: Sequence[int], syntax: str
 ) -> Iterator[FramePart]:
@@ -307,40 +193,6 @@ def frame_at_level(store: StudyStore, record: InstanceRecord, number: int, level
     if not 0 <= level < count:
         raise BadRequest(f"level {level} does not exist; levels 0 to {count - 1} are available")
     return htj2k_prefix(data, level)
-
-
-# --------------------------------------------------------------------------- instances
-def header_dataset(store: StudyStore, record: InstanceRecord) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(store.blobs.get(record.header_key)))
-
-
-def part10(store: StudyStore, record: InstanceRecord, syntax: str | None) -> bytes:
-    """Rebuild the Part-10 file of ``record`` in ``syntax`` (``None``: as stored)."""
-    syntax = syntax or stored_syntax(record)
-    ds = header_dataset(store, record)
-    ds.file_meta.TransferSyntaxUID = UID(syntax)
-    pixel = record.pixel
-    if pixel is not None:
-        numbers = range(1, pixel.number_of_frames + 1)
-        if syntax in NATIVE_SYNTAXES:
-            info = _native_info(record)
-            ds.PhotometricInterpretation = info.photometric_interpretation
-            if pixel.bits_allocated == 1:
-                data = store.blobs.get(record.frames[0])
-            else:
-                data = b"".join(frame_in(store, record, n, syntax) for n in numbers)
-            ds.PixelData = data + (b"\0" if len(data) % 2 else b"")
-            ds["PixelData"].VR = "OW" if pixel.bits_allocated > 8 else "OB"
-        else:
-            ds.PixelData = encapsulate([frame_in(store, record, n, syntax) for n in numbers], has_bot=True)
-            ds["PixelData"].VR = "OB"
-            ds["PixelData"].is_undefined_length = True
-            rgb = pixel.samples_per_pixel == 3 and pixel.photometric_interpretation == "RGB"
-            if rgb and syntax in _HTJ2K_FAMILY:
-                ds.PhotometricInterpretation = "YBR_RCT"  # encode_htj2k applies the RCT (PS3.5 §8.2.14)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, implicit_vr=syntax == _IMPLICIT_LE, little_endian=True, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- bulk data
@@ -464,7 +316,7 @@ def _render(store: StudyStore, record: InstanceRecord, number: int, params: Rend
         samples = _rendered_via_pydicom(store, record, number)
     else:
         samples = decoded_frame(store, record, number, skipres=skipres)
-    photometric = _native_info(record).photometric_interpretation
+    photometric = native_info(record).photometric_interpretation
     if samples.ndim == 3 and photometric.startswith("YBR"):
         samples = convert_color_space(samples, "YBR_FULL", "RGB")
     defaults = record.render or {}

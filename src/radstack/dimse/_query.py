@@ -2,8 +2,8 @@
 
 An identifier is turned into the ``(key, value)`` pairs :func:`radstack.store.matching.parse_query`
 takes: keys with a value are matching keys, empty keys are return keys (PS3.4 §C.2.2.1 and
-§C.4.1.1.3). The searches are the QIDO-RS ones of :mod:`radstack.dicomweb.qido`, so DICOMweb and
-DIMSE match the same way; this module only translates identifiers in and data sets out.
+§C.4.1.1.3). The searches are those QIDO-RS answers with (:mod:`radstack.store.search`), so DICOMweb
+and DIMSE match the same way; this module only translates identifiers in and data sets out.
 
 Levels and keys are those of PS3.4 §C.6.1 (Patient Root) and §C.6.2 (Study Root). Queries below
 the top level are answered as relational ones (PS3.4 §C.4.1.2.2): the unique keys of the levels
@@ -25,8 +25,8 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from sqlalchemy import ColumnElement, select
 
-from radstack.dicomweb import qido
 from radstack.errors import BadRequest, IdentifierMismatch
+from radstack.store import search
 from radstack.store.matching import Query, QueryLevelValues, conditions, parse_query
 from radstack.store.models import InstanceRow, SeriesRow, StudyRow
 from radstack.store.studies import InstanceRecord, StudyStore
@@ -224,15 +224,15 @@ def parse_find(identifier: Dataset, sop_class_uid: str) -> FindRequest:
 # ----------------------------------------------------------------------------- C-FIND
 def _search_all(store: StudyStore, query: Query, scope: ColumnElement[bool] | None) -> Iterator[JsonDict]:
     """Every match of ``query``, page by page (C-FIND has no paging of its own)."""
-    searches: dict[QueryLevelValues, Callable[..., qido.SearchResult]] = {
-        QueryLevelValues.STUDY: qido.search_studies,
-        QueryLevelValues.SERIES: qido.search_series,
-        QueryLevelValues.IMAGE: qido.search_instances,
+    searches: dict[QueryLevelValues, Callable[..., search.SearchResult]] = {
+        QueryLevelValues.STUDY: search.search_studies,
+        QueryLevelValues.SERIES: search.search_series,
+        QueryLevelValues.IMAGE: search.search_instances,
     }
-    search = searches[query.level]
+    run = searches[query.level]
     offset = 0
     while True:
-        page = search(
+        page = run(
             store, replace(query, offset=offset, limit=None), base_url="", max_limit=_PAGE, scope=scope
         )
         yield from page.matches

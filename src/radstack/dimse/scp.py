@@ -26,84 +26,46 @@ import ssl
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import cache
-from typing import TYPE_CHECKING, Any, cast
+from functools import cache, partial
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 
-from radstack.dicomweb.wado import part10
+from radstack.config import Settings
+from radstack.dicom.transfer_syntax import TRANSFER_SYNTAXES
 from radstack.dimse import _query
 from radstack.dimse._tls import DeferredHandshakeServer
+from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scu import VERIFICATION, choose_syntax, offered_syntaxes, propose_contexts
 from radstack.errors import CannotUnderstand, Forbidden, ProcessingFailure, RadstackError
-from radstack.ingest.pipeline import ingest_file
-from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues
-from radstack.security.policy import ActionValues, Principal
+from radstack.ingest.options import IngestOptions
+from radstack.ingest.pipeline import Analyser, ingest_file
+from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues, AuditWriter
+from radstack.security.authn import Accounts
+from radstack.security.policy import ActionValues, Policy, Principal, RoleDef
 from radstack.security.tls import server_ssl_context
 from radstack.security.views import View
-from radstack.store.studies import Batch, BatchReason, InstanceRecord, StoreOutcomeValues
+from radstack.store.retrieve import part10
+from radstack.store.studies import Batch, BatchReason, InstanceRecord, StoreOutcomeValues, StudyStore
 
-if TYPE_CHECKING:
-    from radstack.platform import Platform
-
-__all__ = ["STORAGE_TRANSFER_SYNTAXES", "DimseServer", "error_comment"]
+__all__ = ["STORAGE_TRANSFER_SYNTAXES", "DimseConfig", "DimseServer", "error_comment"]
 
 log = logging.getLogger(__name__)
 
 #: Every transfer syntax whose pixel data the ingest pipeline reads (docs/store.md); others are
 #: refused at negotiation, so a sender can fall back to one of these. When a presentation context
-#: proposes several, the first of this list wins (PS3.8 §9.3.3.2 leaves the choice to the
-#: acceptor): explicit and implicit VR little endian, which every sender can produce and which a
-#: C-GET requestor can always be sent; then lossless compressed syntaxes; lossy ones last, so no
-#: sender is ever asked to compress lossily an image it holds uncompressed.
-STORAGE_TRANSFER_SYNTAXES = tuple(
-    str(uid)
-    for uid in (
-        ExplicitVRLittleEndian,
-        ImplicitVRLittleEndian,
-        HTJ2KLosslessRPCL,
-        HTJ2KLossless,
-        JPEG2000Lossless,
-        JPEGLSLossless,
-        JPEGLosslessSV1,
-        JPEGLossless,
-        RLELossless,
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        HTJ2K,
-        JPEG2000,
-        JPEGLSNearLossless,
-        JPEGBaseline8Bit,
-        JPEGExtended12Bit,
-    )
-)
+#: proposes several, the first of this list wins: the order of
+#: :data:`~radstack.dicom.transfer_syntax.TRANSFER_SYNTAXES` says why.
+STORAGE_TRANSFER_SYNTAXES = tuple(syntax.uid for syntax in TRANSFER_SYNTAXES)
 STORAGE_SOP_CLASSES = tuple(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 _MAX_ASSOCIATIONS = 32
 _PENDING, _PENDING_WARNING, _CANCEL = 0xFF00, 0xFF01, 0xFE00
@@ -216,13 +178,110 @@ class _AssociationServer(DeferredHandshakeServer):
         socketserver.BaseServer.shutdown(self)
 
 
-class DimseServer:
-    """The DIMSE listeners of one platform: ``start()`` binds ``settings.dicom_port`` and, for DICOM
-    over TLS, ``settings.dicom_tls_port``; ``stop()`` ends them."""
+@dataclass(frozen=True, slots=True)
+class DimseConfig:
+    """What the DICOM service is told by the settings.
 
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.peers = platform.peers
+    Attributes
+    ----------
+    ae_title : str
+        Our AE title (``RADSTACK_AE_TITLE``), also the Retrieve AE Title of C-FIND responses.
+    host : str
+        The address the listeners bind (``RADSTACK_HOST``).
+    port : int
+        The DIMSE port (``RADSTACK_DICOM_PORT``); 0 runs no plain listener.
+    tls_port : int
+        The DICOM TLS port (``RADSTACK_DICOM_TLS_PORT``); 0 runs none.
+    allowed_calling_aes : tuple of str
+        Calling AE titles that may associate; empty: any (``RADSTACK_ALLOWED_CALLING_AES``).
+    default_role : str
+        The role of a calling AE that is no service account; empty: such an AE may do nothing
+        (``RADSTACK_DICOM_DEFAULT_ROLE``).
+    tls_context : callable, optional
+        Builds the server side TLS context when the TLS listener starts (it asks for client
+        certificates when a client CA is configured).
+    """
+
+    ae_title: str
+    host: str
+    port: int
+    tls_port: int = 0
+    allowed_calling_aes: tuple[str, ...] = ()
+    default_role: str = ""
+    tls_context: Callable[[], ssl.SSLContext] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DimseConfig:
+        return cls(
+            ae_title=settings.ae_title,
+            host=settings.host,
+            port=settings.dicom_port,
+            tls_port=settings.dicom_tls_port,
+            allowed_calling_aes=tuple(settings.allowed_calling_aes),
+            default_role=settings.dicom_default_role,
+            tls_context=partial(server_ssl_context, settings, verify_clients=True)
+            if settings.dicom_tls_port
+            else None,
+        )
+
+    def __post_init__(self) -> None:
+        if self.tls_port and self.tls_context is None:
+            raise ValueError(f"a DICOM TLS port ({self.tls_port}) needs a TLS context")
+
+    @property
+    def listens(self) -> bool:
+        """True when a plain or TLS port is set."""
+        return bool(self.port or self.tls_port)
+
+
+class DimseServer:
+    """The DIMSE listeners: ``start()`` binds ``config.port`` and, for DICOM over TLS,
+    ``config.tls_port``; ``stop()`` ends them.
+
+    Parameters
+    ----------
+    config
+        AE title, ports and who may associate.
+    store
+        Where C-STORE ingests to and C-FIND, C-GET and C-MOVE read from.
+    peers
+        The registered C-MOVE destinations.
+    accounts
+        Service accounts by AE title (who a calling AE is).
+    policy
+        What each role may do, and which studies it sees.
+    views
+        How a role sees headers (a new :class:`~radstack.security.views.View` per association).
+    audit
+        Where each association's reads, queries and writes are recorded.
+    ingest_options
+        What ingest does with what C-STORE receives (as for every other way in).
+    analyser
+        The ingest worker processes, if any.
+    """
+
+    def __init__(
+        self,
+        config: DimseConfig,
+        *,
+        store: StudyStore,
+        peers: PeerRegistry,
+        accounts: Accounts,
+        policy: Policy,
+        views: Callable[[RoleDef], View],
+        audit: AuditWriter,
+        ingest_options: IngestOptions,
+        analyser: Analyser | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.peers = peers
+        self.accounts = accounts
+        self.policy = policy
+        self.views = views
+        self.audit = audit
+        self.ingest_options = ingest_options
+        self.analyser = analyser
         self._inbound: dict[Association, _Inbound] = {}
         self._principals: dict[Association, Principal] = {}
         self._lock = threading.Lock()
@@ -231,8 +290,8 @@ class DimseServer:
         self.ae = self._application_entity()
 
     def _application_entity(self) -> AE:
-        settings = self.platform.settings
-        ae = AE(ae_title=settings.ae_title)
+        config = self.config
+        ae = AE(ae_title=config.ae_title)
         ae.maximum_associations = _MAX_ASSOCIATIONS
         # No limit on the PDUs we receive (PS3.8 §D.1): a sender splits a 512 KB CT slice into a few
         # large PDUs instead of 32 of 16 KB, each costing a pass through pynetdicom's Python reactor
@@ -240,7 +299,7 @@ class DimseServer:
         ae.maximum_pdu_size = 0
         # Associations from other calling AE titles are rejected (A-ASSOCIATE-RJ, rejected-permanent,
         # service-user, calling AE title not recognised: PS3.8 §9.3.4).
-        ae.require_calling_aet = list(settings.allowed_calling_aes)
+        ae.require_calling_aet = list(config.allowed_calling_aes)
         return ae
 
     @property
@@ -260,12 +319,12 @@ class DimseServer:
         return port
 
     def start(self) -> None:
-        """Listen on ``settings.host``:``settings.dicom_port`` (0: not) and ``dicom_tls_port`` (0: not)
-        in background threads."""
+        """Listen on ``config.host``:``config.port`` (0: not) and ``config.tls_port`` (0: not) in
+        background threads."""
         # pynetdicom logs C-FIND/GET/MOVE identifiers (patient names, IDs) unless told not to.
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
-        settings = self.platform.settings
+        config = self.config
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -276,18 +335,18 @@ class DimseServer:
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        tls = server_ssl_context(settings, verify_clients=True) if settings.dicom_tls_port else None
-        if settings.dicom_port:
-            self._server = self._listen(settings.dicom_port, handlers, None)
+        tls = config.tls_context() if config.tls_port and config.tls_context is not None else None
+        if config.port:
+            self._server = self._listen(config.port, handlers, None)
         if tls is not None:
-            self._tls_server = self._listen(settings.dicom_tls_port, handlers, tls)
+            self._tls_server = self._listen(config.tls_port, handlers, tls)
 
     def _listen(self, port: int, handlers: list[Any], tls: ssl.SSLContext | None) -> _AssociationServer:
-        settings = self.platform.settings
+        config = self.config
         server = cast(
             _AssociationServer,
             self.ae.make_server(
-                (settings.host, port),
+                (config.host, port),
                 contexts=list(supported_contexts()),
                 ssl_context=tls,
                 evt_handlers=handlers,
@@ -298,8 +357,8 @@ class DimseServer:
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         log.info(
             "DICOM service %s listening on %s:%d%s",
-            settings.ae_title,
-            settings.host,
+            config.ae_title,
+            config.host,
             server.server_address[1],
             " (TLS)" if tls else "",
         )
@@ -356,7 +415,7 @@ class DimseServer:
         """An association ended: rebuild the metadata documents of what it changed (as STOW-RS does)."""
         if inbound.batch.touched:
             with suppress(RuntimeError):  # shutting down: documents are rebuilt on the next read
-                self.platform.store.schedule_documents(inbound.batch.touched)
+                self.store.schedule_documents(inbound.batch.touched)
         log.info(
             "C-STORE association from %s ended: %d stored, %d duplicates, %d failed",
             str(assoc.requestor.ae_title).strip(),
@@ -373,9 +432,9 @@ class DimseServer:
         if known is not None:
             return known
         calling = _calling(event)
-        principal = self.platform.accounts.dicom_principal(calling)
+        principal = self.accounts.dicom_principal(calling)
         if principal is None:
-            role = self.platform.settings.dicom_default_role
+            role = self.config.default_role
             if not role:
                 raise Forbidden(f"calling AE title {calling} is no service account here")
             principal = Principal(f"ae:{calling}", role, "dicom")
@@ -386,19 +445,19 @@ class DimseServer:
 
     def _require(self, event: Event, action: ActionValues, study: str | None = None) -> Principal:
         principal = self._principal(event)
-        self.platform.policy.require(principal, action, study)
+        self.policy.require(principal, action, study)
         return principal
 
     def _view(self, principal: Principal) -> View:
         """How the calling AE's role sees headers (identifiers and the data sets it is sent)."""
-        return self.platform.view(self.platform.policy.role(principal))
+        return self.views(self.policy.role(principal))
 
     def _audit(
         self, event: Event, action: AuditActionValues, resource: dict[str, Any], failure: str | None = None
     ) -> None:
         with self._lock:
             principal = self._principals.get(event.assoc)
-        self.platform.audit.submit(
+        self.audit.submit(
             AuditEntry(
                 principal.subject if principal else f"ae:{_calling(event)}",
                 principal.role if principal else "",
@@ -445,11 +504,11 @@ class DimseServer:
             return self._store_failed(event, inbound, sop_uid, CannotUnderstand(f"no data set: {exc}"))
         try:
             result = ingest_file(
-                self.platform.store,
+                self.store,
                 data,
                 inbound.batch,
-                encode=self.platform.ingest_options.encode,
-                analyser=self.platform.analyser,
+                encode=self.ingest_options.encode,
+                analyser=self.analyser,
             )
         except Exception as exc:  # ingest_file never raises; a bug still gets a status of ours
             return self._store_failed(event, inbound, sop_uid, _as_radstack(exc))
@@ -487,8 +546,8 @@ class DimseServer:
                 view.identifier(_identifier(event)), str(event.request.AffectedSOPClassUID)
             )
             pending = _PENDING_WARNING if request.unsupported else _PENDING
-            scope = self.platform.policy.study_condition(principal)
-            for found in _query.find(self.platform.store, request, self.platform.settings.ae_title, scope):
+            scope = self.policy.study_condition(principal)
+            for found in _query.find(self.store, request, self.config.ae_title, scope):
                 identifier = view.dataset(found) if view.shapes else found
                 _wait_until_sent(event.assoc)
                 if event.is_cancelled:
@@ -524,10 +583,10 @@ class DimseServer:
             principal = self._require(event, ActionValues.READ_PIXELS)
             view = self._view(principal)
             records = _query.retrieve_records(
-                self.platform.store,
+                self.store,
                 view.identifier(_identifier(event)),
                 str(event.request.AffectedSOPClassUID),
-                self.platform.policy.study_condition(principal),
+                self.policy.study_condition(principal),
             )
         except Exception as exc:
             self._audit(event, AuditActionValues.READ, {"operation": operation}, _as_radstack(exc).message)
@@ -614,7 +673,7 @@ class DimseServer:
             )
             return _unsendable(record)
         try:
-            return pydicom.dcmread(io.BytesIO(part10(self.platform.store, record, syntax)))
+            return pydicom.dcmread(io.BytesIO(part10(self.store, record, syntax)))
         except Exception as exc:
             log.error(
                 "rebuilding SOP instance %s in %s failed: %s", record.sop_uid, syntax, type(exc).__name__

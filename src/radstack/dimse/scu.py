@@ -20,9 +20,9 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
-from radstack.dicomweb.wado import can_produce, part10, stored_syntax
 from radstack.dimse.peers import Peer
 from radstack.errors import BadRequest, ProcessingFailure
+from radstack.store.retrieve import can_produce, part10, stored_syntax
 from radstack.store.studies import InstanceRecord, StudyStore
 
 __all__ = ["VERIFICATION", "choose_syntax", "offered_syntaxes", "propose_contexts", "send_instances"]
@@ -42,7 +42,7 @@ def choose_syntax(record: InstanceRecord, offered: Sequence[str]) -> str | None:
 
     The stored syntax needs no transcoding; then explicit and implicit VR little endian, which
     every receiver supports (PS3.5 §10.1); then any other the receiver proposed that
-    :func:`~radstack.dicomweb.wado.can_produce` makes without loss. ``None`` when none fits.
+    :func:`~radstack.store.retrieve.can_produce` makes without loss. ``None`` when none fits.
     """
     for syntax in (stored_syntax(record), _EXPLICIT_LE, _IMPLICIT_LE, *offered):
         if syntax in offered and can_produce(record, syntax):

@@ -23,19 +23,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
-
 from radstack.errors import BadRequest, CannotUnderstand, NotFound, RadstackError
 from radstack.ingest.items import ImportItems
 from radstack.ingest.options import IngestOptions
 from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
-from radstack.jobs.kinds import INGEST_QUEUE, JobParams, declare
+from radstack.jobs.kinds import INGEST_QUEUE, JobParams, Submitter, declare
 from radstack.jobs.queue import JobContext
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.store.blobs import S3BlobStore
 from radstack.store.studies import Batch, BatchReason, StudyStore
 
-__all__ = ["IMPORT", "IMPORT_KIND", "ImportParams", "ImportRunner", "Submitter", "check_source"]
+__all__ = ["IMPORT", "IMPORT_KIND", "ImportParams", "ImportRunner", "check_source"]
 
 #: Files per recorded chunk: one transaction (outcomes + progress) per chunk.
 _CHUNK = 32
@@ -43,15 +41,6 @@ _CHUNK = 32
 _DICOMDIR = "DICOMDIR"
 
 JsonDict = dict[str, Any]
-
-
-class Submitter(BaseModel):
-    """Who submitted an import through the API: the worker acts for them (their role must ingest)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    subject: str
-    role: str
 
 
 class ImportParams(JobParams):

@@ -37,6 +37,7 @@ from radstack.dicom.codecs import (
 )
 from radstack.dicom.frames import encapsulated_frames, native_frames, pixel_info
 from radstack.dicom.header import PIXEL_DATA, encode_header, header_of, instance_json, raw_dataset_bytes
+from radstack.dicom.json_model import first_int
 from radstack.dicom.part10 import as_part10, malformed, reason_of
 from radstack.dicom.transfer_syntax import HTJ2K_RPCL, SyntaxKindValues, kind_of, name_of
 from radstack.dicom.uids import check_uid
@@ -49,7 +50,8 @@ from radstack.errors import (
     TransferSyntaxNotSupported,
 )
 from radstack.store.blobs import BlobStore, content_key
-from radstack.store.studies import Batch, NewInstance, StoreOutcomeValues, StudyStore
+from radstack.store.records import Batch, InstanceRecord, StoreOutcomeValues
+from radstack.store.studies import StudyStore
 
 __all__ = [
     "Analyser",
@@ -92,9 +94,9 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """An analysed instance: its index row to be, and the blobs to write before that row."""
+    """An analysed instance: its record (the index row to be), and the blobs to write before that row."""
 
-    new: NewInstance
+    record: InstanceRecord
     frames: list[bytes]
     header_bytes: bytes
     json_bytes: bytes
@@ -105,7 +107,7 @@ class Analyser(Protocol):
 
     def __call__(
         self, data: bytes, expected_study: str | None, encode: bool
-    ) -> tuple[IngestResult, NewInstance | None]: ...
+    ) -> tuple[IngestResult, InstanceRecord | None]: ...
 
 
 def ingest_file(
@@ -136,12 +138,12 @@ def ingest_file(
     if analyser is None or len(data) > _LARGEST_FOR_WORKERS:
         analyser = partial(stage_file, store.blobs)
     try:
-        result, new = analyser(data, expected_study, encode)
+        result, record = analyser(data, expected_study, encode)
     except Exception as exc:  # a bug: the analysis refuses bad input itself; keep serving
         log.exception("analysis of an object failed")
         return IngestResult(error=ProcessingFailure(f"internal error while analysing: {type(exc).__name__}"))
-    if new is not None:
-        _commit(store, new, batch, result)
+    if record is not None:
+        _commit(store, record, batch, result)
     return result
 
 
@@ -155,15 +157,15 @@ def ingest_dataset(
 ) -> IngestResult:
     """Ingest a parsed data set whose ``file_meta`` names its transfer syntax (C-STORE, imports)."""
     result, prepared = _analyse(ds, expected_study, encode, size=0, raw_dataset=None)
-    new = _write_blobs(store.blobs, prepared, result)
-    if new is not None:
-        _commit(store, new, batch, result)
+    record = _write_blobs(store.blobs, prepared, result)
+    if record is not None:
+        _commit(store, record, batch, result)
     return result
 
 
 def stage_file(
     blobs: BlobStore, data: bytes, expected_study: str | None, encode: bool
-) -> tuple[IngestResult, NewInstance | None]:
+) -> tuple[IngestResult, InstanceRecord | None]:
     """Analyse one Part-10 file and write its blobs: everything but the index row (the Analyser).
 
     Blobs are content-addressed, so staging an instance that turns out to be a duplicate writes
@@ -218,42 +220,42 @@ def _analyse(
     return result, prepared
 
 
-def _write_blobs(blobs: BlobStore, prepared: Prepared | None, result: IngestResult) -> NewInstance | None:
+def _write_blobs(blobs: BlobStore, prepared: Prepared | None, result: IngestResult) -> InstanceRecord | None:
     """Write the frames, header and JSON of ``prepared``: the step before the index row."""
     if prepared is None:
         return None
-    new = prepared.new
+    record = prepared.record
     try:
-        for key, frame in zip(new.frames, prepared.frames, strict=True):
+        for key, frame in zip(record.frames, prepared.frames, strict=True):
             blobs.put(key, frame)
-        blobs.put(new.header_key, prepared.header_bytes)
-        blobs.put(new.json_key, prepared.json_bytes)
+        blobs.put(record.header_key, prepared.header_bytes)
+        blobs.put(record.json_key, prepared.json_bytes)
     except RadstackError as exc:
         result.error = exc
         return None
     except Exception as exc:  # an I/O failure or a bug: no row refers to these blobs, keep serving
-        log.exception("writing the blobs of SOP instance %s failed", new.sop_uid)
+        log.exception("writing the blobs of SOP instance %s failed", record.sop_uid)
         result.error = ProcessingFailure(f"internal error while storing: {type(exc).__name__}")
         return None
-    return new
+    return record
 
 
-def _commit(store: StudyStore, new: NewInstance, batch: Batch, result: IngestResult) -> None:
+def _commit(store: StudyStore, record: InstanceRecord, batch: Batch, result: IngestResult) -> None:
     """Commit the index row of staged blobs: the last step, which makes the instance visible.
 
     The same content as the current instance is a duplicate and changes nothing.
     """
     try:
-        result.outcome = store.commit_instance(new, batch).outcome
+        result.outcome = store.commit_instance(record, batch).outcome
         if result.outcome is StoreOutcomeValues.REPLACED:
             result.warnings.append(
-                f"SOPInstanceUID {new.sop_uid} was stored before with other content; the new content is "
+                f"SOPInstanceUID {record.sop_uid} was stored before with other content; the new content is "
                 "current and the old one stays readable in the previous study version"
             )
     except RadstackError as exc:
         result.error = exc
     except Exception as exc:  # a database failure or a bug: nothing partial is visible, keep serving
-        log.exception("committing SOP instance %s failed", new.sop_uid)
+        log.exception("committing SOP instance %s failed", record.sop_uid)
         result.error = ProcessingFailure(f"internal error while storing: {type(exc).__name__}")
 
 
@@ -266,7 +268,7 @@ def prepare(
     coercions: list[str],
     raw_dataset: bytes | None = None,
 ) -> Prepared:
-    """Validate and encode one instance; return its row to be and the blobs to write first."""
+    """Validate and encode one instance; return its record and the blobs to write first."""
     sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
     sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
     study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -323,30 +325,26 @@ def prepare(
     except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise CannotUnderstand(f"the data set is truncated or malformed: {exc}") from exc
 
-    new = NewInstance(
-        attrs=attrs,
+    frames = encoded()
+    record = InstanceRecord(
         study_uid=study_uid,
         series_uid=series_uid,
         sop_uid=sop_uid,
         sop_class_uid=sop_class,
+        instance_number=first_int(attrs, "00200013"),
         transfer_syntax_uid=transfer_syntax,
         frame_syntax=frame_syntax,
         pixel=info,
-        frames=[],
+        frames=[content_key("f", frame) for frame in frames],
         frame_crcs=crcs,
         content_hash=content_hash,
         header_key=content_key("h", header_bytes),
         json_key=content_key("j", json_bytes),
         size_bytes=size,
         render=render_defaults(header) if info is not None else None,
+        attrs=attrs,
     )
-    frames = encoded()
-    return Prepared(
-        new=replace(new, frames=[content_key("f", frame) for frame in frames]),
-        frames=frames,
-        header_bytes=header_bytes,
-        json_bytes=json_bytes,
-    )
+    return Prepared(record=record, frames=frames, header_bytes=header_bytes, json_bytes=json_bytes)
 
 
 def _frames_of(

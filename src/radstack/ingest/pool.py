@@ -20,7 +20,7 @@ from radstack.errors import ProcessingFailure
 from radstack.ingest.pipeline import IngestResult, stage_file
 from radstack.security.crypto import KeyConfig, open_encrypted_blob_store
 from radstack.store.blobs import BlobStore
-from radstack.store.studies import NewInstance
+from radstack.store.records import InstanceRecord
 
 __all__ = ["IngestPool"]
 
@@ -50,7 +50,9 @@ def _ready() -> None:
     """Nothing: submitted once per worker at start, so every worker is spawned and warm."""
 
 
-def _stage(data: bytes, expected_study: str | None, encode: bool) -> tuple[IngestResult, NewInstance | None]:
+def _stage(
+    data: bytes, expected_study: str | None, encode: bool
+) -> tuple[IngestResult, InstanceRecord | None]:
     assert _blobs is not None, "the worker initialiser opens the blob store"
     return stage_file(_blobs, data, expected_study, encode)
 
@@ -81,7 +83,7 @@ class IngestPool:
 
     def __call__(
         self, data: bytes, expected_study: str | None, encode: bool
-    ) -> tuple[IngestResult, NewInstance | None]:
+    ) -> tuple[IngestResult, InstanceRecord | None]:
         executor = self._executor
         try:
             return executor.submit(_stage, data, expected_study, encode).result()

@@ -30,6 +30,7 @@ __all__ = [
     "TRAINING_QUEUE",
     "JobKind",
     "JobParams",
+    "Submitter",
     "declare",
     "declare_queue",
     "declared_kinds",
@@ -53,6 +54,15 @@ class JobParams(BaseModel):
     """Base of every kind's parameters: immutable, and a misspelt field is refused, not ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Submitter(BaseModel):
+    """Who submitted a job through the API: a worker acting for them checks what their role may do."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subject: str
+    role: str
 
 
 P = TypeVar("P", bound=BaseModel)

@@ -44,12 +44,12 @@ from pydicom.datadict import tag_for_keyword
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from radstack.dicomweb.wado import part10
 from radstack.errors import BadRequest, Conflict, NotFound, ProcessingFailure
 from radstack.jobs.kinds import JobParams, declare, validation_message
 from radstack.jobs.models import RoutingRuleRow
 from radstack.jobs.queue import JobContext, JobQueue
 from radstack.jobs.workflows import EventLog, StableParams, StudyStable, post_json
+from radstack.store.retrieve import part10
 from radstack.store.studies import BatchReason, InstanceRecord, StudyStore
 
 __all__ = [

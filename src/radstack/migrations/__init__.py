@@ -13,6 +13,7 @@ from types import ModuleType
 
 from sqlalchemy import MetaData
 
+from radstack.ai import models as ai_models
 from radstack.dimse import models as dimse_models
 from radstack.ingest import models as ingest_models
 from radstack.jobs import models as jobs_models
@@ -28,6 +29,7 @@ MODEL_MODULES: tuple[ModuleType, ...] = (
     ingest_models,
     jobs_models,
     security_models,
+    ai_models,
 )
 
 #: All the tables of the index, as the models describe them: what the migrations must produce.

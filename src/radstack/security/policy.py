@@ -56,6 +56,14 @@ class ActionValues(StrEnum):
     READ_AUDIT = "read-audit"
     #: Prometheus metrics at ``/metrics`` (request counts and latencies by route; no PHI).
     READ_METRICS = "read-metrics"
+    #: The model registry read-only: models, versions, model cards, artifacts.
+    READ_MODELS = "read-models"
+    #: Register and import model versions, approve or reject them, promote and roll back stages.
+    MANAGE_MODELS = "manage-models"
+    #: Data sets read-only: their versions, counts, items and (with ``read-pixels``) their images.
+    READ_DATASETS = "read-datasets"
+    #: Make data sets and new versions of them.
+    MANAGE_DATASETS = "manage-datasets"
 
 
 class ViewValues(StrEnum):
@@ -92,14 +100,30 @@ DEFAULT_ROLES: dict[str, RoleDef] = {
             "radiologist",
             frozenset(
                 _READ
-                | {ActionValues.INGEST, ActionValues.LABEL, ActionValues.UPDATE_METADATA, ActionValues.EXPORT}
+                | {
+                    ActionValues.INGEST,
+                    ActionValues.LABEL,
+                    ActionValues.UPDATE_METADATA,
+                    ActionValues.EXPORT,
+                    ActionValues.READ_MODELS,
+                }
             ),
         ),
         RoleDef("technologist", frozenset(_READ | {ActionValues.INGEST, ActionValues.UPDATE_METADATA})),
         RoleDef("annotator", frozenset(_READ | {ActionValues.LABEL})),
         RoleDef(
             "data-scientist",
-            frozenset(_READ | {ActionValues.TRAIN, ActionValues.EXPORT}),
+            frozenset(
+                _READ
+                | {
+                    ActionValues.TRAIN,
+                    ActionValues.EXPORT,
+                    ActionValues.READ_MODELS,
+                    ActionValues.MANAGE_MODELS,
+                    ActionValues.READ_DATASETS,
+                    ActionValues.MANAGE_DATASETS,
+                }
+            ),
             view=ViewValues.DEIDENTIFIED,
         ),
         RoleDef("referring-physician", frozenset(_READ), scope=ScopeValues.REFERRED),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from radstack.store.metadata import document_prefix
 from radstack.store.models import InstanceRow, StudyRow
 from radstack.store.studies import StudyStore
 
@@ -41,7 +42,7 @@ def collect_garbage(store: StudyStore, *, grace_seconds: float = 3600.0) -> GcRe
             referenced.add(header_key)
             referenced.add(json_key)
         current_docs = {
-            f"docs/{study_uid}/{change_seq}"
+            document_prefix(study_uid, change_seq)
             for study_uid, change_seq in connection.execute(select(StudyRow.study_uid, StudyRow.change_seq))
         }
     examined = removed = 0

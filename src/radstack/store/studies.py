@@ -1,48 +1,43 @@
-"""Studies, series and instances in the index: committing ingested instances and reading them back.
+"""Studies, series and instances in the index: the store's façade, which every other package uses.
 
 Write order makes crashes safe: the ingest pipeline writes every blob first, then
 :meth:`StudyStore.commit_instance` makes the instance visible in one index transaction. A crash
 before the commit leaves only unreferenced blobs (collected later), never a half-stored instance.
+
+The writes themselves are in :mod:`radstack.store._writes`, the metadata documents in
+:mod:`radstack.store.metadata`, and the records in :mod:`radstack.store.records` (exported here too).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Row, Table, bindparam, func, select
+from sqlalchemy import Engine, Table, bindparam, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from radstack.dicom.codecs import PixelInfo
-from radstack.dicom.json_model import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS, pick
-from radstack.errors import DataSetMismatch, NotFound
+from radstack.errors import NotFound
+from radstack.store._writes import IndexWriter
 from radstack.store.blobs import BlobStore
+from radstack.store.metadata import MetadataDocuments
 from radstack.store.models import InstanceRow, SeriesRow, StudyRow, StudyVersionRow
+from radstack.store.records import Batch, BatchReason, CommitOutcome, InstanceRecord, StoreOutcomeValues
 
 __all__ = [
     "Batch",
     "BatchReason",
     "CommitOutcome",
     "InstanceRecord",
-    "NewInstance",
     "StoreOutcomeValues",
     "StudyStore",
 ]
 
 T = TypeVar("T")
-_DOCUMENT_SETTLE_SECONDS = 0.2
 _INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
 _CURRENT_INSTANCE = select(_INSTANCES).where(
     _INSTANCES.c.sop_uid == bindparam("sop"),
@@ -50,169 +45,16 @@ _CURRENT_INSTANCE = select(_INSTANCES).where(
     _INSTANCES.c.version_removed.is_(None),
 )
 _CURRENT_INSTANCE_IN_SERIES = _CURRENT_INSTANCE.where(_INSTANCES.c.series_uid == bindparam("series"))
-log = logging.getLogger(__name__)
-JsonDict = dict[str, Any]
-
-
-class StoreOutcomeValues(StrEnum):
-    STORED = "stored"
-    DUPLICATE = "duplicate"  #: same SOP instance, same content: stored once, reported as success
-    REPLACED = "replaced"  #: same SOP Instance UID, new content: the old one stays in earlier versions
-
-
-@dataclass(frozen=True, slots=True)
-class NewInstance:
-    """An instance whose blobs are written and that waits for its index row."""
-
-    attrs: JsonDict  #: the instance's DICOM JSON (bulk values by BulkDataURI)
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    frame_syntax: str | None
-    pixel: PixelInfo | None
-    frames: list[str]
-    frame_crcs: list[int]
-    content_hash: str
-    header_key: str
-    json_key: str
-    size_bytes: int
-    render: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CommitOutcome:
-    outcome: StoreOutcomeValues
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRecord:
-    """A stored instance as the read paths need it."""
-
-    id: int
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    frame_syntax: str | None
-    pixel: PixelInfo | None
-    frames: list[str]
-    frame_crcs: list[int]
-    header_key: str
-    json_key: str
-    version_added: int
-    render: dict[str, Any] | None
-
-    @classmethod
-    def from_row(cls, row: InstanceRow | Row[Any]) -> InstanceRecord:
-        return cls(
-            id=row.id,
-            study_uid=row.study_uid,
-            series_uid=row.series_uid,
-            sop_uid=row.sop_uid,
-            sop_class_uid=row.sop_class_uid,
-            transfer_syntax_uid=row.transfer_syntax_uid,
-            frame_syntax=row.frame_syntax,
-            pixel=PixelInfo(**json.loads(row.pixel)) if row.pixel else None,
-            frames=json.loads(row.frames),
-            frame_crcs=json.loads(row.frame_crcs),
-            header_key=row.header_key,
-            json_key=row.json_key,
-            version_added=row.version_added,
-            render=json.loads(row.render) if row.render else None,
-        )
 
 
 @dataclass(slots=True)
 class _PendingCommit:
     """One instance waiting for a group commit, and what became of it."""
 
-    new: NewInstance
+    record: InstanceRecord
     batch: Batch
     outcome: CommitOutcome | None = None
     error: Exception | None = None
-
-
-class BatchReason(StrEnum):
-    """Why a study changed: each new study version records it (routing rules match C-STORE on it)."""
-
-    STOW = "stow"
-    C_STORE = "c-store"
-    IMPORT = "import"
-    INBOX = "inbox"
-    DEMO = "demo"
-    UPDATE = "update"
-    DELETE = "delete"
-    REVERT = "revert"
-
-
-@dataclass
-class Batch:
-    """One user-visible change (a STOW request, an import, an update): one new version per study."""
-
-    reason: BatchReason
-    detail: str = ""
-    versions: dict[str, int] = field(default_factory=dict)
-    touched: set[str] = field(default_factory=set)
-
-
-def _text(attrs: JsonDict, tag: str) -> str | None:
-    """First value of an attribute in DICOM JSON as text (person names by their alphabetic group)."""
-    element = attrs.get(tag)
-    if not element or not element.get("Value"):
-        return None
-    value = element["Value"][0]
-    if isinstance(value, dict):
-        value = value.get("Alphabetic")
-    return None if value is None else str(value)
-
-
-def _int(attrs: JsonDict, tag: str) -> int | None:
-    text = _text(attrs, tag)
-    try:
-        return None if text is None else int(float(text))
-    except ValueError:
-        return None
-
-
-def study_columns(attrs: JsonDict) -> dict[str, Any]:
-    """Study row columns derived from an instance's DICOM JSON."""
-    return {
-        "patient_id": _text(attrs, "00100020"),
-        "patient_name": _text(attrs, "00100010"),
-        "patient_birth_date": _text(attrs, "00100030"),
-        "patient_sex": _text(attrs, "00100040"),
-        "study_date": _text(attrs, "00080020"),
-        "study_time": _text(attrs, "00080030"),
-        "accession_number": _text(attrs, "00080050"),
-        "study_id": _text(attrs, "00200010"),
-        "study_description": _text(attrs, "00081030"),
-        "referring_physician_name": _text(attrs, "00080090"),
-        "institution_name": _text(attrs, "00080080"),
-        "attrs": json.dumps(pick(attrs, STUDY_LEVEL_TAGS)),
-    }
-
-
-def series_columns(attrs: JsonDict) -> dict[str, Any]:
-    """Series row columns derived from an instance's DICOM JSON."""
-    return {
-        "modality": _text(attrs, "00080060"),
-        "series_number": _int(attrs, "00200011"),
-        "series_description": _text(attrs, "0008103E"),
-        "body_part": _text(attrs, "00180015"),
-        "series_date": _text(attrs, "00080021"),
-        "series_time": _text(attrs, "00080031"),
-        "pps_start_date": _text(attrs, "00400244"),
-        "pps_start_time": _text(attrs, "00400245"),
-        "attrs": json.dumps(pick(attrs, SERIES_LEVEL_TAGS)),
-    }
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class StudyStore:
@@ -229,13 +71,11 @@ class StudyStore:
         self._committer = threading.Lock()
         self._group_guard = threading.Lock()
         self._group: list[_PendingCommit] = []
-        self._doc_locks: dict[str, threading.Lock] = {}
-        self._doc_locks_guard = threading.Lock()
-        self._doc_pending: set[str] = set()
-        self._doc_builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docs")
+        self._writer = IndexWriter(blobs, self._pseudo, lock_rows=not self._sqlite)
+        self._documents = MetadataDocuments(self, engine, blobs)
 
     def close(self) -> None:
-        self._doc_builder.shutdown(wait=True, cancel_futures=True)  # documents rebuild on demand
+        self._documents.close()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ transactions
@@ -258,9 +98,27 @@ class StudyStore:
                     raise
         raise AssertionError("unreachable")
 
-    # ------------------------------------------------------------------ ingest
-    def commit_instance(self, new: NewInstance, batch: Batch) -> CommitOutcome:
-        """Make ``new`` visible: the last step of ingest, one transaction.
+    @contextmanager
+    def batch(self, reason: BatchReason, detail: str = "") -> Iterator[Batch]:
+        """One change: the :class:`Batch` its writes share, and, when it ends (also by an error),
+        the rebuild of the metadata documents of every study it touched.
+
+        Parameters
+        ----------
+        reason
+            Why the studies change; recorded with each new study version.
+        detail
+            What the version list shows beside the reason (a job id, a calling AE title, tags).
+        """
+        batch = Batch(reason, detail)
+        try:
+            yield batch
+        finally:
+            self.schedule_documents(batch.touched)
+
+    # ------------------------------------------------------------------ writes
+    def commit_instance(self, record: InstanceRecord, batch: Batch) -> CommitOutcome:
+        """Make ``record`` visible: the last step of ingest, one transaction.
 
         Same SOP instance and content as the current one: nothing changes (DUPLICATE). Same SOP
         Instance UID with other content: the new content becomes current in a new study version and
@@ -270,8 +128,14 @@ class StudyStore:
         caller that finds the committer free commits everything waiting), which halves the index
         cost per instance under load. A group with an instance that is refused is rolled back and
         committed one by one, so one bad instance never takes others down with it.
+
+        Raises
+        ------
+        DataSetMismatch
+            When the instance or its series is stored in another study, or the study belongs to
+            another patient.
         """
-        pending = _PendingCommit(new, batch)
+        pending = _PendingCommit(record, batch)
         with self._group_guard:
             self._group.append(pending)
         with self._committer:
@@ -283,19 +147,18 @@ class StudyStore:
             raise pending.error
         assert pending.outcome is not None
         if pending.outcome.outcome is not StoreOutcomeValues.DUPLICATE:
-            batch.touched.add(new.study_uid)
+            batch.touched.add(record.study_uid)
         return pending.outcome
 
     def _commit_group(self, group: list[_PendingCommit]) -> None:
+        commit = self._writer.commit
         if len(group) > 1:
             # Rows lock in study order on PostgreSQL, so two nodes' groups never deadlock.
-            group.sort(key=lambda item: item.new.study_uid)
+            group.sort(key=lambda item: item.record.study_uid)
             versions = {id(item.batch): dict(item.batch.versions) for item in group}
             try:
                 outcomes = self._write(
-                    lambda session: [
-                        self._commit_one(session, new=item.new, batch=item.batch) for item in group
-                    ]
+                    lambda session: [commit(session, item.record, item.batch) for item in group]
                 )
             except Exception:
                 for item in group:  # the versions the rolled-back transaction handed out are void
@@ -306,127 +169,32 @@ class StudyStore:
                 return
         for item in group:
             try:
-                item.outcome = self._write(partial(self._commit_one, new=item.new, batch=item.batch))
+                item.outcome = self._write(partial(commit, record=item.record, batch=item.batch))
             except Exception as exc:
                 item.error = exc
 
-    def _commit_one(self, session: Session, *, new: NewInstance, batch: Batch) -> CommitOutcome:
-        current = session.scalar(
-            select(InstanceRow).where(
-                InstanceRow.sop_uid == new.sop_uid, InstanceRow.version_removed.is_(None)
-            )
+    def replace_instances(
+        self,
+        study_uid: str,
+        batch: Batch,
+        *,
+        remove: Sequence[InstanceRecord],
+        add: Sequence[InstanceRecord],
+    ) -> int:
+        """Make a new study version that drops ``remove`` and adds ``add`` (update, delete, revert).
+
+        Returns the new version number.
+
+        Raises
+        ------
+        NotFound
+            When the study was never stored.
+        """
+        version = self._write(
+            partial(self._writer.replace, study_uid=study_uid, batch=batch, remove=remove, add=add)
         )
-        if current is not None and current.study_uid != new.study_uid:
-            raise DataSetMismatch(
-                f"SOPInstanceUID {new.sop_uid} is already stored in study {current.study_uid}, "
-                f"not in StudyInstanceUID {new.study_uid}"
-            )
-        if current is not None and current.content_hash == new.content_hash:
-            return CommitOutcome(StoreOutcomeValues.DUPLICATE, current.version_added)
-        series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == new.series_uid))
-        if series is not None and series.study_uid != new.study_uid:
-            raise DataSetMismatch(
-                f"SeriesInstanceUID {new.series_uid} already belongs to study {series.study_uid}, "
-                f"not to StudyInstanceUID {new.study_uid}"
-            )
-        study = self._study_for_update(session, new.study_uid, new.attrs)
-        patient_id = _text(new.attrs, "00100020")
-        if study.num_instances > 0 and study.patient_id and patient_id and study.patient_id != patient_id:
-            raise DataSetMismatch(
-                f"study {new.study_uid} belongs to another patient: PatientID differs from the stored one"
-            )
-        version = self._version_for(session, study, batch)
-        if current is not None:
-            current.version_removed = version
-        session.add(_instance_row(new, version, self._pseudo(new.sop_uid)))
-        if series is None:
-            series = self._series_for_update(session, study, new.series_uid, new.attrs)
-        if current is not None and current.series_uid != new.series_uid:
-            session.flush()
-            self._rebuild_series(session, study)  # the instance moved between series: recount
-        elif current is None:
-            if series.num_instances == 0:
-                study.num_series += 1
-                modality = _text(new.attrs, "00080060")
-                modalities = set(filter(None, study.modalities.split("\\")))
-                if modality and modality not in modalities:
-                    study.modalities = "\\".join(sorted({*modalities, modality}))
-            series.num_instances += 1
-            study.num_instances += 1
-        study.change_seq += 1
-        study.updated_at = _now()
-        return CommitOutcome(
-            StoreOutcomeValues.REPLACED if current is not None else StoreOutcomeValues.STORED, version
-        )
-
-    def _study_for_update(self, session: Session, study_uid: str, attrs: JsonDict) -> StudyRow:
-        query = select(StudyRow).where(StudyRow.study_uid == study_uid)
-        if not self._sqlite:
-            query = query.with_for_update()
-        study = session.scalar(query)
-        if study is None:
-            study = StudyRow(
-                study_uid=study_uid,
-                pseudo_uid=self._pseudo(study_uid),
-                version=0,
-                change_seq=0,
-                num_series=0,
-                num_instances=0,
-            )
-            study.updated_at = _now()
-            for key, value in study_columns(attrs).items():
-                setattr(study, key, value)
-            session.add(study)
-            session.flush()
-        elif study.num_instances == 0:
-            for key, value in study_columns(attrs).items():
-                setattr(study, key, value)
-        return study
-
-    def _version_for(self, session: Session, study: StudyRow, batch: Batch) -> int:
-        version = batch.versions.get(study.study_uid)
-        if version is not None and study.version == version:
-            return version
-        study.version += 1
-        session.add(
-            StudyVersionRow(
-                study_uid=study.study_uid,
-                version=study.version,
-                reason=batch.reason,
-                detail=batch.detail,
-                created_at=_now(),
-            )
-        )
-        batch.versions[study.study_uid] = study.version
-        return study.version
-
-    def _series_for_update(
-        self, session: Session, study: StudyRow, series_uid: str, attrs: JsonDict
-    ) -> SeriesRow:
-        series = session.scalar(select(SeriesRow).where(SeriesRow.series_uid == series_uid))
-        if series is None:
-            series = SeriesRow(
-                study_pk=study.id,
-                series_uid=series_uid,
-                pseudo_uid=self._pseudo(series_uid),
-                study_uid=study.study_uid,
-                num_instances=0,
-            )
-            for key, value in series_columns(attrs).items():
-                setattr(series, key, value)
-            session.add(series)
-            session.flush()
-        return series
-
-    def _refresh_study_aggregates(self, session: Session, study: StudyRow) -> None:
-        rows = session.execute(
-            select(SeriesRow.modality, SeriesRow.num_instances).where(
-                SeriesRow.study_pk == study.id, SeriesRow.num_instances > 0
-            )
-        ).all()
-        study.num_series = len(rows)
-        study.num_instances = sum(n for _m, n in rows)
-        study.modalities = "\\".join(sorted({m for m, _n in rows if m}))
+        batch.touched.add(study_uid)
+        return version
 
     # ------------------------------------------------------------------ reads
     def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str) -> InstanceRecord:
@@ -583,97 +351,15 @@ class StudyStore:
         Documents are precomputed after every change (see :meth:`schedule_documents`) and cached
         in the blob store under the study's change sequence, so a read is one blob fetch.
         """
-        study = self.require_study(study_uid)
-        if series_uid is not None:
-            self.require_series(study_uid, series_uid)
-        key = self._document_key(study_uid, study.change_seq, series_uid)
-        if not self.blobs.exists(key):
-            self._build_documents(study_uid)
-            study = self.require_study(study_uid)
-            key = self._document_key(study_uid, study.change_seq, series_uid)
-            if not self.blobs.exists(key):  # changed again meanwhile: build for the latest
-                self._build_documents(study_uid)
-        try:
-            return self.blobs.get(key)
-        except NotFound:
-            return self._document(self.list_instances(study_uid, series_uid))
+        return self._documents.current(study_uid, series_uid)
 
     def version_document(self, study_uid: str, version: int) -> bytes:
         """The gzipped metadata document of a past (or the current) study version."""
-        study = self.require_study(study_uid, include_deleted=True)
-        if not 0 < version <= study.version:
-            raise NotFound(f"study {study_uid} has no version {version} (latest is {study.version})")
-        return self._document(self.list_instances(study_uid, version=version))
-
-    @staticmethod
-    def _document_key(study_uid: str, change_seq: int, series_uid: str | None) -> str:
-        return f"docs/{study_uid}/{change_seq}/{series_uid or 'study'}.json.gz"
-
-    def _document(self, records: Sequence[InstanceRecord]) -> bytes:
-        body = b"[" + b",".join(self.blobs.get(r.json_key) for r in records) + b"]"
-        return gzip.compress(body, compresslevel=5)
-
-    def _doc_lock(self, study_uid: str) -> threading.Lock:
-        with self._doc_locks_guard:
-            return self._doc_locks.setdefault(study_uid, threading.Lock())
-
-    def _build_documents(self, study_uid: str) -> None:
-        with self._doc_lock(study_uid):
-            with self._session() as session:
-                change_seq = session.scalar(
-                    select(StudyRow.change_seq).where(StudyRow.study_uid == study_uid)
-                )
-            if change_seq is None or self.blobs.exists(self._document_key(study_uid, change_seq, None)):
-                return
-            records = self.list_instances(study_uid)
-            by_series: dict[str, list[InstanceRecord]] = {}
-            for record in records:
-                by_series.setdefault(record.series_uid, []).append(record)
-            for series_uid, members in by_series.items():
-                self.blobs.put(self._document_key(study_uid, change_seq, series_uid), self._document(members))
-            # The study document last: its presence marks the set complete.
-            self.blobs.put(self._document_key(study_uid, change_seq, None), self._document(records))
-
-    @contextmanager
-    def batch(self, reason: BatchReason, detail: str = "") -> Iterator[Batch]:
-        """One change: the :class:`Batch` its writes share, and, when it ends (also by an error),
-        the rebuild of the metadata documents of every study it touched.
-
-        Parameters
-        ----------
-        reason
-            Why the studies change; recorded with each new study version.
-        detail
-            What the version list shows beside the reason (a job id, a calling AE title, tags).
-        """
-        batch = Batch(reason, detail)
-        try:
-            yield batch
-        finally:
-            self.schedule_documents(batch.touched)
+        return self._documents.of_version(study_uid, version)
 
     def schedule_documents(self, study_uids: set[str]) -> None:
-        """Rebuild the metadata documents of changed studies in the background.
-
-        A rebuild reads the newest state when it starts, so one that is queued and not yet running
-        already covers later changes: during a bulk ingest the work stays linear, not quadratic.
-        """
-        with self._doc_locks_guard:
-            fresh = sorted(study_uids - self._doc_pending)
-            self._doc_pending.update(fresh)
-        for study_uid in fresh:
-            self._doc_builder.submit(self._build_pending, study_uid)
-
-    def _build_pending(self, study_uid: str) -> None:
-        # A short pause lets the next requests of a bulk send join this rebuild instead of queueing
-        # their own; a read that comes first builds the document itself.
-        time.sleep(_DOCUMENT_SETTLE_SECONDS)
-        with self._doc_locks_guard:
-            self._doc_pending.discard(study_uid)
-        try:
-            self._build_documents(study_uid)
-        except Exception:  # a failed rebuild is retried by the next read; never kill the builder
-            log.exception("metadata document rebuild failed for a study")
+        """Rebuild the metadata documents of changed studies in the background."""
+        self._documents.schedule(study_uids)
 
     # ------------------------------------------------------------------ versions
     def list_versions(self, study_uid: str) -> list[StudyVersionRow]:
@@ -686,121 +372,3 @@ class StudyStore:
                     .order_by(StudyVersionRow.version)
                 ).all()
             )
-
-    def replace_instances(
-        self,
-        study_uid: str,
-        batch: Batch,
-        *,
-        remove: Sequence[InstanceRecord],
-        add: Sequence[NewInstance | InstanceRecord],
-    ) -> int:
-        """Make a new study version that drops ``remove`` and adds ``add`` (update, delete, revert).
-
-        Returns the new version number.
-        """
-
-        def work(session: Session) -> int:
-            study = session.scalar(select(StudyRow).where(StudyRow.study_uid == study_uid))
-            if study is None:
-                raise NotFound(f"study {study_uid} is not stored")
-            version = self._version_for(session, study, batch)
-            removed_ids = [r.id for r in remove]
-            for row in session.scalars(select(InstanceRow).where(InstanceRow.id.in_(removed_ids))):
-                if row.version_removed is None:
-                    row.version_removed = version
-            session.flush()
-            for item in add:
-                if isinstance(item, NewInstance):
-                    session.add(_instance_row(item, version, self._pseudo(item.sop_uid)))
-                else:
-                    session.add(_copy_row(session, item, version))
-            session.flush()
-            self._rebuild_series(session, study)
-            study.change_seq += 1
-            study.updated_at = _now()
-            return version
-
-        version = self._write(work)
-        batch.touched.add(study_uid)
-        return version
-
-    def _rebuild_series(self, session: Session, study: StudyRow) -> None:
-        """Recompute the series rows and study aggregates of ``study`` from its current instances."""
-        counts = dict(
-            session.execute(
-                select(InstanceRow.series_uid, func.count())
-                .where(InstanceRow.study_uid == study.study_uid, InstanceRow.version_removed.is_(None))
-                .group_by(InstanceRow.series_uid)
-            ).all()
-        )
-        existing = {
-            s.series_uid: s for s in session.scalars(select(SeriesRow).where(SeriesRow.study_pk == study.id))
-        }
-        first_attrs: JsonDict | None = None
-        for series_uid, count in counts.items():
-            first = session.scalar(
-                select(InstanceRow)
-                .where(InstanceRow.series_uid == series_uid, InstanceRow.version_removed.is_(None))
-                .order_by(InstanceRow.instance_number)
-                .limit(1)
-            )
-            assert first is not None
-            attrs: JsonDict = json.loads(self.blobs.get(first.json_key))
-            first_attrs = first_attrs or attrs
-            series = existing.pop(series_uid, None) or self._series_for_update(
-                session, study, series_uid, attrs
-            )
-            for key, value in series_columns(attrs).items():
-                setattr(series, key, value)
-            series.num_instances = count
-        for stale in existing.values():
-            session.delete(stale)
-        if first_attrs is not None:
-            for key, value in study_columns(first_attrs).items():
-                setattr(study, key, value)
-        session.flush()
-        self._refresh_study_aggregates(session, study)
-
-
-def _instance_row(new: NewInstance, version: int, pseudo_uid: str | None) -> InstanceRow:
-    pixel = new.pixel
-    return InstanceRow(
-        study_uid=new.study_uid,
-        series_uid=new.series_uid,
-        sop_uid=new.sop_uid,
-        pseudo_uid=pseudo_uid,
-        sop_class_uid=new.sop_class_uid,
-        instance_number=_int(new.attrs, "00200013"),
-        version_added=version,
-        version_removed=None,
-        transfer_syntax_uid=new.transfer_syntax_uid,
-        frame_syntax=new.frame_syntax,
-        rows=pixel.rows if pixel else None,
-        columns=pixel.columns if pixel else None,
-        bits_allocated=pixel.bits_allocated if pixel else None,
-        number_of_frames=pixel.number_of_frames if pixel else None,
-        pixel=json.dumps(_pixel_dict(pixel)) if pixel else None,
-        frames=json.dumps(new.frames),
-        frame_crcs=json.dumps(new.frame_crcs),
-        content_hash=new.content_hash,
-        header_key=new.header_key,
-        json_key=new.json_key,
-        size_bytes=new.size_bytes,
-        render=json.dumps(new.render) if new.render else None,
-        created_at=_now(),
-    )
-
-
-def _copy_row(session: Session, record: InstanceRecord, version: int) -> InstanceRow:
-    """A copy of a past row that becomes current again in ``version`` (revert); blobs are shared."""
-    source = session.get(InstanceRow, record.id)
-    if source is None:
-        raise NotFound(f"instance row {record.id} vanished")
-    columns = {c.key: getattr(source, c.key) for c in InstanceRow.__table__.columns if c.key != "id"}
-    columns.update(version_added=version, version_removed=None, created_at=_now())
-    return InstanceRow(**columns)
-
-
-def _pixel_dict(pixel: PixelInfo) -> dict[str, Any]:
-    return {name: getattr(pixel, name) for name in PixelInfo.__slots__}

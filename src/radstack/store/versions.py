@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import replace
 from typing import Any
 
 import pydicom
@@ -18,7 +19,8 @@ from radstack.dicom.header import encode_header, instance_json
 from radstack.dicom.json_model import SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
 from radstack.errors import BadRequest, NotFound
 from radstack.store.blobs import content_key
-from radstack.store.studies import BatchReason, NewInstance, StudyStore
+from radstack.store.records import BatchReason, InstanceRecord
+from radstack.store.studies import StudyStore
 
 __all__ = ["delete", "revert", "update_attributes"]
 
@@ -94,7 +96,7 @@ def update_attributes(
     records = store.list_instances(study_uid, series_uid)
     if not records:
         raise NotFound(f"study {study_uid} holds no instances to update")
-    replacements: list[NewInstance] = []
+    replacements: list[InstanceRecord] = []
     for record in records:
         header = pydicom.dcmread(io.BytesIO(store.blobs.get(record.header_key)))
         for tag_text, value in tags.items():
@@ -115,23 +117,17 @@ def update_attributes(
         json_key = content_key("j", json_bytes)
         store.blobs.put(header_key, header_bytes)
         store.blobs.put(json_key, json_bytes)
+        # The same frames under a new header; no object of this content was received (size 0).
         replacements.append(
-            NewInstance(
+            replace(
+                record,
                 attrs=attrs,
-                study_uid=record.study_uid,
-                series_uid=record.series_uid,
-                sop_uid=record.sop_uid,
-                sop_class_uid=record.sop_class_uid,
-                transfer_syntax_uid=record.transfer_syntax_uid,
-                frame_syntax=record.frame_syntax,
-                pixel=record.pixel,
-                frames=record.frames,
-                frame_crcs=record.frame_crcs,
                 content_hash=digest.hexdigest(),
                 header_key=header_key,
                 json_key=json_key,
                 size_bytes=0,
-                render=record.render,
+                id=None,
+                version_added=None,
             )
         )
     with store.batch(BatchReason.UPDATE, ",".join(sorted(tags))) as batch:

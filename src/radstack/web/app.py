@@ -74,9 +74,20 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     0) and the job consumers and drop-folder watcher (unless ``no_workers``) start with the app and stop before the
     platform closes.
     """
-    from radstack.dimse import DimseServer
     from radstack.ingest.demo import load_demo
-    from radstack.web import accounts, api_v1, auth, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
+    from radstack.web import (
+        accounts,
+        api_v1,
+        auth,
+        datasets,
+        dicomweb,
+        dicomweb_qido,
+        jobs,
+        peers,
+        ui,
+        workflows,
+    )
+    from radstack.web import models as model_registry
     from radstack.web.apidocs import router as apidocs_router
     from radstack.web.auth import AuthMiddleware
     from radstack.web.viewer import router as viewer_router
@@ -85,7 +96,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = platform or Platform.open(settings)
         app.state.platform = opened
-        dimse = DimseServer(opened) if opened.settings.dicom_port or opened.settings.dicom_tls_port else None
+        dimse = opened.dimse_server()
         try:
             if opened.settings.demo:
                 await to_thread.run_sync(
@@ -196,6 +207,9 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(peers.router, prefix="/api/v1")
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(workflows.router, prefix="/api/v1")
+    app.include_router(model_registry.router, prefix="/api/v1")
+    app.include_router(model_registry.pages)
+    app.include_router(datasets.router, prefix="/api/v1")
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)

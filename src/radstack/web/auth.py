@@ -66,6 +66,8 @@ _AUDIT_ACTION = {
     ActionValues.MANAGE_USERS: AuditActionValues.ADMIN,
     ActionValues.READ_AUDIT: AuditActionValues.ADMIN,
     ActionValues.READ_METRICS: AuditActionValues.ADMIN,
+    ActionValues.READ_DATASETS: AuditActionValues.READ,
+    ActionValues.MANAGE_DATASETS: AuditActionValues.WRITE,
 }
 
 

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy import ColumnElement
 
-from radstack.dicomweb import qido
 from radstack.dicomweb.accept import parse_accept
 from radstack.errors import NotAcceptable
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
+from radstack.store import search as qido
 from radstack.store.matching import Query, QueryLevelValues, parse_query
 from radstack.web.auth import authorize, note, principal_of, view_of
 from radstack.web.dicomweb import base_url, check_path_uids, dicom_json, platform_of, warning_header

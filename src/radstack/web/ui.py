@@ -1,4 +1,5 @@
-"""The worklist UI: server-rendered HTML pages at ``/`` (worklist), ``/jobs``, ``/models``, ``/labeling``.
+"""The worklist UI: server-rendered HTML pages at ``/`` (worklist), ``/jobs``, ``/labeling``
+(``/models`` is :mod:`radstack.web.models`).
 
 No JavaScript: the filter form is a GET form, paging is links, requeue is a POST form (the auth
 middleware's same-origin check makes a cookie POST from these pages safe). Pages are Jinja2
@@ -185,12 +186,6 @@ def requeue(request: Request, job_id: str) -> Response:
     except RadstackError as error:
         return _error_page(request, "Jobs", error)
     return RedirectResponse(f"/jobs?{urlencode({'requeued': job_id})}", status_code=303)
-
-
-@router.get("/models")
-def models(request: Request) -> HTMLResponse:
-    """Placeholder: the model registry (a later issue fills it in)."""
-    return _render(request, "models.html")
 
 
 @router.get("/labeling")

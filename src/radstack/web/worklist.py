@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
-from radstack.dicomweb import qido
 from radstack.errors import BadRequest
 from radstack.security.views import View
+from radstack.store import search as qido
 from radstack.store.matching import QueryLevelValues, parse_query
 from radstack.store.models import StudyRow, StudyStatus
 from radstack.store.studies import StudyStore

@@ -1,8 +1,10 @@
-"""QIDO-RS: search for studies, series and instances (PS3.18 §10.6).
+"""Searching the index for studies, series and instances: the one search of QIDO-RS and C-FIND.
 
-Matching, ordering and paging run in SQL on the index (:mod:`radstack.store.matching`), so a
-study search touches only the page it returns. Each match is answered with the return attributes
-of PS3.18 Tables 10.6.3-3 (study), 10.6.3-4 (series) and 10.6.3-5 (instance), present even when
+QIDO-RS (PS3.18 §10.6) answers with these matches as they are; C-FIND (PS3.4 §C.4.1,
+:mod:`radstack.dimse._query`) turns its identifier into the same query and picks its keys out of
+them, so both protocols match the same way. Matching, ordering and paging run in SQL on the index
+(:mod:`radstack.store.matching`), so a study search touches only the page it returns. Each match is DICOM JSON (PS3.18 Annex F) with the return attributes of
+PS3.18 Tables 10.6.3-3 (study), 10.6.3-4 (series) and 10.6.3-5 (instance), present even when
 empty, plus whatever ``includefield`` asks for, taken from the stored attributes.
 """
 
@@ -200,7 +202,13 @@ def count_studies(
     store: StudyStore, query: Query, *, cap: int, scope: ColumnElement[bool] | None = None
 ) -> int:
     """How many studies :func:`search_studies` matches (``limit`` and ``offset`` ignored), counting
-    no further than ``cap`` so that the count stays cheap however large the index grows."""
+    no further than ``cap`` so that the count stays cheap however large the index grows.
+
+    Raises
+    ------
+    ValueError
+        ``query`` is not a STUDY level query (a caller's bug, not a client's mistake).
+    """
     _check_level(query, QueryLevelValues.STUDY)
     matching = select(StudyRow.id).where(*_study_where(query, scope)).limit(cap).subquery()
     with Session(store.engine) as session:
@@ -238,6 +246,11 @@ def search_studies(
     -------
     SearchResult
         Matches newest study first (StudyDate, StudyTime descending, then StudyInstanceUID).
+
+    Raises
+    ------
+    ValueError
+        ``query`` was parsed for another level (a caller's bug, not a client's mistake).
     """
     _check_level(query, QueryLevelValues.STUDY)
     statement = (
@@ -284,6 +297,11 @@ def search_series(
     -------
     SearchResult
         Matches in study order (as :func:`search_studies`), then by SeriesNumber.
+
+    Raises
+    ------
+    ValueError
+        ``query`` was parsed for another level (a caller's bug, not a client's mistake).
     """
     _check_level(query, QueryLevelValues.SERIES)
     statement = (
@@ -341,6 +359,11 @@ def search_instances(
     -------
     SearchResult
         Matches in study and series order, then by InstanceNumber.
+
+    Raises
+    ------
+    ValueError
+        ``query`` was parsed for another level (a caller's bug, not a client's mistake).
     """
     _check_level(query, QueryLevelValues.IMAGE)
     statement = (
