@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -19,44 +18,26 @@ from radstack.dicomweb import stow, wado
 from radstack.dicomweb.accept import parse_accept
 from radstack.dicomweb.multipart import multipart_body, new_boundary
 from radstack.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
-from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues
-from radstack.security.policy import ActionValues, RoleDef
+from radstack.security.policy import ActionValues
 from radstack.security.views import View
 from radstack.store import versions
-from radstack.web.auth import authorize, note, view_of
+from radstack.web.deps import (
+    DICOM_JSON,
+    authorize,
+    base_url,
+    dicom_json,
+    guard,
+    gzip_json,
+    note,
+    platform_of,
+    view_of,
+    warning_header,
+)
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["DICOMweb"])
-DICOM_JSON = "application/dicom+json"
-
-
-def platform_of(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
-
-
-def base_url(request: Request) -> str:
-    """Absolute URL of the DICOMweb root for RetrieveURLs (PS3.18 §10.5.3)."""
-    return str(request.base_url).rstrip("/") + "/dicomweb"
-
-
-def dicom_json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")), status_code=status, media_type=DICOM_JSON, headers=headers
-    )
-
-
-def warning_header(texts: list[str]) -> dict[str, str]:
-    """A Warning header (RFC 7234 §5.5, as PS3.18 §8.2.5 uses it) carrying human-readable reasons."""
-    if not texts:
-        return {}
-    cleaned = [
-        "".join(c if " " <= c <= "~" and c != '"' else "'" if c == '"' else " " for c in text)[:400]
-        for text in texts[:20]
-    ]
-    return {"Warning": ", ".join(f'299 radstack "{t}"' for t in cleaned)}
 
 
 async def _stow(request: Request, study: str | None) -> Response:
@@ -99,30 +80,8 @@ async def stow_study(request: Request, study: str) -> Response:
 
 
 # ----------------------------------------------------------------------------- WADO-RS
-def guard(
-    request: Request,
-    action: ActionValues,
-    study: str | None,
-    series: str | None = None,
-    instance: str | None = None,
-) -> RoleDef:
-    """Check the path's UIDs, then that the caller may do ``action`` to them (404 outside its scope)."""
-    check_path_uids(study, series, instance)
-    return authorize(request, action, study=study, series=series, instance=instance)
-
-
 #: Bulk data a role with a shaped view may still fetch: the pixels (PS3.18 §10.4.1.1.5).
 _PIXEL_BULKDATA = frozenset({"7FE00010", "7FE00008", "7FE00009"})
-
-
-def check_path_uids(study: str | None, series: str | None = None, instance: str | None = None) -> None:
-    """Refuse a malformed UID in any position of a request path (400), before it reaches SQL or a blob key."""
-    if study is not None:
-        check_uid(study, "StudyInstanceUID", in_request=True)
-    if series is not None:
-        check_uid(series, "SeriesInstanceUID", in_request=True)
-    if instance is not None:
-        check_uid(instance, "SOPInstanceUID", in_request=True)
 
 
 def _multipart(
@@ -196,19 +155,6 @@ def _metadata(request: Request, study: str, series: str | None = None) -> Respon
     _check_json_accept(request)
     document = platform_of(request).store.metadata_document(study, series)
     return gzip_json(request, document, study)
-
-
-def gzip_json(request: Request, document: bytes, study: str) -> Response:
-    """Send a precomputed gzipped JSON document as is when the client accepts gzip (and its role
-    sees headers as stored)."""
-    view = view_of(request)
-    if view.shapes:
-        return Response(view.document(document, study), media_type=DICOM_JSON)
-    if "gzip" in request.headers.get("accept-encoding", ""):
-        return Response(
-            document, media_type=DICOM_JSON, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-        )
-    return Response(gzip.decompress(document), media_type=DICOM_JSON, headers={"Vary": "Accept-Encoding"})
 
 
 @router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata (PS3.18 §10.4.1.1.2)")

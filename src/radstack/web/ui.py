@@ -19,11 +19,10 @@ from radstack.errors import NotFound, RadstackError
 from radstack.ingest.importjobs import IMPORT_KIND
 from radstack.ingest.watch import INBOX_KIND
 from radstack.jobs.records import JobState
-from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.store.models import StudyStatus
-from radstack.web.auth import authorize, principal_of, view_of
+from radstack.web.deps import authorize, platform_of, principal_of, view_of
 from radstack.web.templating import templates
 from radstack.web.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
 
@@ -40,13 +39,8 @@ MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SEG", "SR",
 _STATUSES = (UNREAD, *(s.value for s in StudyStatus))
 
 
-def _platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
-
-
 def _render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    platform = _platform(request)
+    platform = platform_of(request)
     principal = principal_of(request)
     page = templates.get_template(template).render(
         path=request.url.path,
@@ -101,7 +95,7 @@ def worklist(
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.READ_METADATA, audit=AuditActionValues.QUERY)
-        platform = _platform(request)
+        platform = platform_of(request)
         view = view_of(request)
         context: dict[str, Any] = {
             "form": form,
@@ -145,7 +139,7 @@ def jobs(request: Request, requeued: str = "") -> HTMLResponse:
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.MANAGE_SYSTEM)
-        records = _platform(request).jobs.records
+        records = platform_of(request).jobs.records
         return _render(
             request,
             "jobs.html",
@@ -164,7 +158,7 @@ def refused_files(request: Request, job_id: str) -> HTMLResponse:
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
-        records = _platform(request).jobs.records
+        records = platform_of(request).jobs.records
         job = records.get(job_id)
         if job.kind != IMPORT_KIND:
             raise NotFound(f"job {job_id!r} is not an import job")
@@ -180,7 +174,7 @@ def requeue(request: Request, job_id: str) -> Response:
     """Requeue a FAILED or DEAD job from the jobs page, then show the page again (POST-redirect-GET)."""
     try:
         authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
-        _platform(request).jobs.requeue(job_id)
+        platform_of(request).jobs.requeue(job_id)
     except RadstackError as error:
         return _error_page(request, "Jobs", error)
     return RedirectResponse(f"/jobs?{urlencode({'requeued': job_id})}", status_code=303)
