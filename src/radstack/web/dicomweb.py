@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterable, Iterator
 
 import pydicom
-from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -187,23 +186,16 @@ async def instance_metadata(request: Request, study: str, series: str, instance:
 async def retrieve_frames(
     request: Request, study: str, series: str, instance: str, frame_list: str
 ) -> Response:
-    # Frames served as stored are one index lookup and one blob read (about a millisecond), cheaper
-    # than a hop to the thread pool; frames that must be transcoded go to the pool.
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
-    store = platform_of(request).store
-    record = store.get_instance(study, series, instance)
-    numbers = wado.parse_frame_list(frame_list, record)
-    syntax, multipart = wado.frame_syntax_for(parse_accept(request.headers.get("accept")), record)
-    if not multipart and len(numbers) != 1:
-        raise NotAcceptable("a single-part response holds one frame; ask for multipart/related for several")
-
-    def collect() -> list[wado.FramePart]:
-        return list(wado.frames(store, record, numbers, syntax))
-
-    parts = collect() if wado.served_as_stored(record, syntax) else await to_thread.run_sync(collect)
-    if not multipart:
-        return _single_part(request, parts[0])
-    return _multipart(((p.content_type, p.data) for p in parts), media_type_for(syntax), syntax)
+    accept = parse_accept(request.headers.get("accept"))
+    result = await wado.retrieve_frames(
+        platform_of(request).store, study, series, instance, frame_list, accept
+    )
+    if not result.multipart:
+        return _single_part(request, result.parts[0])
+    return _multipart(
+        ((p.content_type, p.data) for p in result.parts), media_type_for(result.syntax), result.syntax
+    )
 
 
 def _single_part(request: Request, part: wado.FramePart) -> Response:
@@ -274,17 +266,7 @@ def _rendered(
 ) -> Response:
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
     params = _render_params(request, thumbnail=thumbnail)
-    platform = platform_of(request)
-    if instance is None:
-        # A study or series is represented by the middle image of its first series with pixels.
-        candidates = [r for r in platform.store.current_instances(study, series) if r.pixel is not None]
-        if not candidates:
-            raise NotFound(f"{'series ' + series if series else 'study ' + study} has no image to render")
-        first_series = [r for r in candidates if r.series_uid == candidates[0].series_uid]
-        record = first_series[len(first_series) // 2]
-    else:
-        record = platform.store.get_instance(study, series, instance)
-    image = wado.render(platform.store, record, frame, params)
+    image = wado.rendered_resource(platform_of(request).store, study, series, instance, frame, params)
     return Response(image, media_type=params.media_type)
 
 
