@@ -22,9 +22,9 @@ from radstack.jobs.records import JobState
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.store.models import StudyStatus
+from radstack.store.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
 from radstack.web.deps import authorize, platform_of, principal_of, view_of
 from radstack.web.templating import templates
-from radstack.web.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
 
 __all__ = ["router"]
 
