@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy  # over src, tests and bench: [tool.mypy] files in pyproject.toml
+	$(BIN)/lint-imports  # the layering: [tool.importlinter] in pyproject.toml
 
 test: install lint viewer
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -11,7 +11,8 @@ import pytest
 from radstack.config import Settings
 from radstack.errors import RateLimited
 from radstack.security.ratelimit import RateLimiter, RateLimits
-from radstack.web.app import create_app, problem_response
+from radstack.web.app import create_app
+from radstack.web.deps import problem_response
 
 
 class FakeClock:

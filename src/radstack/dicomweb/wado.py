@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from anyio import to_thread
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut, convert_color_space
@@ -42,26 +43,23 @@ from radstack.store.retrieve import (
     frame_in,
     header_dataset,
     native_info,
-    part10,
     served_as_stored,
     stored_frame,
     stored_syntax,
 )
 from radstack.store.studies import InstanceRecord, StudyStore
 
-#: part10, served_as_stored and stored_syntax live in radstack.store.retrieve; the routes of
-#: radstack.web.dicomweb still read them through this module.
 __all__ = [
     "FramePart",
+    "RetrievedFrames",
     "bulkdata",
     "frames",
     "instance_syntax",
     "parse_frame_list",
-    "part10",
     "render",
     "rendered_media_type",
-    "served_as_stored",
-    "stored_syntax",
+    "rendered_resource",
+    "retrieve_frames",
 ]
 
 _EXPLICIT_LE = str(ExplicitVRLittleEndian)
@@ -354,3 +352,121 @@ def _rendered_via_pydicom(store: StudyStore, record: InstanceRecord, number: int
     if result.dtype != np.uint8:
         result = (result >> 8).astype(np.uint8)
     return result
+
+
+# --------------------------------------------------------------------------- route services
+@dataclass(frozen=True, slots=True)
+class RetrievedFrames:
+    """Frames as one retrieve request gets them: the parts, their syntax, and whether the client
+    takes a multipart/related body (otherwise :attr:`parts` holds exactly one frame)."""
+
+    parts: tuple[FramePart, ...]
+    syntax: str
+    multipart: bool
+
+
+async def retrieve_frames(
+    store: StudyStore,
+    study: str,
+    series: str,
+    instance: str,
+    frame_list: str,
+    accept: Sequence[AcceptItem],
+) -> RetrievedFrames:
+    """Retrieve the frames ``frame_list`` names of one instance, in a syntax ``accept`` allows
+    (PS3.18 §10.4.1.1.7).
+
+    Frames served as stored are one index lookup and one blob read (about a millisecond), cheaper
+    than a hop to the thread pool; frames that must be transcoded are made in the pool.
+
+    Parameters
+    ----------
+    store
+        The study store.
+    study, series, instance
+        The instance's UIDs, as the path names them.
+    frame_list
+        ``1,3,5``: 1-based frame numbers.
+    accept
+        The Accept header's items, best first (:func:`radstack.dicomweb.accept.parse_accept`).
+
+    Returns
+    -------
+    RetrievedFrames
+        The frames in the requested order.
+
+    Raises
+    ------
+    NotFound
+        The instance is not stored, has no pixel data, or lacks a frame.
+    BadRequest
+        A frame number is not a positive integer.
+    NotAcceptable
+        No acceptable syntax can be produced, or a single-part response was asked for several frames.
+    """
+    record = store.get_instance(study, series, instance)
+    numbers = parse_frame_list(frame_list, record)
+    syntax, multipart = frame_syntax_for(accept, record)
+    if not multipart and len(numbers) != 1:
+        raise NotAcceptable("a single-part response holds one frame; ask for multipart/related for several")
+
+    def collect() -> tuple[FramePart, ...]:
+        return tuple(frames(store, record, numbers, syntax))
+
+    parts = collect() if served_as_stored(record, syntax) else await to_thread.run_sync(collect)
+    return RetrievedFrames(parts, syntax, multipart)
+
+
+def representative_instance(store: StudyStore, study: str, series: str | None = None) -> InstanceRecord:
+    """The image that represents a study or series in a rendered or thumbnail response (PS3.18
+    §10.4.1.1.3): the middle image of its first series with pixels.
+
+    Raises
+    ------
+    NotFound
+        The study or series is not stored, or holds no image.
+    """
+    candidates = [r for r in store.current_instances(study, series) if r.pixel is not None]
+    if not candidates:
+        raise NotFound(f"{'series ' + series if series else 'study ' + study} has no image to render")
+    first_series = [r for r in candidates if r.series_uid == candidates[0].series_uid]
+    return first_series[len(first_series) // 2]
+
+
+def rendered_resource(
+    store: StudyStore,
+    study: str,
+    series: str | None,
+    instance: str | None,
+    number: int,
+    params: RenderParams,
+) -> bytes:
+    """A study, series, instance or frame rendered for display (PS3.18 §10.4.1.1.3, thumbnails
+    §10.4.1.1.4); a study or series is shown by its :func:`representative_instance`.
+
+    Parameters
+    ----------
+    store
+        The study store.
+    study, series, instance
+        The resource's UIDs, as the path names them (``None`` past the level asked for).
+    number
+        The 1-based frame (1 for a study, series or instance).
+    params
+        Media type, quality, window and viewport.
+
+    Returns
+    -------
+    bytes
+        The encoded image in ``params.media_type``.
+
+    Raises
+    ------
+    NotFound
+        The resource is not stored, has no pixel data, or lacks the frame.
+    """
+    if instance is None:
+        record = representative_instance(store, study, series)
+    else:
+        record = store.get_instance(study, series, instance)
+    return render(store, record, number, params)

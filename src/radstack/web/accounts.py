@@ -8,19 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
-from radstack.web.auth import authorize, change_own_password, note, principal_of
+from radstack.web.auth import change_own_password
+from radstack.web.deps import authorize, note, platform_of, principal_of
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["accounts"])
-
-
-def _platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
 
 
 class NewUser(BaseModel):
@@ -70,7 +65,7 @@ class NewToken(BaseModel):
 @router.get("/me", summary="The caller: user, role and how they authenticated")
 def me(request: Request) -> dict[str, Any]:
     principal = principal_of(request)
-    platform = _platform(request)
+    platform = platform_of(request)
     role = platform.policy.role(principal)
     return {
         "user": principal.subject,
@@ -93,14 +88,14 @@ def change_password(request: Request, body: PasswordChange) -> None:
 @router.get("/users", summary="List users")
 def list_users(request: Request) -> list[dict[str, Any]]:
     authorize(request, ActionValues.MANAGE_USERS)
-    return [user.public() for user in _platform(request).accounts.users()]
+    return [user.public() for user in platform_of(request).accounts.users()]
 
 
 @router.post("/users", status_code=201, summary="Add a user or a service account")
 def create_user(request: Request, body: NewUser) -> dict[str, Any]:
     authorize(request, ActionValues.MANAGE_USERS, user=body.username, change="create")
     return (
-        _platform(request)
+        platform_of(request)
         .accounts.create_user(
             body.username,
             body.role,
@@ -118,7 +113,7 @@ def create_user(request: Request, body: NewUser) -> dict[str, Any]:
 def update_user(request: Request, username: str, body: UserChange) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
     authorize(request, ActionValues.MANAGE_USERS, user=username, change=sorted(changes))
-    return _platform(request).accounts.update_user(username, **changes).public()
+    return platform_of(request).accounts.update_user(username, **changes).public()
 
 
 @router.post("/tokens", status_code=201, summary="Create an API token (its secret is shown only here)")
@@ -130,7 +125,7 @@ def create_token(request: Request, body: NewToken) -> dict[str, Any]:
     else:
         note(request, AuditActionValues.ADMIN, user=user, change="token")
     expires = timedelta(days=body.expires_days) if body.expires_days is not None else None
-    secret = _platform(request).accounts.create_token(
+    secret = platform_of(request).accounts.create_token(
         user, role=body.role, label=body.label, expires_in=expires
     )
     return {"token": secret, "user": user, "role": body.role, "expires_days": body.expires_days}
@@ -139,7 +134,7 @@ def create_token(request: Request, body: NewToken) -> dict[str, Any]:
 @router.get("/tokens", summary="API tokens: your own, or everyone's for user managers")
 def list_tokens(request: Request) -> list[dict[str, Any]]:
     principal = principal_of(request)
-    platform = _platform(request)
+    platform = platform_of(request)
     mine = None if platform.policy.allows(principal, ActionValues.MANAGE_USERS) else principal.subject
     return platform.accounts.tokens(mine)
 
@@ -147,7 +142,7 @@ def list_tokens(request: Request) -> list[dict[str, Any]]:
 @router.delete("/tokens/{token_id}", status_code=204, summary="Revoke an API token")
 def revoke_token(request: Request, token_id: int) -> None:
     principal = principal_of(request)
-    platform = _platform(request)
+    platform = platform_of(request)
     note(request, AuditActionValues.ADMIN, token=token_id, change="revoke")
     owner = None if platform.policy.allows(principal, ActionValues.MANAGE_USERS) else principal.subject
     platform.accounts.revoke_token(token_id, username=owner)
@@ -156,7 +151,7 @@ def revoke_token(request: Request, token_id: int) -> None:
 @router.get("/audit", summary="Audit records, oldest first, after a sequence number")
 def audit_records(request: Request, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
     authorize(request, ActionValues.READ_AUDIT, after=after)
-    platform = _platform(request)
+    platform = platform_of(request)
     platform.audit.flush()
     records = platform.audit.log.records(after=after, limit=max(1, min(limit, 10_000)))
     return [

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from radstack.dicomweb import wado
 from radstack.security.policy import ActionValues
 from radstack.store import versions
-from radstack.web.dicomweb import guard, gzip_json, platform_of
+from radstack.web.deps import guard, gzip_json, platform_of
 
 __all__ = ["router"]
 

@@ -21,21 +21,18 @@ from radstack import __version__
 from radstack.config import Settings
 from radstack.errors import RadstackError
 from radstack.platform import Platform
+from radstack.security.policy import ActionValues
+from radstack.web import accounts, api_v1, auth, datasets, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
+from radstack.web import models as model_registry
+from radstack.web.apidocs import router as apidocs_router
+from radstack.web.auth import AuthMiddleware
+from radstack.web.deps import platform_of, principal_of, problem_response
 from radstack.web.transport import install_transport
+from radstack.web.viewer import router as viewer_router
 
-__all__ = ["create_app", "problem_response"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def problem_response(error: RadstackError) -> JSONResponse:
-    """An RFC 9457 problem document for ``error``."""
-    return JSONResponse(
-        error.problem(),
-        status_code=error.http_status,
-        media_type="application/problem+json",
-        headers=error.headers() or None,
-    )
 
 
 class MetricsMiddleware:
@@ -75,22 +72,6 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     platform closes.
     """
     from radstack.ingest.demo import load_demo
-    from radstack.web import (
-        accounts,
-        api_v1,
-        auth,
-        datasets,
-        dicomweb,
-        dicomweb_qido,
-        jobs,
-        peers,
-        ui,
-        workflows,
-    )
-    from radstack.web import models as model_registry
-    from radstack.web.apidocs import router as apidocs_router
-    from radstack.web.auth import AuthMiddleware
-    from radstack.web.viewer import router as viewer_router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -178,7 +159,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     @app.get("/readyz", include_in_schema=False)
     def readyz(request: Request) -> PlainTextResponse:
         """Open to anyone (load balancers, orchestrators): "ready" or, 503, "not ready"; no detail."""
-        store = request.app.state.platform.store
+        store = platform_of(request).store
         try:
             with store.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -191,10 +172,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         """Prometheus text for a principal with ``read-metrics`` (admin, monitoring); not audited
         (a scrape every few seconds would bury the trail; the metrics hold no PHI)."""
-        from radstack.security.policy import ActionValues
-        from radstack.web.auth import principal_of
-
-        request.app.state.platform.policy.require(principal_of(request), ActionValues.READ_METRICS)
+        platform_of(request).policy.require(principal_of(request), ActionValues.READ_METRICS)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(AuthMiddleware)

@@ -3,8 +3,8 @@
 :class:`AuthMiddleware` authenticates every request but :data:`OPEN_PATHS` (``/healthz``,
 ``/readyz``, the login page, the favicon) with a bearer API token, an OIDC JWT, or the UI's session
 cookie and, once the response is sent, queues one audit record for it. Routes call
-:func:`authorize` first: it asks the one policy (:meth:`radstack.security.policy.Policy.require`)
-and notes what the audit record names.
+:func:`radstack.web.deps.authorize` first: it asks the one policy
+(:meth:`radstack.security.policy.Policy.require`) and notes what the audit record names.
 
 A browser (``Accept: text/html``) never gets a JSON problem from this layer: without a valid login
 it is sent to ``/login`` (with "Your session expired" when its session cookie was refused), a
@@ -17,10 +17,8 @@ API calls get 403 "Password change required".
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib.resources import files
-from typing import Any
 from urllib.parse import urlsplit
 
 from anyio import to_thread
@@ -34,12 +32,13 @@ from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues
 from radstack.security.authn import PasswordChangeRequired
 from radstack.security.passwords import MIN_LENGTH
-from radstack.security.policy import ActionValues, Principal, RoleDef, ViewValues
+from radstack.security.policy import ActionValues, Principal, ViewValues
 from radstack.security.ratelimit import RateLimiter, RateLimits
 from radstack.security.views import View
+from radstack.web.deps import AuditNote, note, platform_of, principal_of, problem_response
 from radstack.web.templating import page
 
-__all__ = ["SESSION_COOKIE", "AuthMiddleware", "authorize", "note", "principal_of", "router", "view_of"]
+__all__ = ["SESSION_COOKIE", "AuthMiddleware", "change_own_password", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -51,44 +50,6 @@ PASSWORD_PAGE = "/account/password"
 #: What a password session that must change its password may reach.
 _PASSWORD_CHANGE_PATHS = frozenset({PASSWORD_PAGE, "/logout", "/api/v1/me", "/api/v1/me/password"})
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-_AUDIT_ACTION = {
-    ActionValues.READ_PIXELS: AuditActionValues.READ,
-    ActionValues.READ_METADATA: AuditActionValues.READ,
-    ActionValues.INGEST: AuditActionValues.WRITE,
-    ActionValues.UPDATE_METADATA: AuditActionValues.WRITE,
-    ActionValues.LABEL: AuditActionValues.WRITE,
-    ActionValues.DELETE: AuditActionValues.DELETE,
-    ActionValues.EXPORT: AuditActionValues.EXPORT,
-    ActionValues.TRAIN: AuditActionValues.EXPORT,
-    ActionValues.DEPLOY: AuditActionValues.DEPLOY,
-    ActionValues.MANAGE_SYSTEM: AuditActionValues.ADMIN,
-    ActionValues.MANAGE_USERS: AuditActionValues.ADMIN,
-    ActionValues.READ_AUDIT: AuditActionValues.ADMIN,
-    ActionValues.READ_METRICS: AuditActionValues.ADMIN,
-    ActionValues.READ_DATASETS: AuditActionValues.READ,
-    ActionValues.MANAGE_DATASETS: AuditActionValues.WRITE,
-}
-
-
-@dataclass
-class AuditNote:
-    """What a request did, filled in by :func:`authorize` and recorded when the response is sent."""
-
-    action: AuditActionValues | None = None
-    resource: dict[str, Any] = field(default_factory=dict)
-
-
-def audit_action(action: ActionValues) -> AuditActionValues:
-    return _AUDIT_ACTION[action]
-
-
-def _problem(error: RadstackError, headers: dict[str, str] | None = None) -> Response:
-    from radstack.web.app import problem_response
-
-    response = problem_response(error)
-    response.headers.update(headers or {})
-    return response
 
 
 def _same_origin(headers: Headers, scope: Scope) -> bool:
@@ -252,7 +213,7 @@ def _refusal(error: RadstackError, headers: Headers, scope: Scope) -> Response:
     """How the auth layer answers a request it stops: a page or redirect for a browser, else a problem."""
     if not _wants_html(headers):
         challenge = isinstance(error, Unauthenticated)
-        return _problem(error, {"WWW-Authenticate": 'Bearer realm="radstack"'} if challenge else None)
+        return problem_response(error, {"WWW-Authenticate": 'Bearer realm="radstack"'} if challenge else None)
     target = "/"
     if scope["method"] == "GET":
         query = scope["query_string"].decode()
@@ -288,56 +249,6 @@ def _real_path(view: View, path: str) -> str:
         if level is not None and segments[i]:
             segments[i] = view.real_uid(level, segments[i])
     return "/".join(segments)
-
-
-def view_of(request: Request) -> View:
-    """How the caller's role sees headers (made once per request)."""
-    view: View | None = getattr(request.state, "view", None)
-    if view is None:
-        platform: Platform = request.app.state.platform
-        view = request.state.view = platform.view(platform.policy.role(principal_of(request)))
-    return view
-
-
-def principal_of(request: Request) -> Principal:
-    principal: Principal = request.state.principal
-    return principal
-
-
-def note(request: Request, action: AuditActionValues, **resource: Any) -> None:
-    """Name what this request does in its audit record (``None`` values are left out)."""
-    audit: AuditNote = request.state.audit
-    audit.action = action
-    audit.resource.update({key: value for key, value in resource.items() if value is not None})
-
-
-def authorize(
-    request: Request,
-    action: ActionValues,
-    *,
-    study: str | None = None,
-    series: str | None = None,
-    instance: str | None = None,
-    audit: AuditActionValues | None = None,
-    **resource: Any,
-) -> RoleDef:
-    """Allow the request's principal to do ``action`` (to ``study``), or raise; note it for the audit.
-
-    Returns
-    -------
-    RoleDef
-        The principal's role (its view and hidden attributes shape the answer).
-
-    Raises
-    ------
-    NotFound
-        The study is outside the principal's scope.
-    Forbidden
-        The role does not allow ``action``.
-    """
-    note(request, audit or audit_action(action), study=study, series=series, instance=instance, **resource)
-    platform: Platform = request.app.state.platform
-    return platform.policy.require(principal_of(request), action, study)
 
 
 # ----------------------------------------------------------------------------- login page
@@ -393,7 +304,7 @@ def login(
     The form is answered with the login page again on a wrong password (401) or a lockout (429,
     ``Retry-After``); a user who must change their password is sent to the change-password page.
     """
-    platform: Platform = request.app.state.platform
+    platform = platform_of(request)
     source = request.client.host if request.client else ""
     limits: RateLimiter = request.app.state.rate_limits.login
     try:
@@ -446,7 +357,7 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
-    platform: Platform = request.app.state.platform
+    platform = platform_of(request)
     note(request, AuditActionValues.AUTHENTICATE, event="logout")
     secret = _cookie(request.headers, SESSION_COOKIE)
     if secret is not None:
@@ -467,7 +378,7 @@ def _password_page(
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
     principal = principal_of(request)
-    platform: Platform = request.app.state.platform
+    platform = platform_of(request)
     return page(
         "password.html",
         status,
@@ -497,7 +408,7 @@ def change_own_password(request: Request, current: str, new: str) -> None:
         new one does not follow the policy (:class:`~radstack.security.passwords.WeakPassword`).
     """
     principal = principal_of(request)
-    platform: Platform = request.app.state.platform
+    platform = platform_of(request)
     note(request, AuditActionValues.ADMIN, user=principal.subject, change="password")
     if principal.method not in ("session", "token", "password"):
         raise BadRequest(f"a {principal.method} login has no password here; change it where it is managed")

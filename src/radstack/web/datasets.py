@@ -27,8 +27,7 @@ from radstack.ai.datasets import (
 )
 from radstack.errors import BadRequest, NotFound
 from radstack.security.policy import ActionValues
-from radstack.web.auth import authorize, principal_of
-from radstack.web.dicomweb import platform_of
+from radstack.web.deps import authorize, platform_of, principal_of
 from radstack.web.jobs import JobOut
 
 __all__ = ["router"]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from collections.abc import Iterable, Iterator
 
 import pydicom
-from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -19,44 +17,26 @@ from radstack.dicomweb import stow, wado
 from radstack.dicomweb.accept import parse_accept
 from radstack.dicomweb.multipart import multipart_body, new_boundary
 from radstack.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
-from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues
-from radstack.security.policy import ActionValues, RoleDef
+from radstack.security.policy import ActionValues
 from radstack.security.views import View
-from radstack.store import versions
-from radstack.web.auth import authorize, note, view_of
+from radstack.store import retrieve, versions
+from radstack.web.deps import (
+    DICOM_JSON,
+    authorize,
+    base_url,
+    dicom_json,
+    guard,
+    gzip_json,
+    note,
+    platform_of,
+    view_of,
+    warning_header,
+)
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["DICOMweb"])
-DICOM_JSON = "application/dicom+json"
-
-
-def platform_of(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
-
-
-def base_url(request: Request) -> str:
-    """Absolute URL of the DICOMweb root for RetrieveURLs (PS3.18 §10.5.3)."""
-    return str(request.base_url).rstrip("/") + "/dicomweb"
-
-
-def dicom_json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":")), status_code=status, media_type=DICOM_JSON, headers=headers
-    )
-
-
-def warning_header(texts: list[str]) -> dict[str, str]:
-    """A Warning header (RFC 7234 §5.5, as PS3.18 §8.2.5 uses it) carrying human-readable reasons."""
-    if not texts:
-        return {}
-    cleaned = [
-        "".join(c if " " <= c <= "~" and c != '"' else "'" if c == '"' else " " for c in text)[:400]
-        for text in texts[:20]
-    ]
-    return {"Warning": ", ".join(f'299 radstack "{t}"' for t in cleaned)}
 
 
 async def _stow(request: Request, study: str | None) -> Response:
@@ -99,30 +79,8 @@ async def stow_study(request: Request, study: str) -> Response:
 
 
 # ----------------------------------------------------------------------------- WADO-RS
-def guard(
-    request: Request,
-    action: ActionValues,
-    study: str | None,
-    series: str | None = None,
-    instance: str | None = None,
-) -> RoleDef:
-    """Check the path's UIDs, then that the caller may do ``action`` to them (404 outside its scope)."""
-    check_path_uids(study, series, instance)
-    return authorize(request, action, study=study, series=series, instance=instance)
-
-
 #: Bulk data a role with a shaped view may still fetch: the pixels (PS3.18 §10.4.1.1.5).
 _PIXEL_BULKDATA = frozenset({"7FE00010", "7FE00008", "7FE00009"})
-
-
-def check_path_uids(study: str | None, series: str | None = None, instance: str | None = None) -> None:
-    """Refuse a malformed UID in any position of a request path (400), before it reaches SQL or a blob key."""
-    if study is not None:
-        check_uid(study, "StudyInstanceUID", in_request=True)
-    if series is not None:
-        check_uid(series, "SeriesInstanceUID", in_request=True)
-    if instance is not None:
-        check_uid(instance, "SOPInstanceUID", in_request=True)
 
 
 def _multipart(
@@ -152,8 +110,8 @@ def _retrieve(
 
     def parts() -> Iterator[tuple[str, bytes]]:
         for record in records:
-            chosen = syntax or wado.stored_syntax(record)
-            data = wado.part10(store, record, chosen)
+            chosen = syntax or retrieve.stored_syntax(record)
+            data = retrieve.part10(store, record, chosen)
             yield f"application/dicom; transfer-syntax={chosen}", shaped_part10(view, data, study)
 
     return _multipart(parts(), "application/dicom", syntax, stream=len(records) > 1)
@@ -198,19 +156,6 @@ def _metadata(request: Request, study: str, series: str | None = None) -> Respon
     return gzip_json(request, document, study)
 
 
-def gzip_json(request: Request, document: bytes, study: str) -> Response:
-    """Send a precomputed gzipped JSON document as is when the client accepts gzip (and its role
-    sees headers as stored)."""
-    view = view_of(request)
-    if view.shapes:
-        return Response(view.document(document, study), media_type=DICOM_JSON)
-    if "gzip" in request.headers.get("accept-encoding", ""):
-        return Response(
-            document, media_type=DICOM_JSON, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-        )
-    return Response(gzip.decompress(document), media_type=DICOM_JSON, headers={"Vary": "Accept-Encoding"})
-
-
 @router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata (PS3.18 §10.4.1.1.2)")
 async def study_metadata(request: Request, study: str) -> Response:
     return _metadata(request, study)
@@ -241,23 +186,16 @@ async def instance_metadata(request: Request, study: str, series: str, instance:
 async def retrieve_frames(
     request: Request, study: str, series: str, instance: str, frame_list: str
 ) -> Response:
-    # Frames served as stored are one index lookup and one blob read (about a millisecond), cheaper
-    # than a hop to the thread pool; frames that must be transcoded go to the pool.
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
-    store = platform_of(request).store
-    record = store.get_instance(study, series, instance)
-    numbers = wado.parse_frame_list(frame_list, record)
-    syntax, multipart = wado.frame_syntax_for(parse_accept(request.headers.get("accept")), record)
-    if not multipart and len(numbers) != 1:
-        raise NotAcceptable("a single-part response holds one frame; ask for multipart/related for several")
-
-    def collect() -> list[wado.FramePart]:
-        return list(wado.frames(store, record, numbers, syntax))
-
-    parts = collect() if wado.served_as_stored(record, syntax) else await to_thread.run_sync(collect)
-    if not multipart:
-        return _single_part(request, parts[0])
-    return _multipart(((p.content_type, p.data) for p in parts), media_type_for(syntax), syntax)
+    accept = parse_accept(request.headers.get("accept"))
+    result = await wado.retrieve_frames(
+        platform_of(request).store, study, series, instance, frame_list, accept
+    )
+    if not result.multipart:
+        return _single_part(request, result.parts[0])
+    return _multipart(
+        ((p.content_type, p.data) for p in result.parts), media_type_for(result.syntax), result.syntax
+    )
 
 
 def _single_part(request: Request, part: wado.FramePart) -> Response:
@@ -328,17 +266,7 @@ def _rendered(
 ) -> Response:
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
     params = _render_params(request, thumbnail=thumbnail)
-    platform = platform_of(request)
-    if instance is None:
-        # A study or series is represented by the middle image of its first series with pixels.
-        candidates = [r for r in platform.store.current_instances(study, series) if r.pixel is not None]
-        if not candidates:
-            raise NotFound(f"{'series ' + series if series else 'study ' + study} has no image to render")
-        first_series = [r for r in candidates if r.series_uid == candidates[0].series_uid]
-        record = first_series[len(first_series) // 2]
-    else:
-        record = platform.store.get_instance(study, series, instance)
-    image = wado.render(platform.store, record, frame, params)
+    image = wado.rendered_resource(platform_of(request).store, study, series, instance, frame, params)
     return Response(image, media_type=params.media_type)
 
 

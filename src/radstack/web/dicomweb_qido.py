@@ -12,8 +12,17 @@ from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.store import search as qido
 from radstack.store.matching import Query, QueryLevelValues, parse_query
-from radstack.web.auth import authorize, note, principal_of, view_of
-from radstack.web.dicomweb import base_url, check_path_uids, dicom_json, platform_of, warning_header
+from radstack.web.deps import (
+    authorize,
+    base_url,
+    check_path_uids,
+    dicom_json,
+    note,
+    platform_of,
+    principal_of,
+    view_of,
+    warning_header,
+)
 
 __all__ = ["router"]
 

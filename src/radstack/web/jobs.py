@@ -16,8 +16,7 @@ from radstack.ingest.importjobs import IMPORT_KIND, check_source
 from radstack.jobs.queue import JobQueue
 from radstack.jobs.records import Job, JobState
 from radstack.security.policy import ActionValues
-from radstack.web.auth import authorize, principal_of
-from radstack.web.dicomweb import platform_of
+from radstack.web.deps import authorize, platform_of, principal_of
 
 __all__ = ["router"]
 

@@ -48,9 +48,7 @@ from radstack.ai.registry import (
 from radstack.errors import BadRequest, RadstackError, UnsupportedMediaType
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
-from radstack.web.auth import authorize, principal_of
-from radstack.web.dicomweb import platform_of
-from radstack.web.templating import templates
+from radstack.web.deps import authorize, platform_of, principal_of, signed_in_page
 
 __all__ = ["pages", "router"]
 
@@ -358,17 +356,11 @@ def rollback(request: Request, name: str) -> VersionOut:
 
 # ----------------------------------------------------------------------------- pages
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    platform = platform_of(request)
-    principal = principal_of(request)
-    body = templates.get_template(template).render(
-        path="/models",
-        user=principal.subject,
-        role=principal.role,
-        can_manage=platform.policy.allows(principal, ActionValues.MANAGE_SYSTEM),
-        can_manage_models=platform.policy.allows(principal, ActionValues.MANAGE_MODELS),
-        **context,
+    principal, policy = principal_of(request), platform_of(request).policy
+    can_manage_models = policy.allows(principal, ActionValues.MANAGE_MODELS)
+    return signed_in_page(
+        request, template, status, path="/models", can_manage_models=can_manage_models, **context
     )
-    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def _html(request: Request, build: Callable[[], Response]) -> Response:

@@ -8,8 +8,7 @@ from pydantic import BaseModel, Field
 
 from radstack.dimse.peers import Peer, PeerRegistry, PeerSourceValues
 from radstack.security.policy import ActionValues
-from radstack.web.auth import authorize
-from radstack.web.dicomweb import platform_of
+from radstack.web.deps import authorize, platform_of
 
 __all__ = ["router"]
 

@@ -20,13 +20,11 @@ from radstack.errors import NotFound, RadstackError
 from radstack.ingest.importjobs import IMPORT_KIND
 from radstack.ingest.watch import INBOX_KIND
 from radstack.jobs.records import JobState
-from radstack.platform import Platform
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.store.models import StudyStatus
-from radstack.web.auth import authorize, principal_of, view_of
-from radstack.web.templating import templates
-from radstack.web.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
+from radstack.store.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
+from radstack.web.deps import authorize, platform_of, principal_of, signed_in_page, view_of
 
 __all__ = ["router"]
 
@@ -41,26 +39,8 @@ MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SEG", "SR",
 _STATUSES = (UNREAD, *(s.value for s in StudyStatus))
 
 
-def _platform(request: Request) -> Platform:
-    platform: Platform = request.app.state.platform
-    return platform
-
-
-def _render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    platform = _platform(request)
-    principal = principal_of(request)
-    page = templates.get_template(template).render(
-        path=request.url.path,
-        user=principal.subject,
-        role=principal.role,
-        can_manage=platform.policy.allows(principal, ActionValues.MANAGE_SYSTEM),
-        **context,
-    )
-    return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
-
-
 def _error_page(request: Request, title: str, error: RadstackError) -> HTMLResponse:
-    return _render(request, "error.html", error.http_status, title=title, message=error.message)
+    return signed_in_page(request, "error.html", error.http_status, title=title, message=error.message)
 
 
 def _html_errors(request: Request, title: str, build: Callable[[], HTMLResponse]) -> HTMLResponse:
@@ -102,7 +82,7 @@ def worklist(
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.READ_METADATA, audit=AuditActionValues.QUERY)
-        platform = _platform(request)
+        platform = platform_of(request)
         view = view_of(request)
         context: dict[str, Any] = {
             "form": form,
@@ -122,11 +102,11 @@ def worklist(
         except RadstackError as error:
             if error.http_status != 400:
                 raise
-            return _render(request, "worklist.html", 400, page=None, error=error.message, **context)
+            return signed_in_page(request, "worklist.html", 400, page=None, error=error.message, **context)
         assert page is not None
         previous = _page_link(form, max(page.offset - page.limit, 0)) if page.offset > 0 else None
         following = _page_link(form, page.offset + page.limit) if page.has_more else None
-        return _render(
+        return signed_in_page(
             request,
             "worklist.html",
             page=page,
@@ -146,8 +126,8 @@ def jobs(request: Request, requeued: str = "") -> HTMLResponse:
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.MANAGE_SYSTEM)
-        records = _platform(request).jobs.records
-        return _render(
+        records = platform_of(request).jobs.records
+        return signed_in_page(
             request,
             "jobs.html",
             imports=records.find(kind=IMPORT_KIND, limit=50),
@@ -165,14 +145,14 @@ def refused_files(request: Request, job_id: str) -> HTMLResponse:
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
-        records = _platform(request).jobs.records
+        records = platform_of(request).jobs.records
         job = records.get(job_id)
         if job.kind != IMPORT_KIND:
             raise NotFound(f"job {job_id!r} is not an import job")
-        imports = _platform(request).import_items
+        imports = platform_of(request).import_items
         total = imports.counts(job.id).get("failed", (0, 0))[0]
         items = imports.items(job.id, failed=True, limit=REFUSED_SHOWN)
-        return _render(request, "jobs_refused.html", job=job, items=items, total=total)
+        return signed_in_page(request, "jobs_refused.html", job=job, items=items, total=total)
 
     return _html_errors(request, "Jobs", build)
 
@@ -182,7 +162,7 @@ def requeue(request: Request, job_id: str) -> Response:
     """Requeue a FAILED or DEAD job from the jobs page, then show the page again (POST-redirect-GET)."""
     try:
         authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
-        _platform(request).jobs.requeue(job_id)
+        platform_of(request).jobs.requeue(job_id)
     except RadstackError as error:
         return _error_page(request, "Jobs", error)
     return RedirectResponse(f"/jobs?{urlencode({'requeued': job_id})}", status_code=303)
@@ -191,4 +171,4 @@ def requeue(request: Request, job_id: str) -> Response:
 @router.get("/labeling")
 def labeling(request: Request) -> HTMLResponse:
     """Placeholder: labeling projects and tasks (a later issue fills them in)."""
-    return _render(request, "labeling.html")
+    return signed_in_page(request, "labeling.html")

@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from radstack.errors import NotFound, RadstackError
 from radstack.security.policy import ActionValues
-from radstack.web.auth import authorize
+from radstack.web.deps import authorize, base_url, platform_of
 from radstack.web.ohif import OHIF_VERSION, VIEWER_PREFIX, installed, viewer_dir
 
 __all__ = ["ViewerNotInstalled", "app_config", "router"]
@@ -71,7 +71,7 @@ class ViewerNotInstalled(RadstackError):
 
 
 def _dist(request: Request) -> Path:
-    directory = viewer_dir(request.app.state.platform.settings.ohif_dir)
+    directory = viewer_dir(platform_of(request).settings.ohif_dir)
     if not installed(directory):
         raise ViewerNotInstalled(
             f"the OHIF viewer {OHIF_VERSION} is not in {directory}: run 'radstack viewer fetch' "
@@ -149,9 +149,9 @@ def viewer_app_config(request: Request) -> Response:
     """The generated configuration (never the build's own ``app-config.js``)."""
     authorize(request, ActionValues.READ_PIXELS, resource="viewer")
     _dist(request)
-    root = str(request.base_url).rstrip("/") + "/dicomweb"
     body = (
-        f"/** radstack: OHIF {OHIF_VERSION} */\nwindow.config = {json.dumps(app_config(root), indent=2)};\n"
+        f"/** radstack: OHIF {OHIF_VERSION} */\nwindow.config = "
+        f"{json.dumps(app_config(base_url(request)), indent=2)};\n"
     )
     return Response(body, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": _REVALIDATE})
 

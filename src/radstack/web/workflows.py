@@ -13,8 +13,7 @@ from fastapi.responses import StreamingResponse
 from radstack.errors import BadRequest, Forbidden
 from radstack.jobs.routing import RoutingRule
 from radstack.security.policy import ActionValues, ScopeValues
-from radstack.web.auth import authorize
-from radstack.web.dicomweb import platform_of
+from radstack.web.deps import authorize, platform_of
 
 __all__ = ["router"]
 

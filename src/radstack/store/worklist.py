@@ -1,31 +1,40 @@
 """The worklist: the studies a reader works through, most urgent first, one page at a time.
 
-A plain service under the UI (:mod:`radstack.web.ui`). The filters become QIDO-RS keys
+The service under the worklist page (:mod:`radstack.web.ui`). The filters become QIDO-RS keys
 (PatientName, PatientID, ModalitiesInStudy, a StudyDate range) parsed by
 :func:`radstack.store.matching.parse_query`, so a filter matches exactly what the same QIDO search
-would; the search itself is :func:`radstack.dicomweb.qido.search_studies`, ordered for reading:
+would; the search itself is :func:`radstack.store.search.search_studies`, ordered for reading:
 AI priority first (highest first, unscored last), then newest study. Every match passes through the
 caller's :class:`~radstack.security.views.View`, so a de-identified role sees pseudonyms and
-shifted dates, never the stored PHI.
+shifted dates, never the stored PHI. The rows' AI priority and reading status are read from the
+study index in the same request.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
 from radstack.errors import BadRequest
-from radstack.security.views import View
-from radstack.store import search as qido
+from radstack.store import search
 from radstack.store.matching import QueryLevelValues, parse_query
 from radstack.store.models import StudyRow, StudyStatus
 from radstack.store.studies import StudyStore
 
-__all__ = ["UNREAD", "WorklistFilters", "WorklistPage", "WorklistRow", "worklist_order", "worklist_page"]
+__all__ = [
+    "UNREAD",
+    "RoleView",
+    "WorklistFilters",
+    "WorklistPage",
+    "WorklistRow",
+    "worklist_order",
+    "worklist_page",
+]
 
 JsonDict = dict[str, Any]
 
@@ -34,6 +43,24 @@ UNREAD = "unread"
 #: How far the page counts matches; past it the page says "of ≥ COUNT_CAP".
 COUNT_CAP = 10_000
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+
+
+class RoleView(Protocol):
+    """How the caller's role sees studies: what the worklist uses of
+    :class:`radstack.security.views.View` (``security`` stands on ``store``, not the other way)."""
+
+    @property
+    def shapes(self) -> bool:
+        """Whether answers differ from what is stored."""
+        ...
+
+    def query(self, params: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """QIDO parameters as the store matches them (raises ``BadRequest`` for a refused key)."""
+        ...
+
+    def json(self, ds: JsonDict, study_uid: str | None = None) -> JsonDict:
+        """``ds`` as the role sees it."""
+        ...
 
 
 def worklist_order() -> list[ColumnElement[Any]]:
@@ -170,7 +197,7 @@ def _row(ds: JsonDict, priority: int | None, status: str | None) -> WorklistRow:
 
 def worklist_page(
     store: StudyStore,
-    view: View,
+    view: RoleView,
     filters: WorklistFilters,
     *,
     offset: int,
@@ -206,7 +233,7 @@ def worklist_page(
     query = parse_query(view.query(params), QueryLevelValues.STUDY)
     conditions = [c for c in (scope, filters.status_condition()) if c is not None]
     where = and_(*conditions) if conditions else None
-    result = qido.search_studies(
+    result = search.search_studies(
         store, query, base_url="", max_limit=limit, scope=where, order=worklist_order()
     )
     uids = [str(_first(match, "0020000D")) for match in result.matches]
@@ -223,5 +250,5 @@ def worklist_page(
         _row(view.json(match, uid) if view.shapes else match, *extra.get(uid, (None, None)))
         for uid, match in zip(uids, result.matches, strict=True)
     )
-    total = qido.count_studies(store, query, cap=COUNT_CAP, scope=where)
+    total = search.count_studies(store, query, cap=COUNT_CAP, scope=where)
     return WorklistPage(rows, offset, limit, total, total >= COUNT_CAP, result.truncated)
