@@ -563,12 +563,12 @@ def _import(args: argparse.Namespace) -> int:
         records = platform.jobs.records
         # The job is recorded like one the API makes, then run here with a progress bar. If this
         # process dies, a server's or worker's sweep resumes the job where its records end.
-        job, _created = records.create(IMPORT_KIND, {"source": source}, client_token=args.client_token)
+        job, _created = platform.jobs.create(IMPORT_KIND, {"source": source}, client_token=args.client_token)
         print(f"import job {job.id}: {source}", file=sys.stderr)
         with bar.attached(logging.getLogger()):
             platform.jobs.execute(job.id, on_progress=bar.show)
         job = records.get(job.id)
-        refused = records.import_items(job.id, failed=True, limit=REFUSED_LISTED)
+        refused = platform.import_items.items(job.id, failed=True, limit=REFUSED_LISTED)
     except RadstackError as exc:
         print(f"radstack import: {exc.message}", file=sys.stderr)
         return 2
@@ -772,7 +772,7 @@ def _datasets_create(args: argparse.Namespace) -> int:
         )
         records = platform.jobs.records
         # Recorded like one the API makes, then run here: if this process dies, a worker resumes it.
-        job, _created = records.create(DATASET_KIND, params)
+        job, _created = platform.jobs.create(DATASET_KIND, params)
         print(f"data set job {job.id}: {folder}", file=sys.stderr)
         with bar.attached(logging.getLogger()):
             platform.jobs.execute(job.id, on_progress=bar.show)
@@ -850,8 +850,22 @@ def _worker(args: argparse.Namespace) -> int:
     from radstack.platform import Platform
 
     settings = _settings(args)
+    if args.queues is not None:
+        settings = settings.model_copy(
+            update={"worker_queues": [q.strip() for q in args.queues.split(",") if q.strip()]}
+        )
     platform = Platform.open(settings)
-    print(f"radstack worker: queue {settings.queue_url or 'sqlite (data dir)'}", file=sys.stderr)
+    try:
+        queues = platform.jobs.queues(settings.worker_queues or None)
+    except ValueError as exc:
+        platform.close()
+        print(f"radstack worker: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"radstack worker: queue {settings.queue_url or 'sqlite (data dir)'}; "
+        f"consuming {', '.join(queues) or 'nothing (no handler here for the queues named)'}",
+        file=sys.stderr,
+    )
     try:
         platform.run_worker()
     finally:
@@ -1052,6 +1066,10 @@ def build_parser() -> argparse.ArgumentParser:
     datasets_show.set_defaults(func=_datasets_show)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    worker.add_argument(
+        "--queues",
+        help="queues to consume, comma-separated, e.g. inference,training (RADSTACK_WORKER_QUEUES; default all)",
+    )
     worker.set_defaults(func=_worker)
     _add_models_parser(commands)
     return parser

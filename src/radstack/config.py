@@ -88,12 +88,19 @@ class Settings(BaseSettings):
     demo: bool = False
     #: Job queue: empty for a SQLite queue in the data dir, or ``redis://host:port/db``.
     queue_url: str = ""
-    #: Job consumer threads per process.
+    #: Job consumer threads per process and queue (a queue that fixes its own, like ``training``'s
+    #: one, keeps it).
     queue_workers: int = Field(default=2, ge=1)
+    #: The queues this process consumes, comma-separated (``default``, ``ingest``, ``inference``,
+    #: ``training``, …); empty consumes every queue it has a handler for. ``radstack worker --queues``.
+    worker_queues: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Modules imported at start whose ``setup(platform)`` adds job kinds and handlers, routing
+    #: actions, …: a site's own extensions (comma-separated module names).
+    plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Runs of a job before it is DEAD (failures retried with exponential backoff in between).
     job_max_attempts: int = Field(default=5, ge=1)
-    #: A running job renews its lease as it progresses; one whose lease runs out lost its worker
-    #: (a crash, a kill -9) and is resumed by another consumer.
+    #: A running job's worker renews its lease every third of this, however long the job runs; a job
+    #: whose lease runs out lost its worker (a crash, a kill -9) and is resumed by another consumer.
     job_lease_seconds: float = Field(default=30.0, gt=0)
     #: The drop folder: files put into ``<inbox>/incoming/`` are ingested and moved to
     #: ``processed/`` or ``failed/``; empty means ``<data_dir>/inbox``.
@@ -201,6 +208,13 @@ class Settings(BaseSettings):
         for url in value:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"webhook URL {url!r} must start with http:// or https://")
+        return value
+
+    @field_validator("worker_queues", "plugins", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
     @field_validator("allowed_calling_aes", mode="before")

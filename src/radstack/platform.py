@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from radstack.ai.datasets import DATASET_KIND, DatasetRunner, DatasetService
+from radstack.ai.datasets import DATASET, DatasetRunner, DatasetService
 from radstack.ai.registry import ModelRegistry
 from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
@@ -15,14 +16,15 @@ from radstack.dicom.deid import Deidentifier
 from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scp import DimseConfig, DimseServer
 from radstack.dimse.scu import send_instances
-from radstack.ingest.importjobs import IMPORT_KIND, ImportRunner
+from radstack.ingest.importjobs import IMPORT, ImportRunner
+from radstack.ingest.items import ImportItems
 from radstack.ingest.options import IngestOptions
 from radstack.ingest.pool import IngestPool
-from radstack.ingest.watch import INBOX_KIND, Inbox, InboxRunner, InboxWatcher, open_inbox
+from radstack.ingest.watch import INBOX, Inbox, InboxRunner, InboxWatcher, open_inbox
 from radstack.jobs.queue import JobQueue
 from radstack.jobs.records import JobStore
-from radstack.jobs.routing import ACTION_KIND, RouteActionRunner, RuleStore, StableStudyRunner
-from radstack.jobs.workflows import STABLE_KIND, WEBHOOK_KIND, EventLog, StabilityMonitor, deliver_webhook
+from radstack.jobs.routing import ACTION, RouteActionRunner, RuleStore, StableStudyRunner
+from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor, deliver_webhook
 from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
 from radstack.security.authn import Accounts, OidcVerifier
@@ -51,6 +53,8 @@ class Platform:
     accounts: Accounts
     audit: AuditWriter
     deidentifier: Deidentifier
+    #: Import jobs' file outcomes (their manifests).
+    import_items: ImportItems
     #: The ingest settings every way in (STOW, C-STORE, import jobs, drop folders, demo) passes down.
     ingest_options: IngestOptions = field(default_factory=IngestOptions)
     oidc: OidcVerifier | None = None
@@ -76,21 +80,24 @@ class Platform:
         records = JobStore(
             engine, max_attempts=settings.job_max_attempts, lease_seconds=settings.job_lease_seconds
         )
-        jobs = JobQueue(settings.queue_url, settings.data_dir, records)
+        # The sweep looks for jobs whose lease ran out at least as often as a lease lasts.
+        sweep = min(5.0, settings.job_lease_seconds)
+        jobs = JobQueue(settings.queue_url, settings.data_dir, records, sweep_seconds=sweep)
+        import_items = ImportItems(engine)
         # Two files per ingest process keep every process busy while the next file is read.
         parallel = 2 * analyser.processes if analyser is not None else 2
         policy = Policy(load_roles(settings.roles_file), store.study_scope)
         ingest_options = IngestOptions.from_settings(settings)
-        jobs.register(IMPORT_KIND, ImportRunner(store, analyser, parallel, policy, ingest_options))
+        jobs.register(IMPORT, ImportRunner(store, import_items, analyser, parallel, policy, ingest_options))
         inboxes = [open_inbox(str(settings.resolved_inbox_dir))] if settings.watch_inbox else []
         if settings.inbox_url:
             inboxes.append(open_inbox(settings.inbox_url))
         by_name = {inbox.name: inbox for inbox in inboxes}
-        jobs.register(INBOX_KIND, InboxRunner(by_name, store, analyser, ingest_options))
+        jobs.register(INBOX, InboxRunner(by_name, store, analyser, ingest_options))
         events = EventLog(engine, jobs, settings.event_webhooks)
         rules = RuleStore(engine)
-        jobs.register(WEBHOOK_KIND, deliver_webhook)
-        jobs.register(STABLE_KIND, StableStudyRunner(store, rules, events, jobs))
+        jobs.register(WEBHOOK, deliver_webhook)
+        jobs.register(STABLE, StableStudyRunner(store, rules, events, jobs))
         peers = PeerRegistry(engine, settings.peers)
         accounts = Accounts(engine, set(policy.roles))
         created = accounts.bootstrap(settings.data_dir)
@@ -126,13 +133,16 @@ class Platform:
             accounts=accounts,
             audit=audit,
             deidentifier=deidentifier,
+            import_items=import_items,
             ingest_options=ingest_options,
             oidc=oidc,
             analyser=analyser,
             inboxes=inboxes,
         )
-        jobs.register(ACTION_KIND, RouteActionRunner(store, platform.forward, settings.outbound_tokens))
-        jobs.register(DATASET_KIND, DatasetRunner(platform.datasets, analyser, parallel, ingest_options))
+        jobs.register(ACTION, RouteActionRunner(store, jobs, platform.forward, settings.outbound_tokens))
+        jobs.register(DATASET, DatasetRunner(platform.datasets, analyser, parallel, ingest_options))
+        for name in settings.plugins:
+            _load_plugin(name, platform)
         return platform
 
     @cached_property
@@ -174,14 +184,14 @@ class Platform:
     def start_workers(self) -> None:
         """Run job consumer threads, the drop-folder watcher and the study-stable monitor here
         (``radstack serve`` without ``--no-workers``)."""
-        self.jobs.start_consumer(self.settings.queue_workers)
+        self.jobs.start_consumer(self.settings.queue_workers, self.settings.worker_queues or None)
         self._start_monitors()
 
     def run_worker(self) -> None:
         """Consume jobs until SIGINT or SIGTERM, with the watcher and monitor (``radstack worker``)."""
         self._start_monitors()
         try:
-            self.jobs.run_worker(self.settings.queue_workers)
+            self.jobs.run_worker(self.settings.queue_workers, self.settings.worker_queues or None)
         finally:
             self.stop_workers()
 
@@ -212,6 +222,17 @@ class Platform:
         if self.analyser is not None:
             self.analyser.close()
         self.store.close()
+
+
+def _load_plugin(name: str, platform: Platform) -> None:
+    """Import the module ``name`` (``RADSTACK_PLUGINS``) and call its ``setup(platform)``: a site's
+    own job kinds and handlers, routing actions or event consumers."""
+    module = importlib.import_module(name)
+    setup = getattr(module, "setup", None)
+    if not callable(setup):
+        raise ValueError(f"plugin module {name!r} has no setup(platform) function")
+    setup(platform)
+    log.info("plugin %s loaded", name)
 
 
 def _deid_secret(settings: Settings) -> bytes:

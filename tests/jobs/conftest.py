@@ -1,16 +1,22 @@
-"""A real Redis server for queue tests, started from Debian's ``redis-server`` binary."""
+"""A real Redis server for queue tests, started from Debian's ``redis-server`` binary; an API node
+and ``radstack worker`` processes with the test plugin on it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, require_binary
+from radstack.config import Settings
+from radstack.jobs.records import FINAL_STATES, Job
+from tests.conftest import RunningServer, free_port, require_binary, start_server
+from tests.processes import RADSTACK
 
 
 @pytest.fixture
@@ -50,3 +56,98 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+class Workers:
+    """``radstack worker`` processes on a shared data dir and Redis queue, with the test plugin
+    (``tests.jobs.plugin``) loaded; each logs to its own file. All are ended after the test."""
+
+    def __init__(self, data_dir: Path, redis_url: str, logs: Path) -> None:
+        self.data_dir, self.redis_url, self.logs = data_dir, redis_url, logs
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, **settings: str) -> subprocess.Popen[bytes]:
+        """A worker with ``args`` (``--queues …``) and ``settings`` (``RADSTACK_<NAME>`` values)."""
+        root = str(Path(__file__).resolve().parents[2])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+            "RADSTACK_QUEUE_URL": self.redis_url,
+            "RADSTACK_INGEST_PROCESSES": "0",
+            "RADSTACK_PLUGINS": "tests.jobs.plugin",
+            **{f"RADSTACK_{name.upper()}": value for name, value in settings.items()},
+        }
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"worker-{len(self.processes)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [RADSTACK, "worker", "--data-dir", str(self.data_dir), *args],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        self.processes.append(process)
+        return process
+
+    def log(self) -> str:
+        """Every worker's log, for an assertion's message."""
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                process.send_signal(signal.SIGCONT)  # a paused one must run to handle SIGTERM
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def api_node(tmp_path: Path, redis_url: str) -> Iterator[RunningServer]:
+    """An API server that runs no jobs (``--no-workers``): it submits jobs to the Redis queue."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        http_port=free_port(),
+        dicom_port=0,
+        ingest_processes=0,
+        queue_url=redis_url,
+        no_workers=True,
+    )
+    yield from start_server(settings)
+
+
+@pytest.fixture
+def workers(api_node: RunningServer, redis_url: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(api_node.platform.settings.data_dir, redis_url, tmp_path / "worker-logs")
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """Where the plugin's jobs note their runs."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+def wait_for_job(
+    server: RunningServer, job_id: str, done: Callable[[Job], bool], timeout: float = 60, why: str = ""
+) -> Job:
+    """The job once ``done(job)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = server.platform.jobs.records.get(job_id)
+        if done(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} is {job.state} ({job.progress}) {why}"
+        time.sleep(0.1)
+
+
+def finished(job: Job) -> bool:
+    return job.state in FINAL_STATES

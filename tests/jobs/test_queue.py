@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from radstack.errors import BadRequest
-from radstack.jobs import JobContext, JobState
+from radstack.jobs import JobContext, JobParams, JobState, declare
 from tests import authed
 from tests.conftest import RunningServer
+
+
+class Count(JobParams):
+    n: int
+
+
+FLAKY = declare("test-flaky", Count)
+BROKEN = declare("test-broken", JobParams)
+PICKY = declare("test-picky", JobParams)
+RESUMABLE = declare("test-resumable", JobParams)
 
 
 def wait_for_state(
@@ -36,21 +45,17 @@ def fast_retries(server: RunningServer) -> RunningServer:
     return server
 
 
-def register(server: RunningServer, kind: str, handler: Callable[[JobContext], dict[str, object]]) -> None:
-    server.platform.jobs.register(kind, handler)
-
-
 def test_a_failing_job_is_retried_with_backoff_until_it_succeeds(fast_retries: RunningServer) -> None:
     runs: list[float] = []
 
-    def flaky(context: JobContext) -> dict[str, object]:
+    def flaky(context: JobContext[Count]) -> dict[str, object]:
         runs.append(time.monotonic())
         if len(runs) < 3:
             raise OSError("the archive share is not mounted yet")
-        return {"done": context.job.params["n"]}
+        return {"done": context.params.n}
 
-    register(fast_retries, "flaky", flaky)
-    job, created = fast_retries.platform.jobs.submit("flaky", {"n": 7})
+    fast_retries.platform.jobs.register(FLAKY, flaky)
+    job, created = fast_retries.platform.jobs.submit(FLAKY, Count(n=7))
     assert created
     finished = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
     assert finished["state"] == "SUCCEEDED" and finished["attempts"] == 3
@@ -62,13 +67,13 @@ def test_a_failing_job_is_retried_with_backoff_until_it_succeeds(fast_retries: R
 def test_after_the_last_attempt_a_job_is_dead_until_requeued(fast_retries: RunningServer) -> None:
     healthy = threading.Event()
 
-    def broken(context: JobContext) -> dict[str, object]:
+    def broken(context: JobContext[JobParams]) -> dict[str, object]:
         if not healthy.is_set():
             raise RuntimeError("the peer refused the association")
         return {}
 
-    register(fast_retries, "broken", broken)
-    job, _ = fast_retries.platform.jobs.submit("broken", {})
+    fast_retries.platform.jobs.register(BROKEN, broken)
+    job, _ = fast_retries.platform.jobs.submit(BROKEN, {})
     dead = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
     assert dead["state"] == "DEAD" and dead["attempts"] == fast_retries.platform.settings.job_max_attempts
     assert "RuntimeError: the peer refused the association" in str(dead["last_error"])
@@ -86,11 +91,11 @@ def test_after_the_last_attempt_a_job_is_dead_until_requeued(fast_retries: Runni
 
 
 def test_a_client_mistake_fails_at_once_without_retries(fast_retries: RunningServer) -> None:
-    def picky(context: JobContext) -> dict[str, object]:
+    def picky(context: JobContext[JobParams]) -> dict[str, object]:
         raise BadRequest("source '/nowhere' is not a directory this server can read")
 
-    register(fast_retries, "picky", picky)
-    job, _ = fast_retries.platform.jobs.submit("picky", {})
+    fast_retries.platform.jobs.register(PICKY, picky)
+    job, _ = fast_retries.platform.jobs.submit(PICKY, {})
     failed = wait_for_state(fast_retries, job.id, {"SUCCEEDED", "DEAD", "FAILED"})
     assert failed["state"] == "FAILED" and failed["attempts"] == 1
     assert "'/nowhere' is not a directory" in str(failed["last_error"])
@@ -98,15 +103,16 @@ def test_a_client_mistake_fails_at_once_without_retries(fast_retries: RunningSer
 
 def test_a_job_whose_worker_vanished_is_resumed_by_the_sweep(server: RunningServer) -> None:
     jobs = server.platform.jobs
-    register(server, "resumable", lambda context: {"resumed_on_attempt": context.job.attempts})
+    jobs.register(RESUMABLE, lambda context: {"resumed_on_attempt": context.job.attempts})
     records = jobs.records
-    job, _ = records.create("resumable", {})  # recorded, no message: as if the queue lost it
+    job, _ = records.create(RESUMABLE.name, {})  # recorded, no message: as if the queue lost it
     stolen = records.claim(job.id)  # a worker took it and died without a trace
-    assert stolen is not None and stolen.state is JobState.RUNNING
+    assert stolen is not None and stolen.state is JobState.RUNNING and stolen.lease_owner
     assert jobs.execute(job.id) is None, "a job leased to a live worker is not run twice"
 
-    records.lease = records.lease * 0  # the dead worker's lease runs out
-    records.heartbeat(job.id)
+    lease, records.lease = records.lease, records.lease * 0
+    assert records.heartbeat(job.id, stolen.lease_owner)  # its last heartbeat: the lease runs out now
+    records.lease = lease
     assert jobs.sweep() == 1
     done = wait_for_state(server, job.id, {"SUCCEEDED"})
     assert done["progress"] == {"resumed_on_attempt": 2}
@@ -117,3 +123,19 @@ def test_unknown_jobs_are_404_problems(server: RunningServer) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "0123456789abcdef" in response.json()["detail"]
+
+
+def test_parameters_that_do_not_fit_the_kind_are_refused_naming_the_field(server: RunningServer) -> None:
+    jobs = server.platform.jobs
+    with pytest.raises(BadRequest) as refused:
+        jobs.submit("import", {"sauce": "/data/in"})
+    assert refused.value.http_status == 400
+    assert refused.value.message == (
+        "import job parameters are not valid: 'source': Field required; "
+        "'sauce': Extra inputs are not permitted"
+    )
+    with pytest.raises(BadRequest, match=r"'n': Input should be a valid integer.*, not 'seven'$"):
+        jobs.submit(FLAKY, {"n": "seven"})
+    with pytest.raises(BadRequest, match=r"job kind 'imprt' is not declared; declared kinds: .*import"):
+        jobs.submit("imprt", {"source": "/data/in"})
+    assert jobs.records.find(kind="import") == [] and jobs.records.find(kind=FLAKY.name) == []

@@ -9,12 +9,13 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydicom
 import pytest
 
 from radstack.config import Settings
+from radstack.jobs.routing import ActionContext, RouteAction, register_action
 from tests import authed
 from tests.conftest import RunningServer, free_port, start_server
 from tests.helpers import dicom_body, pixels_of, stow, synthetic_ct
@@ -208,6 +209,11 @@ def test_a_receiver_that_is_down_gets_the_event_when_it_is_back(
         ({"name": "x", "actions": [{"type": "forward"}]}, "names the peer's AE title"),
         ({"name": "x", "actions": [{"type": "stow", "url": "ftp://h/"}]}, "http(s) URL"),
         ({"name": "x", "actions": []}, "at least 1"),
+        (
+            {"name": "x", "actions": [{"type": "infer", "model": "fracture"}]},
+            "action type 'infer' is not known; known types: forward, stow",
+        ),
+        ({"name": "x", "actions": [{"peer": "PACS"}]}, "action type None is not known; known types: forward"),
     ],
 )
 def test_bad_rules_are_refused_with_the_reason(
@@ -292,3 +298,36 @@ def test_rules_match_the_calling_ae_title_of_c_store(hub: RunningServer, receive
     assert [b["study_uid"] for b in routed] == ["1.2.826.0.1.3680043.8.498.68"]
     by_study = {b["study_uid"]: b["data"]["rules"] for b in stable}  # type: ignore[index]
     assert by_study == {"1.2.826.0.1.3680043.8.498.68": ["from-xray"], "1.2.826.0.1.3680043.8.498.69": []}
+
+
+@register_action
+class NoteAction(RouteAction):
+    """An action of the tests' own: one registered class, and rules may name it."""
+
+    type: Literal["test-note"] = "test-note"
+    text: str
+
+    def run(self, context: ActionContext) -> dict[str, Any]:
+        return {"noted": self.text, "rule": context.rule, "instances": len(context.instances())}
+
+
+def test_a_registered_action_class_is_a_routing_action(hub: RunningServer) -> None:
+    rule = {"name": "noting", "actions": [{"type": "test-note", "text": "seen"}]}
+    assert authed.put(f"{hub.url}/api/v1/routing-rules/noting", json=rule).status_code == 201
+    assert authed.get(f"{hub.url}/api/v1/routing-rules/noting").json()["actions"] == rule["actions"]
+    missing = {"name": "noting", "actions": [{"type": "test-note"}]}
+    refused = authed.put(f"{hub.url}/api/v1/routing-rules/noting", json=missing)
+    assert (
+        refused.status_code == 400 and "test-note action: 'text': Field required" in refused.json()["detail"]
+    )
+
+    assert stow(hub, dicom_body(*chest_series("1.2.826.0.1.3680043.8.498.67", 2))).status_code == 200
+    job = finished_job(hub, "route-action")
+    assert job["state"] == "SUCCEEDED" and job["progress"] == {
+        "noted": "seen",
+        "rule": "noting",
+        "instances": 2,
+    }
+    schema = authed.get(f"{hub.url}/api/v1/openapi.json").json()["components"]["schemas"]["RoutingRule"]
+    titles = {s["title"] for s in schema["properties"]["actions"]["items"]["oneOf"]}
+    assert {"ForwardAction", "StowAction", "WebhookAction", "NoteAction"} <= titles

@@ -252,7 +252,9 @@ def test_jobs_page_shows_a_dead_job_and_requeues_it(server: RunningServer, brows
 def test_import_progress_is_shown(server: RunningServer, browser: httpx.Client) -> None:
     records = server.platform.jobs.records
     job, _ = records.create("import", {"source": "/data/in", "submitted_by": {"subject": "admin"}})
-    records.add_import_items(job.id, [], {"files_total": 10, "files_done": 4})
+    running = records.claim(job.id)  # as a worker that has done 4 of 10 files shows it
+    assert running is not None and running.lease_owner is not None
+    records.heartbeat(job.id, running.lease_owner, {"files_total": 10, "files_done": 4})
     page = browser.get("/jobs")
     assert '<progress max="10" value="4"' in page.text and "4 / 10 files" in page.text
 

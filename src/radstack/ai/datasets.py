@@ -67,6 +67,7 @@ from radstack.dicom.deid import Deidentifier
 from radstack.errors import BadRequest, NotFound
 from radstack.ingest.options import IngestOptions
 from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
+from radstack.jobs.kinds import INGEST_QUEUE, JobParams, Submitter, declare
 from radstack.jobs.queue import JobContext
 from radstack.security.audit import AuditActionValues, AuditEntry
 from radstack.security.policy import ActionValues, Policy, Principal
@@ -77,9 +78,11 @@ from radstack.store.retrieve import decoded_frame
 from radstack.store.studies import StudyStore
 
 __all__ = [
+    "DATASET",
     "DATASET_KIND",
     "DEFAULT_RATIOS",
     "DatasetItem",
+    "DatasetJobParams",
     "DatasetReader",
     "DatasetRunner",
     "DatasetSample",
@@ -96,8 +99,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 
-#: The job kind that makes a data set version from a folder (ingest, then snapshot).
-DATASET_KIND = "dataset"
 #: The ground-truth file of a demo-data folder.
 TRUTH_FILE = "truth.json"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -832,6 +833,22 @@ class DatasetReader(Sequence[DatasetSample]):
 
 
 # ---------------------------------------------------------------------------------------- jobs
+class DatasetJobParams(JobParams):
+    """A ``dataset`` job: a version of data set ``name`` from a demo-data ``folder``, for its submitter."""
+
+    name: str
+    folder: str
+    submitted_by: Submitter
+    description: str = ""
+    seed: int = 0
+    ratios: tuple[float, float, float] = DEFAULT_RATIOS
+
+
+#: The job kind that makes a data set version from a folder (ingest, then snapshot).
+DATASET = declare("dataset", DatasetJobParams, queue=INGEST_QUEUE)
+DATASET_KIND = DATASET.name
+
+
 def folder_job_params(
     name: str,
     folder: str | Path,
@@ -871,10 +888,9 @@ class DatasetRunner:
         self.parallel = max(1, parallel)
         self.options = options
 
-    def __call__(self, context: JobContext) -> JsonDict:
-        params = context.job.params
-        submitter = params["submitted_by"]
-        principal = Principal(str(submitter["subject"]), str(submitter["role"]), "job")
+    def __call__(self, context: JobContext[DatasetJobParams]) -> JsonDict:
+        params = context.params
+        principal = Principal(params.submitted_by.subject, params.submitted_by.role, "job")
         progress: JsonDict = {}
 
         def report(update: JsonDict) -> None:
@@ -884,12 +900,12 @@ class DatasetRunner:
             context.report(dict(progress), save=done % _CHUNK == 0 or done == update["files_total"])
 
         version = self.service.create_from_folder(
-            str(params["name"]),
-            str(params["folder"]),
+            params.name,
+            params.folder,
             principal,
-            seed=int(params.get("seed", 0)),
-            ratios=parse_ratios(params.get("ratios") or DEFAULT_RATIOS),
-            description=str(params.get("description", "")),
+            seed=params.seed,
+            ratios=parse_ratios(params.ratios),
+            description=params.description,
             options=self.options,
             analyser=self.analyser,
             parallel=self.parallel,

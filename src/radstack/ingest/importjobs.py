@@ -24,22 +24,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from radstack.errors import BadRequest, CannotUnderstand, NotFound, RadstackError
+from radstack.ingest.items import ImportItems
 from radstack.ingest.options import IngestOptions
 from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
+from radstack.jobs.kinds import INGEST_QUEUE, JobParams, Submitter, declare
 from radstack.jobs.queue import JobContext
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.store.blobs import S3BlobStore
 from radstack.store.studies import Batch, BatchReason, StudyStore
 
-__all__ = ["IMPORT_KIND", "ImportRunner", "check_source"]
+__all__ = ["IMPORT", "IMPORT_KIND", "ImportParams", "ImportRunner", "check_source"]
 
-IMPORT_KIND = "import"
 #: Files per recorded chunk: one transaction (outcomes + progress) per chunk.
 _CHUNK = 32
 #: A DICOMDIR indexes removable media (PS3.10 §8); it is not an instance to store.
 _DICOMDIR = "DICOMDIR"
 
 JsonDict = dict[str, Any]
+
+
+class ImportParams(JobParams):
+    """An ``import`` job: the source (as :func:`check_source` normalised it) and its submitter
+    (none when the command line, acting for the platform, made the job)."""
+
+    source: str
+    submitted_by: Submitter | None = None
+
+
+IMPORT = declare("import", ImportParams, queue=INGEST_QUEUE)
+IMPORT_KIND = IMPORT.name
 
 
 def check_source(source: str) -> str:
@@ -133,28 +146,30 @@ class ImportRunner:
     def __init__(
         self,
         store: StudyStore,
+        items: ImportItems,
         analyser: Analyser | None,
         parallel: int,
         policy: Policy,
         options: IngestOptions,
     ) -> None:
         self.store = store
+        self.items = items
         self.policy = policy
         self.analyser = analyser
         self.parallel = max(1, parallel)
         self.options = options
 
-    def __call__(self, context: JobContext) -> JsonDict:
+    def __call__(self, context: JobContext[ImportParams]) -> JsonDict:
         job = context.job
         # The worker acts for whoever submitted the job (an API caller), or the platform (CLI).
-        submitter = job.params.get("submitted_by")
-        if isinstance(submitter, dict):
-            principal = Principal(str(submitter["subject"]), str(submitter["role"]), "job")
+        submitter = context.params.submitted_by
+        if submitter is not None:
+            principal = Principal(submitter.subject, submitter.role, "job")
             self.policy.require(principal, ActionValues.INGEST)
-        source = _open_source(check_source(str(job.params["source"])))
+        source = _open_source(check_source(context.params.source))
         files = list(source.scan())
-        done = context.records.import_paths_done(job.id)
-        progress = _progress(files, context.records.import_counts(job.id))
+        done = self.items.paths_done(job.id)
+        progress = _progress(files, self.items.counts(job.id))
         context.report(progress)
         todo = [f for f in files if f.relative not in done]
         with (
@@ -170,7 +185,9 @@ class ImportRunner:
                     progress["files_done"] += 1
                     progress["bytes_done"] += item["size"]
                     progress[_COUNTER[item["outcome"]]] += 1
-                context.records.add_import_items(job.id, items, progress)
+                # Outcomes and progress in one transaction, recorded only while the job is this run's.
+                with context.transaction(progress) as connection:
+                    self.items.add(connection, job.id, items)
                 context.report(progress, save=False)
         if progress["refused"]:
             context.refused(

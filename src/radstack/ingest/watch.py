@@ -32,18 +32,30 @@ from typing import Any, Protocol
 from radstack.errors import BadRequest, NotFound
 from radstack.ingest.options import IngestOptions
 from radstack.ingest.pipeline import Analyser, ingest_file
+from radstack.jobs.kinds import INGEST_QUEUE, JobParams, declare
 from radstack.jobs.periodic import Periodic
 from radstack.jobs.queue import JobContext, JobQueue
 from radstack.store.blobs import S3BlobStore
 from radstack.store.studies import BatchReason, StudyStore
 
-__all__ = ["INBOX_KIND", "Inbox", "InboxRunner", "InboxWatcher", "open_inbox"]
+__all__ = ["INBOX", "INBOX_KIND", "Inbox", "InboxParams", "InboxRunner", "InboxWatcher", "open_inbox"]
 
-INBOX_KIND = "inbox-file"
 INCOMING, PROCESSED, FAILED = "incoming", "processed", "failed"
 
 log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
+
+
+class InboxParams(JobParams):
+    """An ``inbox-file`` job: the inbox (its name, a directory or ``s3://…``) and the file's path
+    relative to its ``incoming/``."""
+
+    inbox: str
+    path: str
+
+
+INBOX = declare("inbox-file", InboxParams, queue=INGEST_QUEUE)
+INBOX_KIND = INBOX.name
 
 
 class Inbox(Protocol):
@@ -164,8 +176,8 @@ class InboxWatcher:
             token = f"{self.inbox.name}:{relative}:{size}:{stamp}"
             if now - seen.since < self.settle_seconds or self._submitted.get(relative) == token:
                 continue
-            params = {"inbox": self.inbox.name, "path": relative}
-            self.jobs.submit(INBOX_KIND, params, client_token=token[-128:])
+            params = InboxParams(inbox=self.inbox.name, path=relative)
+            self.jobs.submit(INBOX, params, client_token=token[-128:])
             self._submitted[relative] = token
             submitted += 1
         for relative in set(self._seen) - set(present):
@@ -189,11 +201,11 @@ class InboxRunner:
         self.analyser = analyser
         self.options = options
 
-    def __call__(self, context: JobContext) -> JsonDict:
-        relative = str(context.job.params["path"])
-        inbox = self.inboxes.get(str(context.job.params["inbox"]))
+    def __call__(self, context: JobContext[InboxParams]) -> JsonDict:
+        relative = context.params.path
+        inbox = self.inboxes.get(context.params.inbox)
         if inbox is None:
-            raise BadRequest(f"inbox {context.job.params['inbox']!r} is not configured on this node")
+            raise BadRequest(f"inbox {context.params.inbox!r} is not configured on this node")
         if Path(relative).is_absolute() or ".." in Path(relative).parts:
             raise BadRequest(f"inbox path {relative!r} must be relative to the incoming folder")
         try:

@@ -34,6 +34,8 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The claim running the job (host/pid/nonce): every change the run makes is conditional on it.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
     #: A RUNNING job whose lease has run out lost its worker (a crash, a kill -9): it runs again.
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: When a QUEUED job may run (retries wait with exponential backoff).

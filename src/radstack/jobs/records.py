@@ -5,25 +5,33 @@ refused some of its input (an import whose files were partly refused, a dropped 
 DICOM) is DONE_WITH_ERRORS, never SUCCEEDED; its ``last_error`` says how much was refused. A failure
 that may pass (an I/O error, a database hiccup) goes back to QUEUED with an exponential backoff
 until ``max_attempts`` runs are spent, then the job is DEAD until someone requeues it; a failure
-retries cannot fix (the client's mistake) is FAILED at once. A worker claims a job with one conditional UPDATE, so a job runs on one worker at a
-time however many messages name it; a RUNNING job whose lease ran out lost its worker and is
-claimed again (dramatiq's rules: tasks take ids, are safe to run twice, state lives in the database).
+retries cannot fix (the client's mistake) is FAILED at once.
+
+A worker claims a job with one conditional UPDATE that gives the run a lease: a token of its own
+(``lease_owner``) and a time (``lease_until``) that the worker renews while the job runs. So a job
+runs on one worker at a time however many messages name it. A RUNNING job whose lease ran out lost
+its worker (a crash, ``kill -9``, a lost node) and is claimed again, under a new token; every change a
+run makes is conditional on its token, so a worker that was paused past its lease learns that the
+job is no longer its own and overwrites nothing (dramatiq's rules: tasks take ids, are safe to run
+twice, state lives in the database).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from radstack.errors import Conflict, NotFound
-from radstack.ingest.models import ImportItemRow
 from radstack.jobs.models import JobRow
 
 __all__ = ["Job", "JobState", "JobStore"]
@@ -63,6 +71,8 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: The lease of the claim running the job (host/pid/nonce); None unless RUNNING.
+    lease_owner: str | None = None
 
     @classmethod
     def from_row(cls, row: JobRow | Row[Any]) -> Job:
@@ -80,6 +90,7 @@ class Job:
             updated_at=row.updated_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            lease_owner=row.lease_owner,
         )
 
 
@@ -155,8 +166,14 @@ class JobStore:
         with self.engine.connect() as connection:
             return [Job.from_row(row) for row in connection.execute(query)]
 
-    def claim(self, job_id: str) -> Job | None:
-        """Make the job RUNNING on this worker; None when it is not due or another worker has it."""
+    def claim(self, job_id: str, *, kinds: Collection[str] | None = None) -> Job | None:
+        """Make the job RUNNING under a new lease; None when it is not due, another worker holds it,
+        or its kind is not among ``kinds`` (the kinds this worker can run).
+
+        The lease is the returned job's ``lease_owner``, a token unique to this claim: every later
+        change of the run (:meth:`heartbeat`, :meth:`succeed`, :meth:`fail`, :meth:`release`) names
+        it and takes effect only while the job is still this claim's.
+        """
         now = _now()
         claimable = or_(
             and_(
@@ -165,6 +182,9 @@ class JobStore:
             ),
             and_(_COLUMNS.state == JobState.RUNNING.value, _COLUMNS.lease_until < now),
         )
+        if kinds is not None:
+            claimable = and_(claimable, _COLUMNS.kind.in_(list(kinds)))
+        owner = _lease_owner()
         with self.engine.begin() as connection:
             claimed = connection.execute(
                 update(JobRow)
@@ -172,6 +192,7 @@ class JobStore:
                 .values(
                     state=JobState.RUNNING.value,
                     attempts=_COLUMNS.attempts + 1,
+                    lease_owner=owner,
                     lease_until=now + self.lease,
                     started_at=func.coalesce(_COLUMNS.started_at, now),
                     updated_at=now,
@@ -179,31 +200,41 @@ class JobStore:
             ).rowcount
         return self.get(job_id) if claimed == 1 else None
 
-    def heartbeat(self, job_id: str, progress: JsonDict | None = None) -> None:
-        """Renew the lease of a RUNNING job and record its progress."""
+    def renew(
+        self, connection: Connection, job_id: str, owner: str, progress: JsonDict | None = None
+    ) -> bool:
+        """Renew the lease (and record ``progress``) in ``connection``'s transaction; False when the
+        job is no longer this lease's (another worker claimed it after the lease ran out, or it was
+        finished or released): the caller must then stop and change nothing more."""
         now = _now()
         values: JsonDict = {"lease_until": now + self.lease, "updated_at": now}
         if progress is not None:
             values["progress"] = json.dumps(progress)
+        renewed = connection.execute(update(JobRow).where(_owned(job_id, owner)).values(**values)).rowcount
+        return bool(renewed == 1)
+
+    def heartbeat(self, job_id: str, owner: str, progress: JsonDict | None = None) -> bool:
+        """Renew the lease of a RUNNING job and record its progress; False when the lease was lost."""
         with self.engine.begin() as connection:
-            connection.execute(
-                update(JobRow)
-                .where(_COLUMNS.id == job_id, _COLUMNS.state == JobState.RUNNING.value)
-                .values(**values)
-            )
+            return self.renew(connection, job_id, owner, progress)
 
     def succeed(
-        self, job_id: str, progress: JsonDict | None = None, *, errors: str | None = None
-    ) -> JobState:
+        self, job_id: str, owner: str, progress: JsonDict | None = None, *, errors: str | None = None
+    ) -> JobState | None:
         """Record a job that ran to its end: SUCCEEDED, or DONE_WITH_ERRORS when ``errors`` says what
-        of its input was refused. Returns the new state."""
+        of its input was refused. Returns the new state; None when the lease was lost (the job is
+        another worker's now, and its record is left alone)."""
         state = JobState.SUCCEEDED if errors is None else JobState.DONE_WITH_ERRORS
-        self._finish(job_id, state, errors, progress)
-        return state
+        return state if self._finish(job_id, owner, state, errors, progress) else None
 
-    def fail(self, job_id: str, error: str, *, permanent: bool, backoff: timedelta) -> JobState:
-        """Record a failed run: QUEUED again after ``backoff``, or FAILED / DEAD. Returns the new state."""
+    def fail(
+        self, job_id: str, owner: str, error: str, *, permanent: bool, backoff: timedelta
+    ) -> JobState | None:
+        """Record a failed run: QUEUED again after ``backoff``, or FAILED / DEAD. Returns the new
+        state; None when the lease was lost."""
         job = self.get(job_id)
+        if job.lease_owner != owner or job.state is not JobState.RUNNING:
+            return None
         if permanent:
             state = JobState.FAILED
         elif job.attempts >= job.max_attempts:
@@ -211,34 +242,37 @@ class JobStore:
         else:
             now = _now()
             with self.engine.begin() as connection:
-                connection.execute(
+                changed = connection.execute(
                     update(JobRow)
-                    .where(_COLUMNS.id == job_id)
+                    .where(_owned(job_id, owner))
                     .values(
                         state=JobState.QUEUED.value,
                         last_error=error,
+                        lease_owner=None,
                         lease_until=None,
                         not_before=now + backoff,
                         updated_at=now,
                     )
-                )
-            return JobState.QUEUED
-        self._finish(job_id, state, error, None)
-        return state
+                ).rowcount
+            return JobState.QUEUED if changed == 1 else None
+        return state if self._finish(job_id, owner, state, error, None) else None
 
-    def release(self, job_id: str) -> None:
-        """Give a RUNNING job back unfinished (the worker is stopping); the run does not count."""
+    def release(self, job_id: str, owner: str) -> bool:
+        """Give a RUNNING job back unfinished (the worker is stopping); the run does not count.
+        False when the lease was already lost."""
         with self.engine.begin() as connection:
-            connection.execute(
+            released = connection.execute(
                 update(JobRow)
-                .where(_COLUMNS.id == job_id, _COLUMNS.state == JobState.RUNNING.value)
+                .where(_owned(job_id, owner))
                 .values(
                     state=JobState.QUEUED.value,
                     attempts=_COLUMNS.attempts - 1,
+                    lease_owner=None,
                     lease_until=None,
                     updated_at=_now(),
                 )
-            )
+            ).rowcount
+        return bool(released == 1)
 
     def requeue(self, job_id: str) -> Job:
         """A FAILED or DEAD job back to QUEUED with a fresh count of attempts."""
@@ -259,39 +293,62 @@ class JobStore:
             )
         return self.get(job_id)
 
-    def due(self, *, quiet_seconds: float) -> list[str]:
-        """Jobs to hand to the queue again: RUNNING ones whose worker died, and QUEUED ones that are due
-        and untouched for ``quiet_seconds`` (their message was lost, or they waited for a backoff)."""
+    def due(self, *, quiet_seconds: float) -> list[tuple[str, str]]:
+        """Jobs to hand to the queue again, as (id, kind).
+
+        A RUNNING job whose lease ran out lost its worker: it is QUEUED again here (the lost run
+        counts as an attempt; ``last_error`` says what became of it), by whichever node's sweep sees it
+        first. A QUEUED job that is due and untouched for ``quiet_seconds`` lost its message, or waited
+        for a backoff. Either is touched, so that the next sweeps leave it alone for a while.
+        """
         now = _now()
         quiet = now - timedelta(seconds=quiet_seconds)
+        expired = and_(_COLUMNS.state == JobState.RUNNING.value, _COLUMNS.lease_until < now)
+        waiting = and_(
+            _COLUMNS.state == JobState.QUEUED.value,
+            _COLUMNS.updated_at < quiet,
+            or_(_COLUMNS.not_before.is_(None), _COLUMNS.not_before <= now),
+        )
+        due: list[tuple[str, str]] = []
         with self.engine.begin() as connection:
-            ids = list(
-                connection.execute(
-                    select(_COLUMNS.id).where(
-                        or_(
-                            and_(_COLUMNS.state == JobState.RUNNING.value, _COLUMNS.lease_until < now),
-                            and_(
-                                _COLUMNS.state == JobState.QUEUED.value,
-                                _COLUMNS.updated_at < quiet,
-                                or_(_COLUMNS.not_before.is_(None), _COLUMNS.not_before <= now),
-                            ),
-                        )
+            lost = connection.execute(
+                select(_COLUMNS.id, _COLUMNS.kind, _COLUMNS.attempts).where(expired)
+            ).all()
+            for job_id, kind, attempts in lost:
+                requeued = connection.execute(
+                    update(JobRow)
+                    .where(_COLUMNS.id == job_id, expired)
+                    .values(
+                        state=JobState.QUEUED.value,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=f"attempt {attempts} stopped: its worker no longer renewed the lease "
+                        "(killed, or lost)",
+                        updated_at=now,
                     )
-                ).scalars()
-            )
-            if ids:  # so that the next sweep leaves them alone for a while
+                ).rowcount
+                if requeued == 1:
+                    due.append((str(job_id), str(kind)))
+            waited = [
+                (str(i), str(k))
+                for i, k in connection.execute(select(_COLUMNS.id, _COLUMNS.kind).where(waiting))
+            ]
+            if waited:
                 connection.execute(
                     update(JobRow)
-                    .where(_COLUMNS.id.in_(ids), _COLUMNS.state == JobState.QUEUED.value)
+                    .where(_COLUMNS.id.in_([job_id for job_id, _kind in waited]), waiting)
                     .values(updated_at=now)
                 )
-        return ids
+        return due + waited
 
-    def _finish(self, job_id: str, state: JobState, error: str | None, progress: JsonDict | None) -> None:
+    def _finish(
+        self, job_id: str, owner: str, state: JobState, error: str | None, progress: JsonDict | None
+    ) -> bool:
         now = _now()
         values: JsonDict = {
             "state": state.value,
             "last_error": error,
+            "lease_owner": None,
             "lease_until": None,
             "finished_at": now,
             "updated_at": now,
@@ -299,41 +356,19 @@ class JobStore:
         if progress is not None:
             values["progress"] = json.dumps(progress)
         with self.engine.begin() as connection:
-            connection.execute(update(JobRow).where(_COLUMNS.id == job_id).values(**values))
+            finished = connection.execute(update(JobRow).where(_owned(job_id, owner)).values(**values))
+        return bool(finished.rowcount == 1)
 
-    # ------------------------------------------------------------------ import items
-    def add_import_items(self, job_id: str, items: list[JsonDict], progress: JsonDict) -> None:
-        """Record the outcome of a chunk of files and the job's progress in one transaction."""
-        now = _now()
-        with self.engine.begin() as connection:
-            if items:
-                connection.execute(insert(ImportItemRow), [{"job_id": job_id, **item} for item in items])
-            connection.execute(
-                update(JobRow)
-                .where(_COLUMNS.id == job_id)
-                .values(progress=json.dumps(progress), lease_until=now + self.lease, updated_at=now)
-            )
 
-    def import_paths_done(self, job_id: str) -> set[str]:
-        items = ImportItemRow.__table__.c
-        with self.engine.connect() as connection:
-            return set(connection.execute(select(items.path).where(items.job_id == job_id)).scalars())
+def _owned(job_id: str, owner: str) -> ColumnElement[bool]:
+    """The job is RUNNING under the lease ``owner`` (the fence of every change a run makes)."""
+    return and_(
+        _COLUMNS.id == job_id,
+        _COLUMNS.state == JobState.RUNNING.value,
+        _COLUMNS.lease_owner == owner,
+    )
 
-    def import_counts(self, job_id: str) -> JsonDict:
-        """Files, bytes and outcomes recorded so far for the job."""
-        items = ImportItemRow.__table__.c
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(items.outcome, func.count(), func.coalesce(func.sum(items.size), 0))
-                .where(items.job_id == job_id)
-                .group_by(items.outcome)
-            ).all()
-        return {outcome: (int(count), int(size)) for outcome, count, size in rows}
 
-    def import_items(self, job_id: str, *, failed: bool, limit: int | None = None) -> list[Row[Any]]:
-        """The job's files that were stored (``failed=False``) or refused, in the order recorded."""
-        items = ImportItemRow.__table__.c
-        query = select(ImportItemRow).where(items.job_id == job_id, items.failed == failed).order_by(items.id)
-        with self.engine.connect() as connection:
-            rows = connection.execute(query.limit(limit) if limit is not None else query).all()
-        return list(rows)
+def _lease_owner() -> str:
+    """A token naming one claim: the host and process (for whoever reads the table) and a nonce."""
+    return f"{socket.gethostname()[:30]}/{os.getpid()}/{uuid.uuid4().hex[:16]}"

@@ -1,11 +1,16 @@
 """Routing rules: when a study is stable, match it against rules and run their actions.
 
 A rule has conditions (DICOM keyword → accepted values, ``*``/``?`` wildcards allowed; every
-condition must hold for some instance of the study) and actions: ``forward`` (C-STORE to a
-registered peer), ``stow`` (STOW-RS to another DICOMweb server) and ``webhook`` (POST the event).
-``CallingAETitle`` matches the AE titles that sent the study by C-STORE. Each action runs as its own
-``route-action`` job, so a peer that is down is retried with backoff and ends in the dead letters
-with its reason, never silently dropped.
+condition must hold for some instance of the study) and actions. ``CallingAETitle`` matches the AE
+titles that sent the study by C-STORE. Each action runs as its own ``route-action`` job, so a peer
+that is down is retried with backoff and ends in the dead letters with its reason, never silently
+dropped.
+
+Actions come from a registry: each is a :class:`RouteAction` subclass, a pydantic model whose
+``type`` field is a one-value ``Literal`` and whose :meth:`~RouteAction.run` does the work, decorated
+with :func:`register_action`. ``forward`` (C-STORE to a registered peer), ``stow`` (STOW-RS to another
+DICOMweb server) and ``webhook`` (POST the rule's match) are registered here; a rule naming a type
+nobody registered is refused with the types that are.
 """
 
 from __future__ import annotations
@@ -13,28 +18,58 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import json
+import threading
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from pydicom.datadict import tag_for_keyword
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from radstack.errors import BadRequest, Conflict, NotFound, ProcessingFailure
+from radstack.jobs.kinds import JobParams, declare, validation_message
 from radstack.jobs.models import RoutingRuleRow
 from radstack.jobs.queue import JobContext, JobQueue
-from radstack.jobs.workflows import EventLog, post_json
+from radstack.jobs.workflows import EventLog, StableParams, StudyStable, post_json
 from radstack.store.retrieve import part10
 from radstack.store.studies import BatchReason, InstanceRecord, StudyStore
 
-__all__ = ["ACTION_KIND", "RouteActionRunner", "RoutingRule", "RuleStore", "StableStudyRunner"]
+__all__ = [
+    "ACTION",
+    "ACTION_KIND",
+    "ActionContext",
+    "ForwardAction",
+    "RouteAction",
+    "RouteActionParams",
+    "RouteActionRunner",
+    "RoutingRule",
+    "RuleStore",
+    "StableStudyRunner",
+    "StowAction",
+    "WebhookAction",
+    "action_types",
+    "parse_action",
+    "register_action",
+]
 
-ACTION_KIND = "route-action"
 _CALLING_AE = "CallingAETitle"
 #: Instances per STOW-RS request when forwarding, so a large study never sits whole in memory.
 _STOW_INSTANCES = 20
@@ -42,21 +77,195 @@ _STOW_INSTANCES = 20
 JsonDict = dict[str, Any]
 
 
+# ---------------------------------------------------------------------- the action registry
+@dataclass(frozen=True)
+class ActionContext:
+    """What an action may use when it runs: the study, the rule, the store, the job queue (an action
+    that starts work of its own submits a job), and the platform's outbound connections."""
+
+    study_uid: str
+    rule: str
+    store: StudyStore
+    jobs: JobQueue
+    #: The ``route-action`` job running the action (progress, stopping).
+    job: JobContext[RouteActionParams]
+    #: C-STORE instances to a registered peer (by AE title); returns what was sent.
+    forward: Callable[[str, list[InstanceRecord]], JsonDict]
+    #: The Authorization header radstack sends to a URL (``RADSTACK_OUTBOUND_TOKENS``).
+    authorization: Callable[[str], dict[str, str]]
+
+    def instances(self) -> list[InstanceRecord]:
+        """The study's current instances."""
+        return self.store.current_instances(self.study_uid)
+
+
 class RouteAction(BaseModel):
-    """One thing to do with a matching study."""
+    """One thing to do with a matching study: the base of every registered action.
 
-    type: Literal["forward", "stow", "webhook"]
-    #: ``forward``: AE title of a registered peer.
-    peer: str | None = None
-    #: ``stow``: the DICOMweb root (``…/dicomweb``); ``webhook``: the URL to POST to.
-    url: str | None = None
+    A subclass declares ``type: Literal["name"] = "name"``, its own fields (validated when a rule is
+    saved), and :meth:`run`.
+    """
 
-    def check(self) -> RouteAction:
-        if self.type == "forward" and not self.peer:
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+
+    def run(self, context: ActionContext) -> JsonDict:
+        """Do the action for ``context.study_uid``; returns the job's final progress. Raise a
+        :class:`RadstackError` with a 4xx status for a failure retries cannot fix."""
+        raise NotImplementedError
+
+
+A = TypeVar("A", bound=RouteAction)
+
+_actions_lock = threading.Lock()
+_actions: dict[str, type[RouteAction]] = {}
+
+
+def register_action(cls: type[A]) -> type[A]:
+    """Register a :class:`RouteAction` subclass under the value of its ``type`` field (a decorator).
+
+    Raises
+    ------
+    ValueError
+        ``type`` has no single default value, or another class has that name.
+    """
+    name = cls.model_fields["type"].default
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__}.type needs a default, its action name: type: Literal['x'] = 'x'")
+    with _actions_lock:
+        existing = _actions.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"routing action {name!r} is already registered by {existing.__name__}")
+        _actions[name] = cls
+    return cls
+
+
+def action_types() -> list[str]:
+    """The registered action types, sorted."""
+    with _actions_lock:
+        return sorted(_actions)
+
+
+def parse_action(value: object) -> RouteAction:
+    """An action as its registered class; :class:`ValueError` naming the problem otherwise (an unknown
+    type lists the known ones)."""
+    if isinstance(value, RouteAction):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"an action is an object with a 'type' ({', '.join(action_types())}), not {value!r}")
+    name = value.get("type")
+    cls = _actions.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"action type {name!r} is not known; known types: {', '.join(action_types())}")
+    try:
+        return cls.model_validate(value)
+    except ValidationError as exc:
+        message = validation_message(exc)
+        # A message of the whole action says which action it is; one of a field is told which.
+        raise ValueError(
+            message if all(not e["loc"] for e in exc.errors()) else f"{name} action: {message}"
+        ) from None
+
+
+class _ActionSchema:
+    """The JSON schema of an action field: one of the registered actions' schemas, as registered when
+    the schema is made (the OpenAPI document is built after every module registered its actions)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        with _actions_lock:
+            classes = [_actions[name] for name in sorted(_actions)]
+        schemas = []
+        for cls in classes:
+            schema = cls.model_json_schema()
+            # ``type`` has its one value as default, but a client sends it: it chooses the action.
+            schema["required"] = ["type", *schema.get("required", [])]
+            schemas.append(schema)
+        return {"oneOf": schemas}
+
+
+#: A field holding any registered action: validated through the registry, dumped with its own fields.
+AnyAction = Annotated[SerializeAsAny[RouteAction], BeforeValidator(parse_action), _ActionSchema()]
+
+
+@register_action
+class ForwardAction(RouteAction):
+    """C-STORE the study to a registered peer (``/api/v1/peers``), in a syntax it accepts."""
+
+    type: Literal["forward"] = "forward"
+    #: The peer's AE title.
+    peer: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_peer(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and not value.get("peer"):
             raise ValueError("a forward action names the peer's AE title in 'peer'")
-        if self.type in ("stow", "webhook") and not (self.url or "").startswith(("http://", "https://")):
-            raise ValueError(f"a {self.type} action names an http(s) URL in 'url'")
-        return self
+        return value
+
+    def run(self, context: ActionContext) -> JsonDict:
+        return context.forward(self.peer, context.instances())
+
+
+class _UrlAction(RouteAction):
+    """An action that sends to an http(s) URL."""
+
+    url: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _http_url(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and not str(value.get("url") or "").startswith(("http://", "https://")):
+            raise ValueError(f"a {cls.model_fields['type'].default} action names an http(s) URL in 'url'")
+        return value
+
+
+@register_action
+class StowAction(_UrlAction):
+    """STOW-RS the study (PS3.18 §10.5) to another DICOMweb server (``url``: its DICOMweb root,
+    ``…/dicomweb``), in its stored syntaxes."""
+
+    type: Literal["stow"] = "stow"
+
+    def run(self, context: ActionContext) -> JsonDict:
+        records = context.instances()
+        target = f"{self.url.rstrip('/')}/studies/{context.study_uid}"
+        for start in range(0, len(records), _STOW_INSTANCES):
+            boundary = uuid.uuid4().hex
+            parts = [
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                + part10(context.store, record, None)
+                + b"\r\n"
+                for record in records[start : start + _STOW_INSTANCES]
+            ]
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            _post_stow(target, body, boundary, context.authorization(target))
+        return {"sent": len(records)}
+
+
+@register_action
+class WebhookAction(_UrlAction):
+    """POST ``{"type": "route", "rule", "study_uid"}`` to ``url``."""
+
+    type: Literal["webhook"] = "webhook"
+
+    def run(self, context: ActionContext) -> JsonDict:
+        body = {"type": "route", "rule": context.rule, "study_uid": context.study_uid}
+        return {"status": post_json(self.url, json.dumps(body).encode())}
+
+
+class RouteActionParams(JobParams):
+    """A ``route-action`` job: one action of one rule for one study."""
+
+    study_uid: str
+    rule: str
+    action: AnyAction
+
+
+ACTION = declare("route-action", RouteActionParams)
+ACTION_KIND = ACTION.name
 
 
 class RoutingRule(BaseModel):
@@ -67,7 +276,7 @@ class RoutingRule(BaseModel):
     conditions: dict[str, list[str]] = Field(
         default_factory=dict, examples=[{"Modality": ["CR", "DX"], "BodyPartExamined": ["CHEST"]}]
     )
-    actions: list[RouteAction] = Field(min_length=1)
+    actions: list[AnyAction] = Field(min_length=1)
 
     @field_validator("conditions")
     @classmethod
@@ -76,11 +285,6 @@ class RoutingRule(BaseModel):
             if keyword != _CALLING_AE and tag_for_keyword(keyword) is None:
                 raise ValueError(f"condition {keyword!r} is not a DICOM keyword (PS3.6) nor {_CALLING_AE}")
         return value
-
-    @field_validator("actions")
-    @classmethod
-    def _check_actions(cls, value: list[RouteAction]) -> list[RouteAction]:
-        return [action.check() for action in value]
 
     def matches(self, facts: dict[str, set[str]]) -> bool:
         """Every condition holds: some value the study has matches one of the accepted patterns."""
@@ -191,48 +395,44 @@ class StableStudyRunner:
     def __init__(self, store: StudyStore, rules: RuleStore, events: EventLog, jobs: JobQueue) -> None:
         self.store, self.rules, self.events, self.jobs = store, rules, events, jobs
 
-    def __call__(self, context: JobContext) -> JsonDict:
-        study_uid = str(context.job.params["study_uid"])
-        change_seq = int(context.job.params["change_seq"])
+    def __call__(self, context: JobContext[StableParams]) -> JsonDict:
+        study_uid, change_seq = context.params.study_uid, context.params.change_seq
         rules = [rule for rule in self.rules.list_rules() if rule.enabled]
         facts = study_facts(self.store, study_uid, [k for rule in rules for k in rule.conditions])
         matched = [rule for rule in rules if rule.matches(facts)]
         for rule in matched:
             for index, action in enumerate(rule.actions):
                 self.jobs.submit(
-                    ACTION_KIND,
-                    {
-                        "study_uid": study_uid,
-                        "rule": rule.name,
-                        "action": action.model_dump(exclude_none=True),
-                    },
+                    ACTION,
+                    RouteActionParams(study_uid=study_uid, rule=rule.name, action=action),
                     client_token=f"route:{study_uid}:{change_seq}:{rule.name}:{index}"[-128:],
                 )
         study = self.store.require_study(study_uid)
         self.events.publish(
-            "study.stable",
-            study_uid,
-            {
-                "change_seq": change_seq,
-                "num_series": study.num_series,
-                "num_instances": study.num_instances,
-                "modalities": study.modalities.split("\\") if study.modalities else [],
-                "rules": [rule.name for rule in matched],
-            },
+            StudyStable(
+                change_seq=change_seq,
+                num_series=study.num_series,
+                num_instances=study.num_instances,
+                modalities=study.modalities.split("\\") if study.modalities else [],
+                rules=[rule.name for rule in matched],
+            ),
+            study_uid=study_uid,
         )
         return {"rules": [rule.name for rule in matched]}
 
 
 class RouteActionRunner:
-    """The ``route-action`` job: one action of one rule for one study."""
+    """The ``route-action`` job: one action of one rule for one study, run by its registered class."""
 
     def __init__(
         self,
         store: StudyStore,
+        jobs: JobQueue,
         forward: Callable[[str, list[InstanceRecord]], JsonDict],
         tokens: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
+        self.jobs = jobs
         self.forward = forward
         #: URL prefix → bearer token sent to it (``RADSTACK_OUTBOUND_TOKENS``); kept out of the rules.
         self.tokens = dict(tokens or {})
@@ -244,33 +444,19 @@ class RouteActionRunner:
             return {}
         return {"Authorization": f"Bearer {self.tokens[max(prefixes, key=len)]}"}
 
-    def __call__(self, context: JobContext) -> JsonDict:
-        study_uid = str(context.job.params["study_uid"])
-        action = RouteAction.model_validate(context.job.params["action"]).check()
-        records = self.store.current_instances(study_uid)
-        if action.type == "forward":
-            assert action.peer is not None
-            return self.forward(action.peer, records)
-        assert action.url is not None
-        if action.type == "webhook":
-            body = {"type": "route", "rule": context.job.params["rule"], "study_uid": study_uid}
-            return {"status": post_json(action.url, json.dumps(body).encode())}
-        return self._stow(action.url, study_uid, records)
-
-    def _stow(self, url: str, study_uid: str, records: list[Any]) -> JsonDict:
-        """STOW-RS the study (PS3.18 §10.5) in its stored syntaxes, a few instances per request."""
-        for start in range(0, len(records), _STOW_INSTANCES):
-            boundary = uuid.uuid4().hex
-            parts = [
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                + part10(self.store, record, None)
-                + b"\r\n"
-                for record in records[start : start + _STOW_INSTANCES]
-            ]
-            target = f"{url.rstrip('/')}/studies/{study_uid}"
-            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-            _post_stow(target, body, boundary, self._authorization(target))
-        return {"sent": len(records)}
+    def __call__(self, context: JobContext[RouteActionParams]) -> JsonDict:
+        params = context.params
+        return params.action.run(
+            ActionContext(
+                study_uid=params.study_uid,
+                rule=params.rule,
+                store=self.store,
+                jobs=self.jobs,
+                job=context,
+                forward=self.forward,
+                authorization=self._authorization,
+            )
+        )
 
 
 def _post_stow(url: str, body: bytes, boundary: str, authorization: dict[str, str]) -> None:

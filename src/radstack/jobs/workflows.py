@@ -8,7 +8,9 @@ its change, so a crash in between, or two nodes watching at once, neither lose n
 
 Events are rows in the index (``/api/v1/events`` streams them as server-sent events, resumable
 with ``Last-Event-ID``) and are POSTed to every configured webhook by a retrying job: delivery is
-at least once, and each event carries its id so a receiver can drop repeats.
+at least once, and each event carries its id so a receiver can drop repeats. Each event has a type
+from :class:`EventType` and a payload of that type's model (:class:`StudyStable`, …): a new type is
+a member of the enum and an :class:`EventPayload` subclass naming it.
 """
 
 from __future__ import annotations
@@ -19,21 +21,37 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from radstack.errors import BadRequest, ProcessingFailure
+from radstack.jobs.kinds import JobParams, declare
 from radstack.jobs.models import EventRow, StudyWorkflowRow
 from radstack.jobs.periodic import Periodic
 from radstack.jobs.queue import JobContext, JobQueue
 from radstack.store.models import StudyRow
 
-__all__ = ["STABLE_KIND", "WEBHOOK_KIND", "Event", "EventLog", "StabilityMonitor", "deliver_webhook"]
+__all__ = [
+    "PAYLOADS",
+    "STABLE",
+    "STABLE_KIND",
+    "WEBHOOK",
+    "WEBHOOK_KIND",
+    "Event",
+    "EventLog",
+    "EventPayload",
+    "EventType",
+    "StabilityMonitor",
+    "StableParams",
+    "StudyStable",
+    "WebhookParams",
+    "deliver_webhook",
+]
 
-STABLE_KIND = "study-stable"
-WEBHOOK_KIND = "webhook"
 _WEBHOOK_TIMEOUT = 10.0
 
 log = logging.getLogger(__name__)
@@ -44,10 +62,61 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class EventType(StrEnum):
+    """Every type of event radstack publishes (the SSE ``event:`` field and the JSON ``type``)."""
+
+    #: A study had no change for ``RADSTACK_STABLE_SECONDS``; routing rules ran for it.
+    STUDY_STABLE = "study.stable"
+
+
+class EventPayload(BaseModel):
+    """Base of each event type's payload (the event's ``data``); a subclass names its type."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_type: ClassVar[EventType]
+
+
+class StudyStable(EventPayload):
+    """``study.stable``: the study's change counter, its size, and the routing rules it matched."""
+
+    event_type = EventType.STUDY_STABLE
+
+    change_seq: int
+    num_series: int
+    num_instances: int
+    modalities: list[str]
+    rules: list[str]
+
+
+#: Each event type's payload model.
+PAYLOADS: dict[EventType, type[EventPayload]] = {EventType.STUDY_STABLE: StudyStable}
+
+
+class StableParams(JobParams):
+    """A ``study-stable`` job: the study and the change it became stable at."""
+
+    study_uid: str = Field(max_length=64)
+    change_seq: int
+
+
+class WebhookParams(JobParams):
+    """A ``webhook`` job: one event (as the stream shows it) to POST to one URL."""
+
+    url: str
+    event: dict[str, Any]
+
+
+STABLE = declare("study-stable", StableParams)
+WEBHOOK = declare("webhook", WebhookParams)
+STABLE_KIND = STABLE.name
+WEBHOOK_KIND = WEBHOOK.name
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     id: int
-    type: str
+    type: EventType
     study_uid: str | None
     data: JsonDict
     created_at: datetime
@@ -61,6 +130,10 @@ class Event:
             "data": self.data,
         }
 
+    def payload(self) -> EventPayload:
+        """The event's data as its type's model."""
+        return PAYLOADS[self.type].model_validate(self.data)
+
 
 class EventLog:
     """Publish events (a row each, then one webhook job per configured URL) and read them back."""
@@ -70,19 +143,25 @@ class EventLog:
         self.jobs = jobs
         self.webhooks = webhooks
 
-    def publish(self, type_: str, study_uid: str | None, data: JsonDict) -> Event:
+    def publish(self, payload: EventPayload, *, study_uid: str | None = None) -> Event:
+        """Record an event of ``payload``'s type and submit its webhook deliveries."""
+        if PAYLOADS.get(payload.event_type) is not type(payload):
+            raise TypeError(f"{type(payload).__name__} is not the payload model of {payload.event_type}")
+        data = payload.model_dump(mode="json")
         now = _now()
         with self.engine.begin() as connection:
             key = connection.execute(
                 insert(EventRow).values(
-                    type=type_, study_uid=study_uid, data=json.dumps(data), created_at=now
+                    type=payload.event_type.value, study_uid=study_uid, data=json.dumps(data), created_at=now
                 )
             ).inserted_primary_key
         assert key is not None
-        event = Event(int(key[0]), type_, study_uid, data, now)
+        event = Event(int(key[0]), payload.event_type, study_uid, data, now)
         for index, url in enumerate(self.webhooks):
             self.jobs.submit(
-                WEBHOOK_KIND, {"url": url, "event": event.as_json()}, client_token=f"event:{event.id}:{index}"
+                WEBHOOK,
+                WebhookParams(url=url, event=event.as_json()),
+                client_token=f"event:{event.id}:{index}",
             )
         return event
 
@@ -92,7 +171,7 @@ class EventLog:
             rows = connection.execute(
                 select(EventRow).where(columns.id > last_id).order_by(columns.id).limit(limit)
             ).all()
-        return [Event(r.id, r.type, r.study_uid, json.loads(r.data), r.created_at) for r in rows]
+        return [Event(r.id, EventType(r.type), r.study_uid, json.loads(r.data), r.created_at) for r in rows]
 
     def last_id(self) -> int:
         with self.engine.connect() as connection:
@@ -136,8 +215,8 @@ class StabilityMonitor:
             # The job first (its token makes it unique), then the mark: a crash in between leaves a
             # queued job that the sweep runs, never a study marked stable with no job.
             self.jobs.submit(
-                STABLE_KIND,
-                {"study_uid": study_uid, "change_seq": change_seq},
+                STABLE,
+                StableParams(study_uid=study_uid, change_seq=change_seq),
                 client_token=f"stable:{study_uid}:{change_seq}",
             )
             self._mark(study_uid, change_seq)
@@ -160,11 +239,10 @@ class StabilityMonitor:
                 )
 
 
-def deliver_webhook(context: JobContext) -> JsonDict:
+def deliver_webhook(context: JobContext[WebhookParams]) -> JsonDict:
     """POST one event to one webhook URL (the ``webhook`` job); a 4xx answer is final, others retry."""
-    url = str(context.job.params["url"])
-    body = json.dumps(context.job.params["event"]).encode()
-    return {"url": url, "status": post_json(url, body)}
+    url = context.params.url
+    return {"url": url, "status": post_json(url, json.dumps(context.params.event).encode())}
 
 
 def post_json(url: str, body: bytes) -> int:

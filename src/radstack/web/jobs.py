@@ -90,7 +90,7 @@ def manifest(request: Request, job_id: str, manifest: str) -> StreamingResponse:
     if manifest not in ("success", "failure"):
         raise NotFound(f"manifest {manifest!r} does not exist; there are success.ndjson and failure.ndjson")
     job = _import_job(request, job_id)
-    rows = _jobs(request).records.import_items(job.id, failed=manifest == "failure")
+    rows = platform_of(request).import_items.items(job.id, failed=manifest == "failure")
     columns = (*_MANIFEST_COLUMNS, "status", "reason") if manifest == "failure" else _MANIFEST_COLUMNS
 
     def lines() -> Iterator[bytes]:

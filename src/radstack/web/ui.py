@@ -149,8 +149,9 @@ def refused_files(request: Request, job_id: str) -> HTMLResponse:
         job = records.get(job_id)
         if job.kind != IMPORT_KIND:
             raise NotFound(f"job {job_id!r} is not an import job")
-        total = records.import_counts(job.id).get("failed", (0, 0))[0]
-        items = records.import_items(job.id, failed=True, limit=REFUSED_SHOWN)
+        imports = platform_of(request).import_items
+        total = imports.counts(job.id).get("failed", (0, 0))[0]
+        items = imports.items(job.id, failed=True, limit=REFUSED_SHOWN)
         return signed_in_page(request, "jobs_refused.html", job=job, items=items, total=total)
 
     return _html_errors(request, "Jobs", build)
