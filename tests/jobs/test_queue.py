@@ -25,6 +25,8 @@ FLAKY = declare("test-flaky", Count)
 BROKEN = declare("test-broken", JobParams)
 PICKY = declare("test-picky", JobParams)
 RESUMABLE = declare("test-resumable", JobParams)
+#: No process here runs it: only this test claims it, by hand.
+ORPHANED = declare("test-orphaned", JobParams)
 
 
 def wait_for_state(
@@ -116,6 +118,24 @@ def test_a_job_whose_worker_vanished_is_resumed_by_the_sweep(server: RunningServ
     assert jobs.sweep() == 1
     done = wait_for_state(server, job.id, {"SUCCEEDED"})
     assert done["progress"] == {"resumed_on_attempt": 2}
+
+
+def test_a_job_that_takes_its_worker_down_on_every_attempt_ends_dead(server: RunningServer) -> None:
+    jobs = server.platform.jobs
+    records = jobs.records
+    job, _ = records.create(ORPHANED.name, {})
+    lease = records.lease
+    for _attempt in range(job.max_attempts):  # each run's worker dies (out of memory, say)
+        claimed = records.claim(job.id)
+        assert claimed is not None
+        records.lease = records.lease * 0
+        assert records.heartbeat(job.id, claimed.lease_owner)  # its last heartbeat: the lease ends now
+        records.lease = lease
+        jobs.sweep()
+    dead = wait_for_state(server, job.id, {"DEAD"})
+    assert dead["attempts"] == job.max_attempts
+    assert "no longer renewed the lease" in str(dead["last_error"])
+    assert records.claim(job.id) is None, "a dead job is not claimed again until requeued"
 
 
 def test_unknown_jobs_are_404_problems(server: RunningServer) -> None:

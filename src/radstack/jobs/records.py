@@ -298,7 +298,7 @@ class JobStore:
 
         A RUNNING job whose lease ran out lost its worker: it is QUEUED again here (the lost run
         counts as an attempt; ``last_error`` says what became of it), by whichever node's sweep sees it
-        first. A QUEUED job that is due and untouched for ``quiet_seconds`` lost its message, or waited
+        first, or DEAD when that was its last attempt. A QUEUED job that is due and untouched for ``quiet_seconds`` lost its message, or waited
         for a backoff. Either is touched, so that the next sweeps leave it alone for a while.
         """
         now = _now()
@@ -312,22 +312,28 @@ class JobStore:
         due: list[tuple[str, str]] = []
         with self.engine.begin() as connection:
             lost = connection.execute(
-                select(_COLUMNS.id, _COLUMNS.kind, _COLUMNS.attempts).where(expired)
+                select(_COLUMNS.id, _COLUMNS.kind, _COLUMNS.attempts, _COLUMNS.max_attempts).where(expired)
             ).all()
-            for job_id, kind, attempts in lost:
+            for job_id, kind, attempts, max_attempts in lost:
+                error = (
+                    f"attempt {attempts} stopped: its worker no longer renewed the lease (killed, or lost)"
+                )
+                # A job that takes its worker down every time (out of memory, a crashing library)
+                # ends in the dead letters like any other job that failed every attempt.
+                dead = attempts >= max_attempts
                 requeued = connection.execute(
                     update(JobRow)
                     .where(_COLUMNS.id == job_id, expired)
                     .values(
-                        state=JobState.QUEUED.value,
+                        state=(JobState.DEAD if dead else JobState.QUEUED).value,
                         lease_owner=None,
                         lease_until=None,
-                        last_error=f"attempt {attempts} stopped: its worker no longer renewed the lease "
-                        "(killed, or lost)",
+                        last_error=error,
                         updated_at=now,
+                        finished_at=now if dead else None,
                     )
                 ).rowcount
-                if requeued == 1:
+                if requeued == 1 and not dead:
                     due.append((str(job_id), str(kind)))
             waited = [
                 (str(i), str(k))
