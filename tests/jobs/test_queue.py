@@ -127,7 +127,7 @@ def test_a_job_that_takes_its_worker_down_on_every_attempt_ends_dead(server: Run
     lease = records.lease
     for _attempt in range(job.max_attempts):  # each run's worker dies (out of memory, say)
         claimed = records.claim(job.id)
-        assert claimed is not None
+        assert claimed is not None and claimed.lease_owner is not None
         records.lease = records.lease * 0
         assert records.heartbeat(job.id, claimed.lease_owner)  # its last heartbeat: the lease ends now
         records.lease = lease
