@@ -112,6 +112,8 @@ class PeerRegistry:
             An invalid AE title, host or port.
         Conflict
             ``ae_title`` is a configured peer.
+        sqlalchemy.exc.IntegrityError
+            A concurrent insert of the same AE title broke the retry too.
         """
         title = _ae_title(ae_title)
         self._check_not_configured(title)
