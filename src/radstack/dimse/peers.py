@@ -114,7 +114,7 @@ class PeerRegistry:
             ``ae_title`` is a configured peer.
         sqlalchemy.exc.IntegrityError
             A concurrent insert of the same AE title broke the retry too.
-        """
+        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
         title = _ae_title(ae_title)
         self._check_not_configured(title)
         host, port = check_peer_address(host, port)

@@ -93,7 +93,7 @@ class StudyStore:
             When the fifth attempt still breaks a unique key.
         sqlalchemy.exc.OperationalError
             When the fifth attempt still finds the database busy or unreachable.
-        """
+        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
         for attempt in range(5):
             try:
                 if self._sqlite:

@@ -148,7 +148,7 @@ def parse_header(key: str, data: bytes) -> Header:
         When ``data`` ends before the header does; its ``length`` says how many bytes to read.
     BlobIntegrityError
         When a field is impossible: the header is damaged.
-    """
+    """  # noqa: DOC501 (ruff takes ``raise damaged(...)`` for an exception named damaged)
 
     def damaged(what: str) -> BlobIntegrityError:
         return BlobIntegrityError(f"blob {key!r} has a damaged encryption header: {what}")
