@@ -104,7 +104,9 @@ async def iter_multipart(
     Raises
     ------
     BadRequest
-        When no delimiter line ``--boundary`` opens the body, or a part's headers are malformed.
+        When the boundary is not 1 to 70 characters, no delimiter line ``--boundary`` opens the
+        body, a part's headers are malformed or longer than 16 KiB, or the body ends inside a
+        delimiter line or a part's headers.
     PayloadTooLarge
         When the body grows past ``max_bytes``.
     """

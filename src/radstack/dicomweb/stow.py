@@ -44,6 +44,15 @@ def check_request(content_type: str | None, content_length: str | None, max_byte
     """Validate the request's media type and size before any byte of the body is read.
 
     Returns the multipart boundary.
+
+    Raises
+    ------
+    UnsupportedMediaType
+        When the body is not multipart/related, or its parts are not application/dicom.
+    BadRequest
+        When the Content-Type has no boundary, or the Content-Length is not a number.
+    PayloadTooLarge
+        When the Content-Length exceeds ``max_bytes``.
     """
     media_type, params = parse_media_type(content_type or "")
     if media_type != "multipart/related":
@@ -81,7 +90,19 @@ async def store_instances(
     encode: bool = True,
     analyser: Analyser | None = None,
 ) -> StowResponse:
-    """Store every part of a STOW-RS request body and build the response (PS3.18 §10.5.3)."""
+    """Store every part of a STOW-RS request body and build the response (PS3.18 §10.5.3).
+
+    An instance that cannot be stored is a FailedSOPSequence item of the response, not an error;
+    only a body that cannot be read as a whole is.
+
+    Raises
+    ------
+    BadRequest
+        When the body holds no parts, or is not a well-formed multipart body (no delimiter line,
+        malformed part headers).
+    PayloadTooLarge
+        When the body grows past ``max_bytes``.
+    """
     results: list[IngestResult] = []
     # Parts are analysed while later parts are still arriving: up to a few per request at once,
     # so the ingest processes stay busy; results keep the order of the parts.

@@ -78,6 +78,11 @@ def instance_syntax(accept: Sequence[AcceptItem], records: Sequence[InstanceReco
     """Negotiate the transfer syntax of retrieved instances (PS3.18 §8.7.3.5).
 
     Returns the syntax, or ``None`` for "each instance in its stored syntax" (``transfer-syntax=*``).
+
+    Raises
+    ------
+    NotAcceptable
+        When no acceptable representation can be produced for every instance.
     """
     tried: list[str] = []
     for item in accept:
@@ -104,7 +109,13 @@ def instance_syntax(accept: Sequence[AcceptItem], records: Sequence[InstanceReco
 
 
 def frame_syntax_for(accept: Sequence[AcceptItem], record: InstanceRecord) -> tuple[str, bool]:
-    """Negotiate the syntax of frames or bulk pixel data; returns (syntax, multipart)."""
+    """Negotiate the syntax of frames or bulk pixel data; returns (syntax, multipart).
+
+    Raises
+    ------
+    NotAcceptable
+        When no acceptable media type and transfer syntax can be produced from the stored frames.
+    """
     tried: list[str] = []
     for item in accept:
         part_type = item.part_type
@@ -129,7 +140,15 @@ def frame_syntax_for(accept: Sequence[AcceptItem], record: InstanceRecord) -> tu
 
 # --------------------------------------------------------------------------- frames
 def parse_frame_list(value: str, record: InstanceRecord) -> list[int]:
-    """``1,3,5`` → [1, 3, 5], checked against NumberOfFrames (PS3.18 §10.4.1.1.7)."""
+    """``1,3,5`` → [1, 3, 5], checked against NumberOfFrames (PS3.18 §10.4.1.1.7).
+
+    Raises
+    ------
+    BadRequest
+        When a frame number is not a positive integer.
+    NotFound
+        When the instance has no pixel data, or fewer frames than a number asks for.
+    """
     if record.pixel is None:
         raise NotFound(f"instance {record.sop_uid} has no pixel data, so no frames")
     numbers: list[int] = []
@@ -149,7 +168,17 @@ def parse_frame_list(value: str, record: InstanceRecord) -> list[int]:
 def frames(
     store: StudyStore, record: InstanceRecord, numbers: Sequence[int], syntax: str
 ) -> Iterator[FramePart]:
-    """The requested frames in ``syntax``, each with its part media type (PS3.18 §8.7.3.3)."""
+    """The requested frames in ``syntax``, each with its part media type (PS3.18 §8.7.3.3).
+
+    Raises
+    ------
+    NotFound
+        When a frame's blob is missing from the blob store.
+    TransferSyntaxNotSupported
+        When a frame must be decoded and no installed decoder handles its stored syntax.
+    CannotUnderstand
+        When a frame must be decoded and cannot be.
+    """
     media_type = media_type_for(syntax)
     content_type = f"{media_type}; transfer-syntax={syntax}"
     for number in numbers:
@@ -168,6 +197,11 @@ def resolution_levels(store: StudyStore, record: InstanceRecord, number: int) ->
     Level 0 is the smallest; the last level is the full image. Fetching the first ``bytes`` of the
     frame (``Range: bytes=0-{bytes-1}`` on the frame URL with ``Accept: image/jphc``) gives a
     codestream that decodes to that level.
+
+    Raises
+    ------
+    NotFound
+        When the instance's frames are not stored as HTJ2K.
     """
     prefixes = htj2k_resolution_prefixes(_htj2k_frame(store, record, number))
     pixel = record.pixel
@@ -185,7 +219,15 @@ def resolution_levels(store: StudyStore, record: InstanceRecord, number: int) ->
 
 
 def frame_at_level(store: StudyStore, record: InstanceRecord, number: int, level: int) -> bytes:
-    """A self-contained HTJ2K codestream of frame ``number`` at resolution ``level`` (one blob read)."""
+    """A self-contained HTJ2K codestream of frame ``number`` at resolution ``level`` (one blob read).
+
+    Raises
+    ------
+    NotFound
+        When the instance's frames are not stored as HTJ2K.
+    BadRequest
+        When the frame has no resolution ``level``.
+    """
     data = _htj2k_frame(store, record, number)
     count = len(htj2k_resolution_prefixes(data))
     if not 0 <= level < count:
@@ -195,7 +237,20 @@ def frame_at_level(store: StudyStore, record: InstanceRecord, number: int, level
 
 # --------------------------------------------------------------------------- bulk data
 def bulkdata(store: StudyStore, record: InstanceRecord, path: str) -> bytes:
-    """The value of the (possibly nested) element named by a BulkDataURI suffix."""
+    """The value of the (possibly nested) element named by a BulkDataURI suffix.
+
+    Raises
+    ------
+    BadRequest
+        When an element of the path is not a tag.
+    NotFound
+        When the path names no element or sequence item of the instance, or an element without
+        bulk data.
+    TransferSyntaxNotSupported
+        When pixel data must be decoded and no installed decoder handles the stored syntax.
+    CannotUnderstand
+        When pixel data must be decoded and cannot be.
+    """
     pieces = [p for p in path.split("/") if p]
     if pieces == [f"{PIXEL_DATA:08X}"] and record.pixel is not None:
         return b"".join(
@@ -286,13 +341,28 @@ def render(store: StudyStore, record: InstanceRecord, number: int, params: Rende
 
     The header and frame blob keys are content hashes, so the cache key names the exact content
     (the cache can be shared by every store in the process).
+
+    Raises
+    ------
+    NotFound
+        When the instance has no pixel data or no frame ``number``.
+    TransferSyntaxNotSupported
+        When no installed decoder handles the frame's stored syntax.
+    CannotUnderstand
+        When the frame cannot be decoded.
     """
     key = (record.header_key, tuple(record.frames), number, params)
     return _RENDERED.get_or_render(key, lambda: _render(store, record, number, params))
 
 
 def _render(store: StudyStore, record: InstanceRecord, number: int, params: RenderParams) -> bytes:
-    """Render one frame, decoded at the smallest sufficient HTJ2K resolution."""
+    """Render one frame, decoded at the smallest sufficient HTJ2K resolution.
+
+    Raises
+    ------
+    NotFound
+        When the instance has no pixel data or no frame ``number``.
+    """
     pixel = record.pixel
     if pixel is None:
         raise NotFound(f"instance {record.sop_uid} has no pixel data to render")
@@ -403,6 +473,10 @@ async def retrieve_frames(
         A frame number is not a positive integer.
     NotAcceptable
         No acceptable syntax can be produced, or a single-part response was asked for several frames.
+    TransferSyntaxNotSupported
+        A frame must be decoded and no installed decoder handles its stored syntax.
+    CannotUnderstand
+        A frame must be decoded and cannot be.
     """
     record = store.get_instance(study, series, instance)
     numbers = parse_frame_list(frame_list, record)
@@ -464,6 +538,10 @@ def rendered_resource(
     ------
     NotFound
         The resource is not stored, has no pixel data, or lacks the frame.
+    TransferSyntaxNotSupported
+        The frame has a stored syntax that no installed decoder handles.
+    CannotUnderstand
+        The frame cannot be decoded.
     """
     if instance is None:
         record = representative_instance(store, study, series)

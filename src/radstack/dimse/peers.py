@@ -112,7 +112,9 @@ class PeerRegistry:
             An invalid AE title, host or port.
         Conflict
             ``ae_title`` is a configured peer.
-        """
+        sqlalchemy.exc.IntegrityError
+            A concurrent insert of the same AE title broke the retry too.
+        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
         title = _ae_title(ae_title)
         self._check_not_configured(title)
         host, port = check_peer_address(host, port)

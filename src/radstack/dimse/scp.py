@@ -200,6 +200,11 @@ class DimseConfig:
     tls_context : callable, optional
         Builds the server side TLS context when the TLS listener starts (it asks for client
         certificates when a client CA is configured).
+
+    Raises
+    ------
+    ValueError
+        When a TLS port is set without a TLS context.
     """
 
     ae_title: str
@@ -304,7 +309,13 @@ class DimseServer:
 
     @property
     def port(self) -> int:
-        """The port the listener is bound to."""
+        """The port the listener is bound to.
+
+        Raises
+        ------
+        RuntimeError
+            When the plain listener is not running (not started, stopped, or no port configured).
+        """
         if self._server is None:
             raise RuntimeError("the DIMSE server is not running")
         port: int = self._server.server_address[1]
@@ -312,7 +323,13 @@ class DimseServer:
 
     @property
     def tls_port(self) -> int:
-        """The port the DICOM TLS listener is bound to."""
+        """The port the DICOM TLS listener is bound to.
+
+        Raises
+        ------
+        RuntimeError
+            When the TLS listener is not running (not started, stopped, or no TLS port configured).
+        """
         if self._tls_server is None:
             raise RuntimeError("the DICOM TLS listener is not running")
         port: int = self._tls_server.server_address[1]
@@ -320,7 +337,16 @@ class DimseServer:
 
     def start(self) -> None:
         """Listen on ``config.host``:``config.port`` (0: not) and ``config.tls_port`` (0: not) in
-        background threads."""
+        background threads.
+
+        Raises
+        ------
+        TLSConfigurationError
+            When a TLS port is set and its context cannot be built
+            (:func:`~radstack.security.tls.server_ssl_context`).
+        OSError
+            When a port cannot be bound (in use, or privileged).
+        """
         # pynetdicom logs C-FIND/GET/MOVE identifiers (patient names, IDs) unless told not to.
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
@@ -426,7 +452,13 @@ class DimseServer:
 
     def _principal(self, event: Event) -> Principal:
         """Who the calling AE is: the service account with its AE title, else (when configured) an
-        account of the default role; otherwise it may do nothing (0x0124, refused: not authorised)."""
+        account of the default role.
+
+        Raises
+        ------
+        Forbidden
+            When it is neither: it may do nothing (0x0124, refused: not authorised).
+        """
         with self._lock:
             known = self._principals.get(event.assoc)
         if known is not None:

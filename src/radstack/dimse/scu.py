@@ -91,6 +91,12 @@ def send_instances(
     BadRequest
         The peer rejected the association or accepted no transfer syntax radstack can produce for
         some SOP class (retrying changes nothing; the message names the SOP classes).
+    NotFound
+        A blob of an instance is missing from the blob store.
+    TransferSyntaxNotSupported
+        An instance must be transcoded and no installed decoder handles its stored syntax.
+    CannotUnderstand
+        An instance must be transcoded and its frames cannot be decoded.
     """
     ae = AE(ae_title=calling_ae)
     ae.requested_contexts = propose_contexts(records)

@@ -237,12 +237,31 @@ class AuditLog:
             What it was done to: JSON-serialisable, e.g. ``{"study": "1.2.3", "series": [...]}``.
         outcome, reason
             Success or failure, and why it failed.
+
+        Raises
+        ------
+        AuditChainBroken
+            The chain's head row is missing (run ``radstack audit verify``).
+        sqlalchemy.exc.OperationalError
+            The database stayed busy or unreachable through five attempts; nothing was recorded.
+        sqlalchemy.exc.IntegrityError
+            Five attempts in a row collided with other writers; nothing was recorded.
         """
         entry = AuditEntry(actor, role, source, AuditActionValues(action), dict(resource), outcome, reason)
         return self.append_many([entry])[0]
 
     def append_many(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
-        """Record several actions, chained in order, in one transaction."""
+        """Record several actions, chained in order, in one transaction.
+
+        Raises
+        ------
+        AuditChainBroken
+            The chain's head row is missing (run ``radstack audit verify``).
+        sqlalchemy.exc.OperationalError
+            The database stayed busy or unreachable through five attempts; nothing was recorded.
+        sqlalchemy.exc.IntegrityError
+            Five attempts in a row collided with other writers; nothing was recorded.
+        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
         if not entries:
             return []
         for attempt in range(5):

@@ -174,8 +174,13 @@ class Accounts:
 
         Raises
         ------
+        BadRequest
+            The username is empty, longer than 128 characters, not printable or has edge spaces,
+            or ``role`` does not exist.
         WeakPassword
             ``password`` does not follow the password policy.
+        ValueError
+            ``ae_title`` is not a valid AE title (PS3.5 §6.2).
         Conflict
             The username or AE title is taken.
         """
@@ -207,6 +212,13 @@ class Accounts:
             raise Conflict(f"user {username!r} (or AE title {ae_title!r}) already exists") from None
 
     def user(self, username: str) -> User:
+        """The user called ``username``.
+
+        Raises
+        ------
+        NotFound
+            No such user.
+        """
         with Session(self.engine) as session:
             row = session.scalars(select(UserRow).where(UserRow.username == username)).one_or_none()
             if row is None:
@@ -226,8 +238,12 @@ class Accounts:
 
         Raises
         ------
+        BadRequest
+            The new role does not exist.
         WeakPassword
             The new password does not follow the password policy.
+        ValueError
+            The new AE title is not a valid AE title (PS3.5 §6.2).
         NotFound
             No such user.
         """
@@ -273,8 +289,10 @@ class Accounts:
         ------
         Unauthenticated
             ``current`` is not the user's password.
+        BadRequest
+            ``new`` is the current password.
         WeakPassword
-            ``new`` does not follow the policy (or is the current password).
+            ``new`` does not follow the policy.
         """
         self.check_password(username, current)
         if new == current:
@@ -377,7 +395,15 @@ class Accounts:
         expires_in: timedelta | None = timedelta(days=90),
         kind: str = "api",
     ) -> str:
-        """A new secret for ``username`` (shown once; only its hash is kept)."""
+        """A new secret for ``username`` (shown once; only its hash is kept).
+
+        Raises
+        ------
+        NotFound
+            No such user.
+        BadRequest
+            ``role`` does not exist.
+        """
         user = self.user(username)
         if role is not None:
             self._check_role(role)
@@ -417,7 +443,13 @@ class Accounts:
             ]
 
     def revoke_token(self, token_id: int, *, username: str | None = None) -> None:
-        """Revoke an API token (only ``username``'s when given)."""
+        """Revoke an API token (only ``username``'s when given).
+
+        Raises
+        ------
+        NotFound
+            No unrevoked token has ``token_id`` (or it is not ``username``'s).
+        """
         query = update(TokenRow).where(TokenRow.id == token_id, TokenRow.revoked_at.is_(None))
         if username is not None:
             query = query.where(

@@ -59,7 +59,15 @@ def _write(path: Path, wrapped: WrappedKey) -> None:
 
 
 def index_key(data_dir: Path, provider: KeyProvider) -> bytes:
-    """The database key of the data dir's index, made and wrapped by ``provider`` on first use."""
+    """The database key of the data dir's index, made and wrapped by ``provider`` on first use.
+
+    Raises
+    ------
+    KeyProviderError
+        When the KEK that wraps the key is not available.
+    BlobIntegrityError
+        When the wrapped key fails authentication: ``index.key`` was changed.
+    """
     path = data_dir / INDEX_KEY_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +76,15 @@ def index_key(data_dir: Path, provider: KeyProvider) -> bytes:
 
 
 def rewrap_index_key(data_dir: Path, provider: KeyProvider) -> bool:
-    """Wrap the index key by ``provider``'s current KEK (key rotation); False when there is none."""
+    """Wrap the index key by ``provider``'s current KEK (key rotation); False when there is none.
+
+    Raises
+    ------
+    KeyProviderError
+        When the old KEK cannot unwrap the key or the current one cannot wrap it.
+    BlobIntegrityError
+        When the wrapped key fails authentication: ``index.key`` was changed.
+    """
     path = data_dir / INDEX_KEY_FILE
     if not path.exists():
         return False
@@ -108,7 +124,17 @@ def encrypt_in_place(path: Path, key: bytes) -> None:
 
 
 def open_index_engine(settings: Settings, provider: KeyProvider | None = None) -> Engine:
-    """The index of ``settings``: a SQLite one encrypted (converted first if it was not), or PostgreSQL."""
+    """The index of ``settings``: a SQLite one encrypted (converted first if it was not), or PostgreSQL.
+
+    Raises
+    ------
+    ValueError
+        When the key URL has an unsupported form (SQLite only).
+    KeyProviderError
+        When the KEK that wraps the index key is not available (SQLite only).
+    BlobIntegrityError
+        When the wrapped index key fails authentication: ``index.key`` was changed.
+    """
     url = settings.resolved_database_url
     if not url.startswith("sqlite"):
         return create_index_engine(url)

@@ -20,7 +20,13 @@ SECRET_BYTES = 32
 
 
 def check_private(path: Path, mode: int, what: str, error: type[RadstackError] = RadstackError) -> None:
-    """Refuse a key file that group or others can read; the message says how to fix it."""
+    """Refuse a key file that group or others can read; the message says how to fix it.
+
+    Raises
+    ------
+    RadstackError
+        ``error`` (a RadstackError by default) when group or others can read it.
+    """
     if stat.S_IMODE(mode) & 0o077:
         raise error(
             f"{what} {path} has mode {stat.S_IMODE(mode):04o} and can be read by other users; "
@@ -29,7 +35,13 @@ def check_private(path: Path, mode: int, what: str, error: type[RadstackError] =
 
 
 def create_secret(path: Path) -> bool:
-    """Write 32 random bytes to ``path`` unless it exists; False when another process made it first."""
+    """Write 32 random bytes to ``path`` unless it exists; False when another process made it first.
+
+    Raises
+    ------
+    OSError
+        When the directory cannot be written.
+    """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -47,7 +59,16 @@ def create_secret(path: Path) -> bool:
 
 
 def read_secret(path: Path, what: str, error: type[RadstackError] = RadstackError) -> bytes:
-    """The 32 bytes of the key file ``path``, checked to be private and whole."""
+    """The 32 bytes of the key file ``path``, checked to be private and whole.
+
+    Raises
+    ------
+    RadstackError
+        ``error`` (a RadstackError by default) when group or others can read the file, or it does
+        not hold 32 bytes.
+    OSError
+        When the file cannot be opened (``FileNotFoundError`` when it is missing).
+    """
     with path.open("rb") as handle:
         check_private(path, os.fstat(handle.fileno()).st_mode, what, error)
         key = handle.read()
@@ -57,7 +78,15 @@ def read_secret(path: Path, what: str, error: type[RadstackError] = RadstackErro
 
 
 def load_secret(path: Path, what: str, *, create: bool = True) -> bytes | None:
-    """The key in ``path``, made first when missing and ``create``; None when missing otherwise."""
+    """The key in ``path``, made first when missing and ``create``; None when missing otherwise.
+
+    Raises
+    ------
+    RadstackError
+        When group or others can read the file, or it does not hold 32 bytes.
+    OSError
+        When the file cannot be made or read.
+    """
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         create_secret(path)

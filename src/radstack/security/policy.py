@@ -223,6 +223,13 @@ class Policy:
         self._study_scope = study_scope
 
     def role(self, principal: Principal) -> RoleDef:
+        """The definition of the principal's role.
+
+        Raises
+        ------
+        Forbidden
+            When the role is not defined here (a token or user naming a role since removed).
+        """
         try:
             return self.roles[principal.role]
         except KeyError:
@@ -239,7 +246,7 @@ class Policy:
         NotFound
             ``study`` is outside the principal's scope (or does not exist, for a scoped role).
         Forbidden
-            The role does not include ``action``.
+            The role does not include ``action``, or is not defined here.
         """
         role = self.role(principal)
         if (
@@ -266,7 +273,13 @@ class Policy:
         return institution is not None and institution.strip().upper() in _upper(principal.institutions)
 
     def study_condition(self, principal: Principal) -> ColumnElement[bool] | None:
-        """The SQL condition on :class:`StudyRow` that keeps searches within scope (None: all)."""
+        """The SQL condition on :class:`StudyRow` that keeps searches within scope (None: all).
+
+        Raises
+        ------
+        Forbidden
+            When the principal's role is not defined here.
+        """
         role = self.role(principal)
         if role.scope is ScopeValues.ALL:
             return None

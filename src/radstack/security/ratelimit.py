@@ -43,6 +43,11 @@ class RateLimiter:
     clock
         Seconds from an arbitrary start (tests pass a fake one); ``time.monotonic`` by default.
 
+    Raises
+    ------
+    ValueError
+        When ``per_minute`` is not positive, or ``burst`` or ``max_keys`` is below 1.
+
     Examples
     --------
     >>> limiter = RateLimiter(per_minute=10)

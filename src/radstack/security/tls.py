@@ -39,8 +39,13 @@ def _readable(path: Path, setting: str) -> Path:
 
 
 def _private(path: Path) -> Path:
-    """``path`` unless others may read or write it (a private key readable by every local user is
-    no longer private)."""
+    """``path``, once checked that others may not read or write it.
+
+    Raises
+    ------
+    TLSConfigurationError
+        When they may: a private key readable by every local user is no longer private.
+    """
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o007:
         raise TLSConfigurationError(

@@ -125,7 +125,13 @@ class View:
 
     def identifier(self, identifier: Dataset) -> Dataset:
         """A C-FIND, C-GET or C-MOVE identifier of a de-identified client in stored terms: its
-        pseudonymous UIDs mapped back; matching on identifying keys refused (as :meth:`query`)."""
+        pseudonymous UIDs mapped back; matching on identifying keys refused (as :meth:`query`).
+
+        Raises
+        ------
+        IdentifierMismatch
+            When a de-identified client matches on a key other than the safe ones (0xA900).
+        """
         if self.deid is None:
             return identifier
         out = Dataset()
@@ -147,7 +153,13 @@ class View:
         return json.dumps([self.json(item, study_uid) for item in instances], separators=(",", ":")).encode()
 
     def real_uid(self, level: str, uid: str) -> str:
-        """The stored UID a de-identified client names by its pseudonym (404 when there is none)."""
+        """The stored UID a de-identified client names by its pseudonym.
+
+        Raises
+        ------
+        NotFound
+            When a de-identified client names a pseudonym no stored row has.
+        """
         if self.deid is None:
             return uid
         real = self.store.real_uid(level, uid)
@@ -156,7 +168,13 @@ class View:
         return real
 
     def query(self, params: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        """QIDO parameters with pseudonymous UIDs mapped back; matching on identifying keys refused."""
+        """QIDO parameters with pseudonymous UIDs mapped back; matching on identifying keys refused.
+
+        Raises
+        ------
+        BadRequest
+            When a de-identified client matches on a key other than the safe ones, or on a nested one.
+        """
         if self.deid is None:
             return list(params)
         out = []

@@ -40,7 +40,13 @@ class BlobInfo(NamedTuple):
 
 
 def _check_key(key: str) -> str:
-    """``key`` itself; ``ValueError`` unless it is a relative ``/``-separated key without ``..``."""
+    """``key`` itself, once checked to be a relative ``/``-separated key without ``..``.
+
+    Raises
+    ------
+    ValueError
+        When it is not (a caller's bug: keys are made here, never taken from a client).
+    """
     if not key or key.startswith("/") or ".." in key.split("/"):
         raise ValueError(f"blob key {key!r} is not a relative key")
     return key
@@ -56,16 +62,40 @@ class BlobStore(Protocol):
     """What the store needs from a place that keeps bytes."""
 
     def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` atomically; a key that exists is left as it is."""
+        """Store ``data`` under ``key`` atomically; a key that exists is left as it is.
+
+        Raises
+        ------
+        OutOfResources
+            When the store is full, refuses the write or cannot be reached.
+        """
 
     def replace(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` atomically, replacing what is there (key rotation's header rewrite)."""
+        """Store ``data`` under ``key`` atomically, replacing what is there (key rotation's header rewrite).
+
+        Raises
+        ------
+        OutOfResources
+            When the store refuses the write or cannot be reached (an S3 bucket; a full disk for files).
+        """
 
     def get(self, key: str) -> bytes:
-        """The bytes under ``key``; :class:`NotFound` when absent."""
+        """The bytes under ``key``.
+
+        Raises
+        ------
+        NotFound
+            When no blob is stored under ``key``.
+        """
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        """Up to ``length`` bytes of the blob from offset ``start`` (fewer at its end)."""
+        """Up to ``length`` bytes of the blob from offset ``start`` (fewer at its end).
+
+        Raises
+        ------
+        NotFound
+            When no blob is stored under ``key``.
+        """
 
     def exists(self, key: str) -> bool: ...
 
@@ -274,7 +304,13 @@ class S3BlobStore:
                 raise OutOfResources(f"blob store {self.url} is unavailable: {exc}") from exc
 
     def replace(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` by an unconditional PUT (atomic: readers see the old or the new)."""
+        """Store ``data`` under ``key`` by an unconditional PUT (atomic: readers see the old or the new).
+
+        Raises
+        ------
+        OutOfResources
+            The bucket refused the write or could not be reached after botocore's retries.
+        """
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._name(key), Body=data)
         except ClientError as exc:
@@ -295,7 +331,15 @@ class S3BlobStore:
         return data
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        """Bytes ``start`` to ``start + length - 1`` by an HTTP Range request (RFC 9110 §14.2)."""
+        """Bytes ``start`` to ``start + length - 1`` by an HTTP Range request (RFC 9110 §14.2).
+
+        Raises
+        ------
+        NotFound
+            No object is stored under ``key``.
+        botocore.exceptions.ClientError
+            Any other error answer but 416 (a range past the end reads as ``b""``), after botocore's retries.
+        """
         if length <= 0:
             return b""
         try:
@@ -370,6 +414,8 @@ def open_blob_store(url: str) -> BlobStore:
         The URL has another scheme, no bucket, or credentials in it.
     NotFound
         The bucket of an ``s3://`` URL does not exist.
+    OutOfResources
+        The bucket of an ``s3://`` URL cannot be reached or read with the credentials at hand.
     """
     parsed = urlparse(url)
     if parsed.scheme == "file":

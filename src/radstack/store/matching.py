@@ -239,7 +239,13 @@ def _split_range(attribute: Attribute, value: str) -> Term:
 
 
 def _terms(attribute: Attribute, value: str) -> list[Term]:
-    """The terms of one non-empty value of ``attribute`` (PS3.4 §C.2.2.2)."""
+    """The terms of one non-empty value of ``attribute`` (PS3.4 §C.2.2.2).
+
+    Raises
+    ------
+    BadRequest
+        When a UID is malformed or has wildcards, or a date, time or integer is malformed.
+    """
     if attribute.vr == "UI":
         if any(c in value for c in "*?"):
             raise BadRequest(

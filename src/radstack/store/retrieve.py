@@ -104,7 +104,13 @@ def served_as_stored(record: InstanceRecord, syntax: str) -> bool:
 
 # --------------------------------------------------------------------------- frames
 def stored_frame(store: StudyStore, record: InstanceRecord, number: int) -> bytes:
-    """Frame ``number`` (1-based) exactly as stored; bit-packed data is cut out of its single blob."""
+    """Frame ``number`` (1-based) exactly as stored; bit-packed data is cut out of its single blob.
+
+    Raises
+    ------
+    NotFound
+        When the frame's blob is missing from the blob store.
+    """
     pixel = record.pixel
     assert pixel is not None
     if pixel.bits_allocated == 1:
@@ -123,6 +129,15 @@ def decoded_frame(
 
     With ``skipres`` and a frame stored as HTJ2K RPCL, only the byte prefix of the lower
     resolution is read from the blob store.
+
+    Raises
+    ------
+    NotFound
+        When the frame's blob is missing from the blob store.
+    TransferSyntaxNotSupported
+        When no installed decoder handles the stored syntax.
+    CannotUnderstand
+        When the stored frame cannot be decoded in its syntax.
     """
     pixel = record.pixel
     assert pixel is not None
@@ -157,7 +172,17 @@ def native_info(record: InstanceRecord) -> PixelInfo:
 
 
 def frame_in(store: StudyStore, record: InstanceRecord, number: int, syntax: str) -> bytes:
-    """Frame ``number`` in ``syntax`` (which :func:`can_produce` accepted)."""
+    """Frame ``number`` in ``syntax`` (which :func:`can_produce` accepted).
+
+    Raises
+    ------
+    NotFound
+        When the frame's blob is missing from the blob store.
+    TransferSyntaxNotSupported
+        When the frame must be decoded and no installed decoder handles the stored syntax.
+    CannotUnderstand
+        When the frame must be decoded and cannot be.
+    """
     pixel = record.pixel
     assert pixel is not None
     if served_as_stored(record, syntax):
@@ -173,7 +198,13 @@ def frame_in(store: StudyStore, record: InstanceRecord, number: int, syntax: str
 
 # --------------------------------------------------------------------------- instances
 def header_dataset(store: StudyStore, record: InstanceRecord) -> Dataset:
-    """The stored header of ``record``: every attribute but Pixel Data, with its file meta."""
+    """The stored header of ``record``: every attribute but Pixel Data, with its file meta.
+
+    Raises
+    ------
+    NotFound
+        When the header's blob is missing from the blob store.
+    """
     return pydicom.dcmread(io.BytesIO(store.blobs.get(record.header_key)))
 
 
@@ -197,8 +228,12 @@ def part10(store: StudyStore, record: InstanceRecord, syntax: str | None) -> byt
 
     Raises
     ------
-    radstack.errors.NotFound
+    NotFound
         A blob of the instance is missing from the blob store.
+    TransferSyntaxNotSupported
+        Frames must be decoded for ``syntax`` and no installed decoder handles the stored syntax.
+    CannotUnderstand
+        Frames must be decoded for ``syntax`` and cannot be.
     """
     syntax = syntax or stored_syntax(record)
     ds = header_dataset(store, record)

@@ -85,7 +85,15 @@ class StudyStore:
             yield session
 
     def _write(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one write transaction, retrying on a unique-key race or a busy database."""
+        """Run ``work`` in one write transaction, retrying on a unique-key race or a busy database.
+
+        Raises
+        ------
+        sqlalchemy.exc.IntegrityError
+            When the fifth attempt still breaks a unique key.
+        sqlalchemy.exc.OperationalError
+            When the fifth attempt still finds the database busy or unreachable.
+        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
         for attempt in range(5):
             try:
                 if self._sqlite:
@@ -198,7 +206,13 @@ class StudyStore:
 
     # ------------------------------------------------------------------ reads
     def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str) -> InstanceRecord:
-        """The current instance ``sop_uid`` of the given study (and series); :class:`NotFound` otherwise."""
+        """The current instance ``sop_uid`` of the given study (and series).
+
+        Raises
+        ------
+        NotFound
+            When no current instance ``sop_uid`` is stored in that study (and series).
+        """
         # A plain connection, a statement built once and a row, not an ORM session: this is on every
         # frame request's path (building the query each time cost more than running it).
         query, parameters = _CURRENT_INSTANCE, {"sop": sop_uid, "study": study_uid}
@@ -253,8 +267,14 @@ class StudyStore:
         return records
 
     def require_study(self, study_uid: str, *, include_deleted: bool = False) -> StudyRow:
-        """The study row; :class:`NotFound` if it was never stored, or (unless ``include_deleted``)
-        if every instance of it is deleted in its current version."""
+        """The study row.
+
+        Raises
+        ------
+        NotFound
+            When the study was never stored, or (unless ``include_deleted``) every instance of it is
+            deleted in its current version.
+        """
         with self._session() as session:
             study = session.scalar(select(StudyRow).where(StudyRow.study_uid == study_uid))
         if study is None or study.version == 0 or (study.num_instances == 0 and not include_deleted):
@@ -330,6 +350,13 @@ class StudyStore:
         return None if row is None else (row[0], row[1])
 
     def require_series(self, study_uid: str, series_uid: str) -> None:
+        """Check that the series is stored in the study and holds a current instance.
+
+        Raises
+        ------
+        NotFound
+            When it is not.
+        """
         with self._session() as session:
             found = session.scalar(
                 select(SeriesRow.id).where(
@@ -343,6 +370,13 @@ class StudyStore:
 
     # ------------------------------------------------------------------ metadata documents
     def instance_json(self, record: InstanceRecord) -> bytes:
+        """The stored DICOM JSON of one instance.
+
+        Raises
+        ------
+        NotFound
+            When its blob is missing from the blob store.
+        """
         return self.blobs.get(record.json_key)
 
     def metadata_document(self, study_uid: str, series_uid: str | None = None) -> bytes:
@@ -350,11 +384,22 @@ class StudyStore:
 
         Documents are precomputed after every change (see :meth:`schedule_documents`) and cached
         in the blob store under the study's change sequence, so a read is one blob fetch.
+
+        Raises
+        ------
+        NotFound
+            When the study or series is not stored.
         """
         return self._documents.current(study_uid, series_uid)
 
     def version_document(self, study_uid: str, version: int) -> bytes:
-        """The gzipped metadata document of a past (or the current) study version."""
+        """The gzipped metadata document of a past (or the current) study version.
+
+        Raises
+        ------
+        NotFound
+            When the study was never stored or has no such version.
+        """
         return self._documents.of_version(study_uid, version)
 
     def schedule_documents(self, study_uids: set[str]) -> None:
@@ -363,6 +408,13 @@ class StudyStore:
 
     # ------------------------------------------------------------------ versions
     def list_versions(self, study_uid: str) -> list[StudyVersionRow]:
+        """Every version of a study, oldest first (a deleted study's too).
+
+        Raises
+        ------
+        NotFound
+            When the study was never stored.
+        """
         self.require_study(study_uid, include_deleted=True)
         with self._session() as session:
             return list(

@@ -35,7 +35,13 @@ _UPDATABLE = (frozenset(STUDY_LEVEL_TAGS) | frozenset(SERIES_LEVEL_TAGS)) - _IMM
 def delete(
     store: StudyStore, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> int:
-    """Remove a study, series or instance from the current view; returns the new study version."""
+    """Remove a study, series or instance from the current view; returns the new study version.
+
+    Raises
+    ------
+    NotFound
+        When the study, series or instance is not stored, or holds no current instance.
+    """
     records = store.current_instances(study_uid, series_uid, sop_uid)
     what = sop_uid or series_uid or study_uid
     with store.batch(BatchReason.DELETE, what) as batch:
@@ -43,7 +49,13 @@ def delete(
 
 
 def revert(store: StudyStore, study_uid: str, version: int) -> int:
-    """Make the content of ``version`` current again, as a new version; returns its number."""
+    """Make the content of ``version`` current again, as a new version; returns its number.
+
+    Raises
+    ------
+    NotFound
+        When the study was never stored or has no such version.
+    """
     study = store.require_study(study_uid, include_deleted=True)
     if not 0 < version <= study.version:
         raise NotFound(f"study {study_uid} has no version {version} (latest is {study.version})")
@@ -59,7 +71,13 @@ def revert(store: StudyStore, study_uid: str, version: int) -> int:
 
 
 def _tag_of(name: str) -> str:
-    """Keyword or 8-hex-digit tag → tag string; :class:`BadRequest` naming an unknown one."""
+    """Keyword or 8-hex-digit tag → tag string.
+
+    Raises
+    ------
+    BadRequest
+        Naming ``name`` when it is neither a DICOM keyword nor a tag.
+    """
     text = name.strip()
     if len(text) == 8 and all(c in "0123456789abcdefABCDEF" for c in text):
         return text.upper()
@@ -79,8 +97,12 @@ def update_attributes(
     Raises
     ------
     BadRequest
-        For an unknown attribute, one that may not be updated (UIDs, pixel module, instance
-        level), or a value pydicom cannot encode.
+        For no attributes, an unknown attribute, one that may not be updated (UIDs, pixel module,
+        instance level), or a value pydicom cannot encode.
+    NotFound
+        When the series is not stored in the study, or the study (or series) holds no current instance.
+    OutOfResources
+        When the blob store cannot take the new headers.
     """
     if not changes:
         raise BadRequest("no attributes to update")

@@ -55,7 +55,13 @@ class RoleView(Protocol):
         ...
 
     def query(self, params: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        """QIDO parameters as the store matches them (raises ``BadRequest`` for a refused key)."""
+        """QIDO parameters as the store matches them.
+
+        Raises
+        ------
+        BadRequest
+            For a key the role may not match on.
+        """
         ...
 
     def json(self, ds: JsonDict, study_uid: str | None = None) -> JsonDict:
@@ -100,7 +106,13 @@ class WorklistFilters:
 
     def qido_params(self) -> list[tuple[str, str]]:
         """The filters as QIDO-RS keys (PS3.18 §8.3.4). A name without ``*`` or ``?`` matches as a
-        prefix (``doe`` finds ``Doe^John``; person names match without case)."""
+        prefix (``doe`` finds ``Doe^John``; person names match without case).
+
+        Raises
+        ------
+        BadRequest
+            When a date is not YYYY-MM-DD.
+        """
         params: list[tuple[str, str]] = []
         name = self.patient_name.strip()
         if name:
@@ -116,6 +128,13 @@ class WorklistFilters:
         return params
 
     def status_condition(self) -> ColumnElement[bool] | None:
+        """The condition of the status filter on :class:`StudyRow`; None when it filters nothing.
+
+        Raises
+        ------
+        BadRequest
+            When the status is neither :data:`UNREAD` nor a :class:`StudyStatus` value.
+        """
         if not self.status:
             return None
         if self.status == UNREAD:

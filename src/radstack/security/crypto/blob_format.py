@@ -89,7 +89,13 @@ class Header:
         return self.length + self.plaintext_length + TAG_LENGTH * self.chunks
 
     def encode(self, length: int | None = None) -> bytes:
-        """The header bytes, padded to ``length`` (default: the needed size, 32 spare bytes, to 64)."""
+        """The header bytes, padded to ``length`` (default: the needed size, 32 spare bytes, to 64).
+
+        Raises
+        ------
+        ValueError
+            When the fields need more than ``length`` bytes, or more than 65535.
+        """
         kek_id = self.kek_id.encode()
         body = (
             struct.pack(">H", len(kek_id))
@@ -136,9 +142,13 @@ class ShortHeader(Exception):
 def parse_header(key: str, data: bytes) -> Header:
     """The header at the start of ``data`` (which starts with :data:`MAGIC`).
 
-    Raises ``ShortHeader`` when ``data`` ends before the header does, :class:`BlobIntegrityError`
-    when a field is impossible.
-    """
+    Raises
+    ------
+    ShortHeader
+        When ``data`` ends before the header does; its ``length`` says how many bytes to read.
+    BlobIntegrityError
+        When a field is impossible: the header is damaged.
+    """  # noqa: DOC501 (ruff takes ``raise damaged(...)`` for an exception named damaged)
 
     def damaged(what: str) -> BlobIntegrityError:
         return BlobIntegrityError(f"blob {key!r} has a damaged encryption header: {what}")
@@ -203,7 +213,13 @@ class SealedBlob:
         return header.length + first * stride, end
 
     def decrypt(self, first: int, data: memoryview) -> bytes:
-        """Plaintext of the chunks from ``first`` whose stored bytes are ``data``."""
+        """Plaintext of the chunks from ``first`` whose stored bytes are ``data``.
+
+        Raises
+        ------
+        BlobIntegrityError
+            When a chunk fails authentication: its bytes were changed, cut short, or belong to another blob.
+        """
         header = self.header
         stride = header.chunk_size + TAG_LENGTH
         out: list[bytes] = []

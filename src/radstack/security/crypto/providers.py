@@ -69,16 +69,43 @@ class KeyProvider(Protocol):
         """Where the keys are, for messages (never key material)."""
 
     def current_id(self) -> str:
-        """Id of the KEK version that :meth:`wrap` uses now."""
+        """Id of the KEK version that :meth:`wrap` uses now.
+
+        Raises
+        ------
+        KeyProviderError
+            When there is no usable KEK (no key file, or KMS cannot be reached).
+        """
 
     def wrap(self, key: bytes) -> WrappedKey:
-        """``key`` wrapped by the current KEK."""
+        """``key`` wrapped by the current KEK.
+
+        Raises
+        ------
+        KeyProviderError
+            When the current KEK cannot be used (a missing key file, KMS refusing or unreachable).
+        """
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:
-        """The key inside ``wrapped``; :class:`KeyProviderError` when its KEK is not available."""
+        """The key inside ``wrapped``.
+
+        Raises
+        ------
+        KeyProviderError
+            When its KEK is not available here (another provider's, a missing or different key
+            file, KMS refusing or unreachable).
+        BlobIntegrityError
+            When ``wrapped`` fails authentication: the header that holds it was changed.
+        """
 
     def begin_rotation(self) -> str:
-        """Make (or find) the KEK version a rotation re-wraps to and return its id."""
+        """Make (or find) the KEK version a rotation re-wraps to and return its id.
+
+        Raises
+        ------
+        KeyProviderError
+            When the new version cannot be made or read (local key files) or KMS cannot be reached.
+        """
 
     def finish_rotation(self, kek_id: str) -> None:
         """Record that every blob is wrapped by ``kek_id``."""

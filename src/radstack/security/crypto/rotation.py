@@ -66,6 +66,20 @@ def rotate_keys(
         Blobs re-wrapped at once (S3 round trips overlap).
     on_progress
         Called with the report as blobs are done.
+
+    Returns
+    -------
+    RotationReport
+        The outcome per blob; blobs that failed (damaged, or their old KEK unavailable) are listed
+        in its ``failures`` rather than raised.
+
+    Raises
+    ------
+    KeyProviderError
+        When the target KEK version cannot be made or read, or KMS cannot be reached.
+    OutOfResources
+        When the blob store refuses a rewritten blob; the rotation stops, and running it again
+        resumes it.
     """
     target = store.provider.begin_rotation()
     if grace_seconds > 0:
@@ -113,7 +127,13 @@ class KeyUsage:
 
 
 def key_usage(store: EncryptedBlobStore) -> KeyUsage:
-    """Count the blobs per KEK id, the blobs without encryption and those with a damaged header."""
+    """Count the blobs per KEK id, the blobs without encryption and those with a damaged header.
+
+    Raises
+    ------
+    KeyProviderError
+        When the current KEK cannot be named (no key file, or KMS cannot be reached).
+    """
     usage = KeyUsage(current=store.provider.current_id())
     for info in store.inner.list(""):
         try:

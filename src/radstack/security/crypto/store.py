@@ -139,14 +139,38 @@ class EncryptedBlobStore:
 
     # ------------------------------------------------------------------ writing
     def put(self, key: str, data: bytes) -> None:
+        """Encrypt ``data`` and store it under ``key`` unless the key exists.
+
+        Raises
+        ------
+        KeyProviderError
+            When a new wrapping key is due and the KEK cannot wrap it.
+        OutOfResources
+            When the inner store is full, refuses the write or cannot be reached.
+        """
         self.inner.put(key, self.seal(key, data))
 
     def replace(self, key: str, data: bytes) -> None:
+        """Encrypt ``data`` and store it under ``key``, replacing what is there.
+
+        Raises
+        ------
+        KeyProviderError
+            When a new wrapping key is due and the KEK cannot wrap it.
+        OutOfResources
+            When the inner store refuses the write or cannot be reached.
+        """
         self._objects.pop(key)
         self.inner.replace(key, self.seal(key, data))
 
     def seal(self, key: str, data: bytes) -> bytes:
-        """``data`` encrypted for storage under ``key`` (a new data key, the current wrapping key)."""
+        """``data`` encrypted for storage under ``key`` (a new data key, the current wrapping key).
+
+        Raises
+        ------
+        KeyProviderError
+            When a new wrapping key is due and the KEK cannot wrap it.
+        """
         writer = self._writing_key()
         return seal_blob(key, data, writer.wrapped, writer.aead)
 
@@ -170,6 +194,18 @@ class EncryptedBlobStore:
 
     # ------------------------------------------------------------------ reading
     def get(self, key: str) -> bytes:
+        """The plaintext of blob ``key``, every chunk authenticated.
+
+        Raises
+        ------
+        NotFound
+            When no blob is stored under ``key``.
+        BlobIntegrityError
+            When the blob was changed, cut short or extended, belongs to another key, or is not
+            encrypted (and ``allow_plaintext`` is off).
+        KeyProviderError
+            When the KEK that wrapped the blob's keys is not available.
+        """
         raw = self.inner.get(key)
         if not raw.startswith(MAGIC):
             return self._plaintext(key, raw)
@@ -188,7 +224,18 @@ class EncryptedBlobStore:
         return sealed.decrypt(0, memoryview(raw)[header.length :])
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        """Up to ``length`` plaintext bytes from ``start``: only the chunks that hold them are read."""
+        """Up to ``length`` plaintext bytes from ``start``: only the chunks that hold them are read.
+
+        Raises
+        ------
+        NotFound
+            When no blob is stored under ``key``.
+        BlobIntegrityError
+            When the chunks read, or the header, fail authentication or are cut short, or the blob
+            is not encrypted (and ``allow_plaintext`` is off).
+        KeyProviderError
+            When the KEK that wrapped the blob's keys is not available.
+        """
         if length <= 0:
             return b""
         sealed = self._objects.get(key)
@@ -231,7 +278,15 @@ class EncryptedBlobStore:
         return plaintext[start - offset : end - offset]
 
     def _open_head(self, key: str, head: bytes, whole: bool) -> SealedBlob:
-        """The opened blob whose first bytes are ``head`` (``whole``: that is all of it)."""
+        """The opened blob whose first bytes are ``head`` (``whole``: that is all of it).
+
+        Raises
+        ------
+        BlobIntegrityError
+            When the header is cut short or damaged, or the data key fails authentication.
+        KeyProviderError
+            When the KEK that wrapped the blob's keys is not available.
+        """
         try:
             header = parse_header(key, head)
         except ShortHeader as short:
@@ -288,7 +343,15 @@ class EncryptedBlobStore:
 
     # ------------------------------------------------------------------ rotation
     def kek_of(self, key: str) -> str | None:
-        """The KEK id named in the blob's header; None for a blob without encryption."""
+        """The KEK id named in the blob's header; None for a blob without encryption.
+
+        Raises
+        ------
+        NotFound
+            When no blob is stored under ``key``.
+        BlobIntegrityError
+            When the header is cut short or damaged.
+        """
         head = self.inner.get_range(key, 0, PROBE)
         if not head.startswith(MAGIC):
             return None
@@ -307,7 +370,18 @@ class EncryptedBlobStore:
         """Rewrite the header of blob ``key`` so that KEK ``target`` wraps its wrapping key.
 
         The chunks are copied as they are; a blob without encryption is encrypted. ``rewrapped``
-        maps an old wrapped wrapping key to its new wrapped form (memoised by the caller).
+        maps an old wrapped wrapping key to its new wrapped form (memoised by the caller). A blob
+        that is gone meanwhile is MISSING, not an error.
+
+        Raises
+        ------
+        BlobIntegrityError
+            When the header is cut short or damaged, the blob's length is not the header's, or its
+            data key or first chunk fails authentication: a damaged blob never gets a fresh header.
+        KeyProviderError
+            When the old KEK cannot unwrap or the target cannot wrap.
+        OutOfResources
+            When the inner store refuses the rewritten blob.
         """
         try:
             kek = self.kek_of(key)
@@ -343,11 +417,32 @@ class KeyConfig:
     allow_plaintext: bool = False
 
     def open_provider(self, *, create: bool = True) -> KeyProvider:
+        """The key provider of :attr:`key_url` (see :func:`open_key_provider`).
+
+        Raises
+        ------
+        ValueError
+            When the key URL has an unsupported form.
+        KeyProviderError
+            When the keys cannot be used.
+        """
         return open_key_provider(self.key_url, create=create)
 
 
 def open_encrypted_blob_store(blob_url: str, keys: KeyConfig) -> EncryptedBlobStore:
-    """The blob store of ``blob_url`` (see :func:`~radstack.store.blobs.open_blob_store`), encrypted."""
+    """The blob store of ``blob_url`` (see :func:`~radstack.store.blobs.open_blob_store`), encrypted.
+
+    Raises
+    ------
+    ValueError
+        When the blob URL or the key URL has an unsupported form.
+    NotFound
+        When the bucket of an ``s3://`` blob URL does not exist.
+    OutOfResources
+        When that bucket cannot be reached or read.
+    KeyProviderError
+        When the keys cannot be used (a key file readable by others, KMS refusing the key).
+    """
     return EncryptedBlobStore(
         open_blob_store(blob_url), keys.open_provider(), allow_plaintext=keys.allow_plaintext
     )
