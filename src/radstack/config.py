@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from radstack.errors import BadRequest
+
 __all__ = ["PeerSetting", "Settings", "check_ae_title", "check_host"]
 
 #: A host name or an IPv4/IPv6 address: no spaces, slashes or other URL syntax.
@@ -31,6 +33,20 @@ def check_ae_title(value: str) -> str:
             f"AE title {value!r} must be 1 to 16 printable ASCII characters without a backslash (PS3.5 §6.2)"
         )
     return stripped
+
+
+def require_ae_title(value: str) -> str:
+    """:func:`check_ae_title` for a value a client sent.
+
+    Raises
+    ------
+    BadRequest
+        When ``value`` is not a valid AE title (an HTTP 400 naming the rule).
+    """
+    try:
+        return check_ae_title(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def check_host(value: str) -> str:

@@ -577,3 +577,15 @@ def test_audit_records_go_to_syslog_as_dicom_audit_messages(tmp_path: Path) -> N
     )
     users = [p.get("UserID") for p in root.findall("ActiveParticipant")]
     assert "admin" in users
+
+
+def test_a_user_with_an_invalid_ae_title_is_refused_naming_the_rule(server: RunningServer) -> None:
+    body = {"username": "modality-op", "role": "radiologist", "password": "staple the battery horse"}
+    answer = httpx.post(f"{server.url}/api/v1/users", json={**body, "ae_title": "A\\B"}, headers=server.auth)
+    assert answer.status_code == 400, answer.text
+    assert "AE title" in answer.json()["detail"] and "PS3.5" in answer.json()["detail"]
+    assert "modality-op" not in {user.username for user in server.platform.accounts.users()}
+    changed = httpx.patch(
+        f"{server.url}/api/v1/users/admin", json={"ae_title": "x" * 17}, headers=server.auth
+    )
+    assert changed.status_code == 400 and "AE title" in changed.json()["detail"]

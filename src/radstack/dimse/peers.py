@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from radstack.config import PeerSetting, check_ae_title, check_host
+from radstack.config import PeerSetting, check_host, require_ae_title
 from radstack.dimse.models import PeerRow
 from radstack.errors import BadRequest, Conflict, NotFound
 
@@ -37,13 +37,6 @@ class Peer:
     host: str
     port: int
     source: PeerSourceValues
-
-
-def _ae_title(value: str) -> str:
-    try:
-        return check_ae_title(value)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
 
 
 def check_peer_address(host: str, port: int) -> tuple[str, int]:
@@ -98,7 +91,7 @@ class PeerRegistry:
         NotFound
             No such peer is registered.
         """
-        peer = self.find(_ae_title(ae_title))
+        peer = self.find(require_ae_title(ae_title))
         if peer is None:
             raise NotFound(f"no DICOM peer with AE title {ae_title!r} is registered")
         return peer
@@ -115,7 +108,7 @@ class PeerRegistry:
         sqlalchemy.exc.IntegrityError
             A concurrent insert of the same AE title broke the retry too.
         """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
-        title = _ae_title(ae_title)
+        title = require_ae_title(ae_title)
         self._check_not_configured(title)
         host, port = check_peer_address(host, port)
         for attempt in range(2):  # a concurrent insert of the same title: the retry updates it
@@ -145,7 +138,7 @@ class PeerRegistry:
         NotFound
             No such peer is stored.
         """
-        title = _ae_title(ae_title)
+        title = require_ae_title(ae_title)
         self._check_not_configured(title)
         with Session(self.engine) as session, session.begin():
             row = session.scalar(select(PeerRow).where(PeerRow.ae_title == title))

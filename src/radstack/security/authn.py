@@ -40,7 +40,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from radstack.config import check_ae_title
+from radstack.config import require_ae_title
 from radstack.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthenticated
 from radstack.security.models import TokenRow, UserRow
 from radstack.security.passwords import check_password_policy
@@ -176,11 +176,9 @@ class Accounts:
         ------
         BadRequest
             The username is empty, longer than 128 characters, not printable or has edge spaces,
-            or ``role`` does not exist.
+            or ``role`` does not exist, or ``ae_title`` is not a valid AE title (PS3.5 §6.2).
         WeakPassword
             ``password`` does not follow the password policy.
-        ValueError
-            ``ae_title`` is not a valid AE title (PS3.5 §6.2).
         Conflict
             The username or AE title is taken.
         """
@@ -197,7 +195,7 @@ class Accounts:
             role=self._check_role(role),
             referring_name=referring_name,
             institutions=json.dumps(list(institutions or [])),
-            ae_title=check_ae_title(ae_title) if ae_title else None,
+            ae_title=require_ae_title(ae_title) if ae_title else None,
             disabled=False,
             created_at=now,
             must_change_password=must_change_password,
@@ -239,11 +237,9 @@ class Accounts:
         Raises
         ------
         BadRequest
-            The new role does not exist.
+            The new role does not exist, or the new AE title is not a valid AE title (PS3.5 §6.2).
         WeakPassword
             The new password does not follow the password policy.
-        ValueError
-            The new AE title is not a valid AE title (PS3.5 §6.2).
         NotFound
             No such user.
         """
@@ -262,7 +258,7 @@ class Accounts:
         if "institutions" in changes:
             values["institutions"] = json.dumps(list(changes["institutions"]))
         if "ae_title" in changes:
-            values["ae_title"] = check_ae_title(changes["ae_title"]) if changes["ae_title"] else None
+            values["ae_title"] = require_ae_title(changes["ae_title"]) if changes["ae_title"] else None
         if "disabled" in changes:
             values["disabled"] = bool(changes["disabled"])
         with Session(self.engine) as session, session.begin():
