@@ -271,6 +271,7 @@ def test_allowed_calling_aes_from_text() -> None:
 # ----------------------------------------------------------------------------- no PHI in logs
 def test_logs_carry_no_patient_data(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")  # the CLI quietens it; tests run it in-process
     ds = synthetic_ct(patient_name="Zyxwvut^Qponmlk", patient_id="PHI-98765", rows=16, columns=16)
     bad = copy.deepcopy(ds)
     bad.SOPInstanceUID = generate_uid()
