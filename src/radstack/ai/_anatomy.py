@@ -43,7 +43,13 @@ class Anatomy(StrEnum):
 
 
 def profile(text: str) -> tuple[Point, ...]:
-    """Profile points written ``"t radius cortex density aspect; …"`` (one point per group)."""
+    """Profile points written ``"t radius cortex density aspect; …"`` (one point per group).
+
+    Raises
+    ------
+    ValueError
+        A group does not hold exactly five numbers, or a value is not a number.
+    """
     points = tuple(tuple(float(v) for v in group.split()) for group in text.split(";"))
     if any(len(point) != 5 for point in points):
         raise ValueError(f"profile {text!r}: each point has five numbers")

@@ -69,7 +69,13 @@ class _RG3Bone(Tube):
 
 @functools.lru_cache(maxsize=1)
 def _rg3_native() -> tuple[F32, dict[str, F32]]:
-    """RG3 as brightness (MONOCHROME1 inverted, 0..1023) and, per bone, the bone's share of it."""
+    """RG3 as brightness (MONOCHROME1 inverted, 0..1023) and, per bone, the bone's share of it.
+
+    Raises
+    ------
+    SyntheticDataError
+        pydicom-data is not installed or has no RG3_UNCI.dcm.
+    """
     try:
         from pydicom import dcmread
         from pydicom.data import get_testdata_file

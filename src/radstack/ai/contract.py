@@ -279,7 +279,14 @@ def _raise_mismatch(problems: list[str], what: str) -> None:
 
 # ----------------------------------------------------------------------------- ONNX
 def _onnx_io(data: bytes, label: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Check ``data`` is a valid ONNX model that onnxruntime loads; its graph's inputs and outputs."""
+    """Check ``data`` is a valid ONNX model that onnxruntime loads; its graph's inputs and outputs.
+
+    Raises
+    ------
+    InvalidModel
+        ``data`` is empty, does not parse, has no graph, fails ``onnx.checker``, or onnxruntime
+        cannot create a session for it.
+    """
     import onnx
     import onnxruntime  # type: ignore[import-untyped]
 
@@ -371,7 +378,13 @@ class Bundle:
 
 
 def _bundle_path(name: str) -> str | None:
-    """A member's path inside the bundle, or None for one to skip; refuses an unsafe path."""
+    """A member's path inside the bundle, or None for one to skip; refuses an unsafe path.
+
+    Raises
+    ------
+    InvalidModel
+        ``name`` is absolute or climbs out of the bundle (``..``).
+    """
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts:
         raise InvalidModel(f"the bundle holds a file outside itself: {name!r}")
@@ -382,7 +395,13 @@ def _bundle_path(name: str) -> str | None:
 
 def _strip_root(files: dict[str, bytes]) -> dict[str, bytes]:
     """Bundle files relative to the folder holding ``configs/metadata.json`` (a zip often has one
-    top folder named after the bundle)."""
+    top folder named after the bundle).
+
+    Raises
+    ------
+    InvalidModel
+        The files hold no ``configs/metadata.json``, or several under different folders.
+    """
     if METADATA in files:
         return files
     roots = {name[: -len(METADATA)] for name in files if name.endswith("/" + METADATA)}
@@ -515,7 +534,14 @@ def _probe_shape(spec: TensorSpec) -> tuple[int, ...]:
 
 
 def _forward_outputs(run: Any, contract: Contract, source: str) -> None:
-    """Run ``run`` on zeros shaped as the contract's inputs; refuse outputs of another shape."""
+    """Run ``run`` on zeros shaped as the contract's inputs; refuse outputs of another shape.
+
+    Raises
+    ------
+    ContractMismatch
+        The network cannot run on inputs of the declared shapes, or gives another number of outputs
+        or outputs of other shapes or types than the contract declares.
+    """
     import torch
 
     tensors = [torch.zeros(_probe_shape(spec), dtype=getattr(torch, spec.dtype)) for spec in contract.inputs]
@@ -561,7 +587,13 @@ _NETWORK_MODULES = ("monai.networks.nets", "torch.nn")
 
 def _network(definition: Any) -> Any | None:
     """The network a bundle's ``network_def`` describes, built only from an allowed class and plain
-    JSON arguments; None when it cannot be built that way (expressions, references, other targets)."""
+    JSON arguments; None when it cannot be built that way (expressions, references, other targets).
+
+    Raises
+    ------
+    InvalidModel
+        The allowed class refuses the definition's arguments.
+    """
     import importlib
 
     if not isinstance(definition, Mapping) or not isinstance(definition.get("_target_"), str):

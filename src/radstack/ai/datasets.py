@@ -226,7 +226,13 @@ class DatasetSample:
 
 # ---------------------------------------------------------------------------------------- input
 def check_name(name: str) -> str:
-    """A data set name: lower-case letters, digits, ``.``, ``_``, ``-``; up to 64 characters."""
+    """A data set name: lower-case letters, digits, ``.``, ``_``, ``-``; up to 64 characters.
+
+    Raises
+    ------
+    BadRequest
+        ``name`` is not 1 to 64 of those characters starting with a letter or digit.
+    """
     if not _NAME.fullmatch(name):
         raise BadRequest(
             f"data set name {name!r} is not valid: use 1 to 64 lower-case letters, digits, '.', '_' or '-', "
@@ -236,7 +242,13 @@ def check_name(name: str) -> str:
 
 
 def check_folder(folder: str | Path) -> Path:
-    """The folder of a demo data set: an absolute directory on this machine holding ``truth.json``."""
+    """The folder of a demo data set: an absolute directory on this machine holding ``truth.json``.
+
+    Raises
+    ------
+    BadRequest
+        ``folder`` is not absolute, not a directory this server can read, or has no ``truth.json``.
+    """
     path = Path(folder)
     if not path.is_absolute():
         raise BadRequest(f"folder {str(folder)!r} must be an absolute directory path on the server")
@@ -524,7 +536,19 @@ class DatasetService:
         source: JsonDict,
         principal: Principal,
     ) -> DatasetVersion:
-        """Pin each item to its stored content, hash, and write the version (or find it)."""
+        """Pin each item to its stored content, hash, and write the version (or find it).
+
+        Raises
+        ------
+        NotFound
+            A planned instance is no longer stored in its study.
+        BadRequest
+            A planned instance is not a single-frame grayscale image of unsigned 8 or 16 bits.
+        sqlalchemy.exc.IntegrityError
+            The third attempt still races a concurrent writer for the version number or the name.
+        sqlalchemy.exc.OperationalError
+            The third attempt still finds the database busy or unreachable.
+        """
         order = sorted(
             planned,
             key=lambda p: (
@@ -816,7 +840,13 @@ class DatasetReader(Sequence[DatasetSample]):
         return self.view.json(attrs, record.study_uid)
 
     def _record(self, item: DatasetItem) -> InstanceRecord:
-        """The stored instance with the pinned content, current or in an earlier study version."""
+        """The stored instance with the pinned content, current or in an earlier study version.
+
+        Raises
+        ------
+        NotFound
+            No stored version of the instance has the pinned content (retention removed it).
+        """
         with self.store.engine.connect() as connection:
             row = connection.execute(
                 select(InstanceRow.__table__)
@@ -917,7 +947,13 @@ class DatasetRunner:
 # ---------------------------------------------------------------------------------------- helpers
 def _read_truth(path: Path) -> dict[str, Any]:
     """SOP Instance UID → label from a truth file: ``{"images": {uid: {...}}, …}`` as
-    ``radstack demo-data fractures`` writes it, or a bare ``{uid: {...}}`` mapping."""
+    ``radstack demo-data fractures`` writes it, or a bare ``{uid: {...}}`` mapping.
+
+    Raises
+    ------
+    BadRequest
+        The file cannot be read or is not JSON, or it maps no SOP Instance UIDs to labels.
+    """
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -955,7 +991,14 @@ def _ingest_one(
 
 
 def _check_image(record: InstanceRecord, where: str) -> tuple[int, int]:
-    """(rows, columns) of a single-frame grayscale image of at most 16 unsigned bits; refused otherwise."""
+    """(rows, columns) of a single-frame grayscale image of at most 16 unsigned bits; refused otherwise.
+
+    Raises
+    ------
+    BadRequest
+        The instance has no pixel data, several frames or samples per pixel, or signed samples or
+        samples of other than 8 or 16 bits allocated.
+    """
     pixel = record.pixel
     if pixel is None:
         raise BadRequest(f"{where} has no pixel data; a data set holds images")
@@ -974,7 +1017,15 @@ def _check_image(record: InstanceRecord, where: str) -> tuple[int, int]:
 
 def _current_instances(store: StudyStore, planned: Sequence[_Planned]) -> dict[str, InstanceRecord]:
     """SOP Instance UID → current stored instance, checked to be images of the planned studies;
-    :class:`NotFound` naming one that is not stored."""
+    :class:`NotFound` naming one that is not stored.
+
+    Raises
+    ------
+    NotFound
+        A planned instance is not stored (as current) in its planned study.
+    BadRequest
+        A planned instance is not a single-frame grayscale image of unsigned 8 or 16 bits.
+    """
     sops = [item.sop_uid for item in planned]
     found: dict[str, InstanceRecord] = {}
     with store.engine.connect() as connection:

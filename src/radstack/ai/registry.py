@@ -151,7 +151,14 @@ class Lineage:
 
     @classmethod
     def from_json(cls, document: Any, where: str = "lineage") -> Lineage:
-        """Raises :class:`BadRequest` for a document of another shape (naming the field)."""
+        """The lineage a JSON document gives (empty for None).
+
+        Raises
+        ------
+        BadRequest
+            ``document`` is not a JSON object, has unknown fields, a version or job that is not
+            text, or hyperparameters that are not an object (the message names the field).
+        """
         if document is None:
             return cls()
         if not isinstance(document, Mapping):
@@ -258,7 +265,14 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def check_name(name: str) -> str:
-    """``name`` itself when it is a valid model name; :class:`BadRequest` otherwise."""
+    """``name`` itself when it is a valid model name; :class:`BadRequest` otherwise.
+
+    Raises
+    ------
+    BadRequest
+        ``name`` is not 1 to 64 lowercase letters, digits, '.', '_' or '-' starting with a letter
+        or digit.
+    """
     if not isinstance(name, str) or not _NAME.match(name):
         raise BadRequest(
             f"model name {name!r} is not valid: use 1 to 64 lowercase letters, digits, '.', '_' or '-', "
@@ -312,7 +326,13 @@ class ModelRegistry:
     # ------------------------------------------------------------------ audit
     @contextmanager
     def _audited(self, by: Principal, action: AuditActionValues, resource: dict[str, Any]) -> Iterator[None]:
-        """Record the change in the audit trail: its success, or its refusal with the reason."""
+        """Record the change in the audit trail: its success, or its refusal with the reason.
+
+        Raises
+        ------
+        RadstackError
+            Whatever the block raised, re-raised once its refusal is recorded.
+        """
         try:
             yield
         except RadstackError as error:
@@ -471,7 +491,24 @@ class ModelRegistry:
         importer expects must match it. The card, lineage and metrics default to what the metadata
         says (``intended_use``, ``data_source``, ``version``, ``eval_metrics``) where they are not given.
 
-        Raises as :meth:`register` does.
+        Raises
+        ------
+        Forbidden
+            ``by`` may not manage models.
+        InvalidModel, ContractMismatch
+            Not a MONAI bundle (no readable ``configs/metadata.json``, a path outside the bundle, a
+            damaged zip), weights that do not load, or a bundle that does not match ``contract``.
+        PayloadTooLarge
+            The bundle is over 2 GiB uncompressed or holds over 1000 files.
+        BadRequest
+            A bad name, artifact name, lineage, metrics or card.
+        Conflict
+            Others kept taking the model's next version number (five tries).
+        OutOfResources
+            The blob store cannot take the artifacts.
+        RadstackError
+            Each refusal above is one, and is recorded in the audit trail (a failed register) before
+            it reaches the caller.
         """
         try:
             self.policy.require(by, ActionValues.MANAGE_MODELS)
@@ -524,7 +561,16 @@ class ModelRegistry:
         trained_by: str,
         registered_by: str,
     ) -> ModelVersion:
-        """Write the blobs, then the rows in one transaction (retried when another version took the number)."""
+        """Write the blobs, then the rows in one transaction (retried when another version took the number).
+
+        Raises
+        ------
+        Conflict
+            The fifth attempt still finds the model name or version number taken by another
+            registration.
+        OutOfResources
+            The blob store cannot take an artifact.
+        """
         rows = []
         for artifact in artifacts:
             key = content_key(BLOB_PREFIX, artifact.data)

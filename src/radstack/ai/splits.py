@@ -78,6 +78,13 @@ def check_label(label: Any, where: str, rows: int | None = None, columns: int | 
     ``{"fracture": bool, "type": str | None, "boxes": [[x0, y0, x1, y1], …]}`` with ``x0 < x1``
     and ``y0 < y1``, inside the image when its size is known; an image without a fracture has no
     boxes. The extra fields of a truth file (``anatomy``, ``view``, …) are kept.
+
+    Raises
+    ------
+    BadRequest
+        ``label`` is not an object, ``fracture`` is not a boolean, ``type`` is neither a string nor
+        null, ``boxes`` is not a list, an image without a fracture has boxes, or a box is not four
+        finite numbers with ``x0 < x1`` and ``y0 < y1`` inside the image.
     """
     if not isinstance(label, dict):
         raise BadRequest(f"{where}: the label must be a JSON object with 'fracture', 'type' and 'boxes'")
@@ -195,7 +202,13 @@ def _plural(count: int, noun: str) -> str:
 
 def check_counts(counts: JsonDict) -> None:
     """Refuse (:class:`BadRequest`, naming the counts) a data set with one class, or a split that is
-    empty or lacks a class."""
+    empty or lacks a class.
+
+    Raises
+    ------
+    BadRequest
+        The data set has no images or only one class, or a split would be empty or lack a class.
+    """
     total = counts["all"]
     if not total["images"]:
         raise BadRequest("the data set has no images")

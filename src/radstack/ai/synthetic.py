@@ -305,6 +305,14 @@ def write_dataset(
 
     ``out`` must not hold a data set already (``truth.json``). Import the images with
     ``radstack import out/dicom``.
+
+    Raises
+    ------
+    SyntheticDataError
+        ``count`` is below one, ``out`` already holds a ``truth.json``, or an RG3 composite is
+        drawn and pydicom-data is missing.
+    OSError
+        ``out`` cannot be written.
     """
     options = options or Options()
     if count < 1:

@@ -60,6 +60,14 @@ def check_source(source: str) -> str:
 
     A source is an absolute directory on the server, or ``s3://bucket/prefix`` read with the same
     credentials and endpoint as an S3 blob store.
+
+    Raises
+    ------
+    BadRequest
+        A path that is not absolute or not a directory this server can read, or an ``s3://``
+        source that names no bucket or a bucket that does not exist.
+    OutOfResources
+        The bucket cannot be reached or read with the S3 credentials.
     """
     if source.startswith("s3://"):
         _open_bucket(source)

@@ -268,7 +268,23 @@ def prepare(
     coercions: list[str],
     raw_dataset: bytes | None = None,
 ) -> Prepared:
-    """Validate and encode one instance; return its record and the blobs to write first."""
+    """Validate and encode one instance; return its record and the blobs to write first.
+
+    Raises
+    ------
+    StudyMismatch
+        The instance's StudyInstanceUID is not ``expected_study`` (PS3.18 §10.5.1).
+    DataSetMismatch
+        A SOP class, SOP instance, study or series UID is missing or not a valid UID, or the pixels
+        do not match the Image Pixel module: missing, empty, shorter than it promises, a required
+        attribute missing or out of range, or encapsulated fragments that do not split into
+        NumberOfFrames frames.
+    CannotUnderstand
+        The file meta has no TransferSyntaxUID, a frame cannot be decoded, or the data set is
+        malformed (it cannot be re-encoded or turned into DICOM JSON).
+    TransferSyntaxNotSupported
+        No installed codec reads the transfer syntax.
+    """
     sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
     sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
     study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -356,6 +372,16 @@ def _frames_of(
     deferred until dedupe has passed), the bytes that identify each frame's content (decoded
     samples, or the encoded bytes of lossy frames), their CRC32s, and the photometric
     interpretation of the decoded samples.
+
+    Raises
+    ------
+    TransferSyntaxNotSupported
+        No installed codec reads ``transfer_syntax``.
+    DataSetMismatch
+        Pixel Data is empty or shorter than ``info`` promises, or its fragments do not split into
+        NumberOfFrames frames.
+    CannotUnderstand
+        A frame cannot be decoded.
     """
     kind = kind_of(transfer_syntax)
     if kind is None:
@@ -442,6 +468,11 @@ def _read_part10(data: bytes) -> Dataset:
 
     Reading bytes in memory fails only because of the bytes (pydicom raises struct, OS, value and
     its own errors for them), so every failure here is the sender's.
+
+    Raises
+    ------
+    CannotUnderstand
+        The bytes are not a Part-10 file, or it is truncated or malformed.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
@@ -459,6 +490,11 @@ def _check_not_cut(data: bytes, ds: Dataset) -> None:
     A defined-length last element must end exactly at the end of the file (deflated files aside,
     whose offsets refer to the inflated stream). Short Pixel Data is left to the pixel module
     check, which names the expected and the actual length.
+
+    Raises
+    ------
+    CannotUnderstand
+        The last defined-length element does not end exactly at the end of ``data`` (a cut file).
     """
     if not ds._dict or str(ds.file_meta.get("TransferSyntaxUID", "")) == str(DeflatedExplicitVRLittleEndian):
         return

@@ -77,7 +77,13 @@ class JobKind(Generic[P]):
     queue: str
 
     def parse(self, params: P | Mapping[str, Any]) -> P:
-        """``params`` as this kind's model; :class:`BadRequest` naming each bad field otherwise."""
+        """``params`` as this kind's model; :class:`BadRequest` naming each bad field otherwise.
+
+        Raises
+        ------
+        BadRequest
+            ``params`` does not validate against the kind's model (each bad field is named).
+        """
         if isinstance(params, self.params):
             return params
         try:
@@ -123,7 +129,14 @@ _kinds: dict[str, JobKind[Any]] = {}
 
 
 def declare_queue(name: str, *, threads: int | None = None) -> str:
-    """Declare a named queue (idempotent); ``threads`` fixes its consumer threads per process."""
+    """Declare a named queue (idempotent); ``threads`` fixes its consumer threads per process.
+
+    Raises
+    ------
+    ValueError
+        The name is empty or has characters other than letters, digits, '-' and '_', ``threads``
+        is below one, or the queue is already declared with other threads.
+    """
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"queue name {name!r} must be letters, digits, '-' or '_'")
     if threads is not None and threads < 1:
@@ -176,7 +189,13 @@ def declare(name: str, params: type[P], *, queue: str = DEFAULT_QUEUE) -> JobKin
 
 
 def job_kind(name: str) -> JobKind[Any]:
-    """The declared kind ``name``; :class:`BadRequest` listing the declared kinds otherwise."""
+    """The declared kind ``name``; :class:`BadRequest` listing the declared kinds otherwise.
+
+    Raises
+    ------
+    BadRequest
+        No kind ``name`` is declared.
+    """
     kind = _kinds.get(name)
     if kind is None:
         raise BadRequest(f"job kind {name!r} is not declared; declared kinds: {', '.join(sorted(_kinds))}")

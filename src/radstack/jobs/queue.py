@@ -106,7 +106,13 @@ class JobContext(Generic[P]):
     def transaction(self, progress: JsonDict | None = None) -> Iterator[Connection]:
         """A database transaction that commits only while this run holds the job: it renews the
         lease (and records ``progress``) first, and raises :class:`JobLeaseLost`, rolling back, when
-        the job is another worker's. A handler writes its own rows (an import's file outcomes) in it."""
+        the job is another worker's. A handler writes its own rows (an import's file outcomes) in it.
+
+        Raises
+        ------
+        JobLeaseLost
+            The job is another worker's now (its lease ran out and was claimed); nothing commits.
+        """
         with self.records.engine.begin() as connection:
             if not self.records.renew(connection, self.job.id, self.owner, progress):
                 self.lease_lost.set()

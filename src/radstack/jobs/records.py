@@ -114,6 +114,12 @@ class JobStore:
 
         Returns the job and whether it was created now (an idempotent retry of a request gets the
         job the first request made).
+
+        Raises
+        ------
+        sqlalchemy.exc.IntegrityError
+            The new row breaks a unique key and no job of this kind has ``client_token`` (none was
+            given, or the job that won the race is gone again).
         """
         if client_token is not None:
             existing = self._by_token(kind, client_token)
@@ -275,7 +281,15 @@ class JobStore:
         return bool(released == 1)
 
     def requeue(self, job_id: str) -> Job:
-        """A FAILED or DEAD job back to QUEUED with a fresh count of attempts."""
+        """A FAILED or DEAD job back to QUEUED with a fresh count of attempts.
+
+        Raises
+        ------
+        NotFound
+            No job has ``job_id``.
+        Conflict
+            The job is neither FAILED nor DEAD.
+        """
         job = self.get(job_id)
         if job.state not in (JobState.FAILED, JobState.DEAD):
             raise Conflict(f"job {job_id} is {job.state}; only FAILED or DEAD jobs can be requeued")

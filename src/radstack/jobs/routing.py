@@ -149,7 +149,14 @@ def action_types() -> list[str]:
 
 def parse_action(value: object) -> RouteAction:
     """An action as its registered class; :class:`ValueError` naming the problem otherwise (an unknown
-    type lists the known ones)."""
+    type lists the known ones).
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not a mapping, its ``type`` is not a registered action type, or its fields do
+        not validate against that action's model.
+    """
     if isinstance(value, RouteAction):
         return value
     if not isinstance(value, Mapping):
@@ -323,7 +330,13 @@ class RuleStore:
         return _rule(row)
 
     def put(self, rule: RoutingRule) -> bool:
-        """Create or replace the rule named ``rule.name``; True when it was created."""
+        """Create or replace the rule named ``rule.name``; True when it was created.
+
+        Raises
+        ------
+        Conflict
+            Another request created a rule of the same name at the same time.
+        """
         values = {
             "enabled": rule.enabled,
             "conditions": json.dumps(rule.conditions),

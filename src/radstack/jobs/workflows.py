@@ -144,7 +144,13 @@ class EventLog:
         self.webhooks = webhooks
 
     def publish(self, payload: EventPayload, *, study_uid: str | None = None) -> Event:
-        """Record an event of ``payload``'s type and submit its webhook deliveries."""
+        """Record an event of ``payload``'s type and submit its webhook deliveries.
+
+        Raises
+        ------
+        TypeError
+            ``payload`` is not an instance of the payload model registered for its event type.
+        """
         if PAYLOADS.get(payload.event_type) is not type(payload):
             raise TypeError(f"{type(payload).__name__} is not the payload model of {payload.event_type}")
         data = payload.model_dump(mode="json")
@@ -246,7 +252,16 @@ def deliver_webhook(context: JobContext[WebhookParams]) -> JsonDict:
 
 
 def post_json(url: str, body: bytes) -> int:
-    """POST ``body`` as JSON; raises :class:`BadRequest` for a 4xx, :class:`ProcessingFailure` otherwise."""
+    """POST ``body`` as JSON; raises :class:`BadRequest` for a 4xx, :class:`ProcessingFailure` otherwise.
+
+    Raises
+    ------
+    BadRequest
+        ``url`` is not http:// or https://, or the server answered a 4xx other than 408 and 429
+        (final: the job fails at once).
+    ProcessingFailure
+        The server answered another error status, or could not be reached (the job retries).
+    """
     if not url.startswith(("http://", "https://")):
         raise BadRequest(f"webhook URL {url!r} must be http:// or https://")
     request = urllib.request.Request(
