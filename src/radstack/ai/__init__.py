@@ -1,0 +1,1 @@
+"""AI: fracture detection models, their training, evaluation and inference."""
