@@ -12,7 +12,7 @@ import torch
 
 from radstack.ai.detector import DetectorConfig
 from radstack.ai.evaluate import choose_operating_points, evaluate
-from radstack.ai.preprocess import PreprocessSpec
+from radstack.ai.preprocess import PreprocessSpec, preprocess
 from radstack.ai.train import (
     AugmentConfig,
     BatchProgress,
@@ -21,6 +21,7 @@ from radstack.ai.train import (
     TrainingCancelled,
     TrainResult,
     _augment,
+    _crop,
     load_checkpoint_model,
     predict,
     train,
@@ -169,3 +170,28 @@ def test_augmentation_moves_boxes_with_the_pixels() -> None:
         # The block fills a good part of its box (a rotated box is looser, never misplaced).
         assert (out[i, 0].numpy() > 0.5).sum() > 0.3 * (x1 - x0) * (y1 - y0)
     assert labels.tolist() == [1.0] * 4
+
+
+def test_training_windows_hold_the_fracture_they_were_placed_on() -> None:
+    size, crop = 128, 64
+    images = torch.zeros(6, 1, size, size)
+    images[:, :, 90:100, 20:40] = 1.0
+    boxes = [torch.tensor([[20.0, 90.0, 40.0, 100.0]]) for _ in range(6)]
+    _, letterbox = preprocess(np.zeros((size, size), np.uint16), PreprocessSpec(size=size))
+    config = AugmentConfig(crop=crop, crop_on_fracture=1.0)
+    out, moved, labels = _crop(
+        images, boxes, torch.ones(6), [letterbox] * 6, config, torch.Generator().manual_seed(0)
+    )
+    assert out.shape == (6, 1, crop, crop)
+    for i in range(6):
+        x0, y0, x1, y1 = (int(v) for v in moved[i][0].tolist())
+        assert out[i, 0, y0:y1, x0:x1].min() == 1.0 and out[i, 0].sum() == (x1 - x0) * (y1 - y0)
+    assert labels.tolist() == [1.0] * 6
+    # Windows placed anywhere may miss the fracture: then the window is labelled normal.
+    config = AugmentConfig(crop=crop, crop_on_fracture=0.0)
+    out, moved, labels = _crop(
+        images, boxes, torch.ones(6), [letterbox] * 6, config, torch.Generator().manual_seed(1)
+    )
+    for i in range(6):
+        holds_half_the_block = bool(out[i].sum() >= 100)  # of its 200 pixels
+        assert bool(labels[i]) == bool(len(moved[i])) == holds_half_the_block

@@ -77,6 +77,17 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.7, 1.4)  # log-uniform
     noise_std: float = 0.02  # per-image σ uniform in [0, noise_std]
     enabled: bool = True
+    #: Train on ``crop × crop`` windows of the model input instead of the whole input (``None``: whole). The
+    #: network is fully convolutional, so inference still sees the whole input; a window costs
+    #: (crop / size)² of an image, and with ``crop_on_fracture`` most windows hold a fracture.
+    crop: int | None = None
+    #: Probability that a window of a fracture image is placed around one of its boxes (else: anywhere
+    #: on the image content).
+    crop_on_fracture: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.crop is not None and (self.crop < 32 or self.crop % 32):
+            raise ValueError(f"crop {self.crop} must be a multiple of 32, at least 32")
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +267,64 @@ def _load_batch(samples: Sequence[Sample], indices: Sequence[int], spec: Preproc
     return _Batch(torch.stack(images).unsqueeze(1), boxes, torch.tensor(labels), letterboxes)
 
 
+def _keep_inside(boxes: Tensor, width: int, height: int) -> tuple[Tensor, bool]:
+    """Boxes clipped to the image, without those that lost half their area or more; and whether any is
+    left."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    clipped = torch.stack(
+        [
+            boxes[:, 0].clamp(0, width),
+            boxes[:, 1].clamp(0, height),
+            boxes[:, 2].clamp(0, width),
+            boxes[:, 3].clamp(0, height),
+        ],
+        1,
+    )
+    kept_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = kept_area >= 0.5 * area
+    return clipped[keep], bool(keep.any())
+
+
+def _crop(
+    images: Tensor,
+    boxes: list[Tensor],
+    labels: Tensor,
+    letterboxes: Sequence[Letterbox],
+    config: AugmentConfig,
+    generator: torch.Generator,
+) -> tuple[Tensor, list[Tensor], Tensor]:
+    """A ``config.crop`` window of each image: around a random box of a fracture image with probability
+    ``crop_on_fracture``, else anywhere on the image content (not on the letterbox padding)."""
+    assert config.crop is not None
+    crop = config.crop
+    size = images.shape[-1]
+    out, new_boxes, new_labels = [], [], labels.clone()
+    for i, letterbox in enumerate(letterboxes):
+        draws = torch.rand(4, generator=generator).tolist()
+        x_max = max(0, min(size, letterbox.content_width) - crop)
+        y_max = max(0, min(size, letterbox.content_height) - crop)
+        if len(boxes[i]) and draws[0] < config.crop_on_fracture:
+            box = boxes[i][int(draws[1] * len(boxes[i]))]
+            cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+            # The centre lands in the middle 60% of the window.
+            x = cx - crop * (0.2 + 0.6 * draws[2])
+            y = cy - crop * (0.2 + 0.6 * draws[3])
+        else:
+            x, y = draws[2] * x_max, draws[3] * y_max
+        x0 = int(min(max(round(x), 0), size - crop))
+        y0 = int(min(max(round(y), 0), size - crop))
+        out.append(images[i, :, y0 : y0 + crop, x0 : x0 + crop])
+        if len(boxes[i]):
+            shifted = boxes[i] - torch.tensor([x0, y0, x0, y0], dtype=boxes[i].dtype)
+            kept, any_left = _keep_inside(shifted, crop, crop)
+            new_boxes.append(kept)
+            if not any_left:
+                new_labels[i] = 0.0  # the window holds no fracture
+        else:
+            new_boxes.append(boxes[i])
+    return torch.stack(out), new_boxes, new_labels
+
+
 def _augment(
     images: Tensor, boxes: list[Tensor], labels: Tensor, config: AugmentConfig, generator: torch.Generator
 ) -> tuple[Tensor, list[Tensor], Tensor]:
@@ -307,21 +376,9 @@ def _augment(
         p = corners / norm * 2 - 1
         q = p @ forward[i].T + shift[i]
         q = (q + 1) / 2 * norm
-        moved = torch.cat([q.amin(1), q.amax(1)], 1)
-        area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
-        clipped = torch.stack(
-            [
-                moved[:, 0].clamp(0, width),
-                moved[:, 1].clamp(0, height),
-                moved[:, 2].clamp(0, width),
-                moved[:, 3].clamp(0, height),
-            ],
-            1,
-        )
-        kept_area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-        keep = kept_area >= 0.5 * area
-        new_boxes.append(clipped[keep].float())
-        if not bool(keep.any()):
+        kept, any_left = _keep_inside(torch.cat([q.amin(1), q.amax(1)], 1), width, height)
+        new_boxes.append(kept.float())
+        if not any_left:
             new_labels[i] = 0.0  # the fracture left the image
     return out, new_boxes, new_labels
 
@@ -621,9 +678,13 @@ def train(
                 raise TrainingCancelled(epoch)
             batch = _load_batch(train_samples, [int(i) for i in order[chunk]], spec)
             images, boxes, labels = batch.images.to(device), batch.boxes, batch.labels
+            if config.augment.crop is not None and config.augment.crop < spec.size:
+                images, boxes, labels = _crop(
+                    images, boxes, labels, batch.letterboxes, config.augment, augment_rng
+                )
             if config.augment.enabled:
                 images, boxes, labels = _augment(images, boxes, labels, config.augment, augment_rng)
-            targets = _targets(boxes, spec.size, spec.size, config.gaussian_alpha, device)
+            targets = _targets(boxes, images.shape[-2], images.shape[-1], config.gaussian_alpha, device)
             loss = _losses(model.heads(images), targets, labels.to(device), config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
