@@ -32,6 +32,7 @@ def _model(config: DetectorConfig = CONFIG) -> CenterNet:
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
     with torch.no_grad():
         model.head_out.weight.mul_(30.0)
+        model.calibration.copy_(torch.tensor([1.5, -0.3]))  # Platt scaling is part of the graph
     return model.eval()
 
 
@@ -74,6 +75,7 @@ def test_the_runner_reads_its_spec_from_the_file_and_maps_boxes_to_original_pixe
 
 def test_decode_turns_a_planted_peak_into_its_box() -> None:
     model = _model(DetectorConfig(max_detections=2))
+    model.calibration.copy_(torch.tensor([1.0, 0.0]))
     size = 32
     logits = torch.full((1, 1, size, size), -10.0)
     logits[0, 0, 10, 20] = 3.0  # the peak, at cell (x=20, y=10)
@@ -88,6 +90,11 @@ def test_decode_turns_a_planted_peak_into_its_box() -> None:
     assert scores[0, 0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
     assert scores[0, 1] == pytest.approx(torch.sigmoid(torch.tensor(-10.0)).item())  # any other cell
     assert probability[0] == pytest.approx(scores[0, 0].item())  # the default image score is the peak
+    model.calibration.copy_(torch.tensor([2.0, -1.0]))  # Platt scaling maps every score's logit alike
+    _, calibrated, probability = model.decode(logits, log_size, offset, torch.tensor([-5.0]))
+    assert calibrated[0, 0] == pytest.approx(torch.sigmoid(torch.tensor(2.0 * 3.0 - 1.0)).item())
+    assert probability[0] == pytest.approx(calibrated[0, 0].item())
+    model.calibration.copy_(torch.tensor([1.0, 0.0]))
     model.config = DetectorConfig(image_score=ImageScore.GLOBAL)
     assert model.decode(logits, log_size, offset, torch.tensor([-5.0]))[2][0] == pytest.approx(
         torch.sigmoid(torch.tensor(-5.0)).item()

@@ -14,6 +14,7 @@ from radstack.ai.evaluate import (
     calibration,
     choose_operating_points,
     evaluate,
+    fit_platt,
     froc,
     roc_curve,
 )
@@ -118,6 +119,18 @@ def test_calibration_of_a_hand_worked_case() -> None:
     assert result.observed[2] is None
     assert result.ece == pytest.approx((0.05 + 0.15 + 2 * 0.45) / 4)
     assert result.brier == pytest.approx((0.05**2 + 0.15**2 + 0.05**2 + 0.95**2) / 4)
+
+
+def test_platt_scaling_recovers_a_known_miscalibration() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, 20000)
+    labels = rng.random(logits.size) < 1 / (1 + np.exp(-(2.0 * logits - 1.0)))
+    a, b = fit_platt(labels, 1 / (1 + np.exp(-logits)))
+    assert a == pytest.approx(2.0, abs=0.1) and b == pytest.approx(-1.0, abs=0.1)
+    calibrated = 1 / (1 + np.exp(-(a * logits + b)))
+    assert calibration(labels, calibrated).ece < 0.02 < calibration(labels, 1 / (1 + np.exp(-logits))).ece
+    with pytest.raises(ValueError, match="do not rank fractures above normal"):
+        fit_platt(~labels, 1 / (1 + np.exp(-logits)))
 
 
 def test_evaluate_applies_validation_thresholds_and_breaks_down_by_type() -> None:

@@ -63,6 +63,13 @@ def test_a_short_run_learns_fractures_it_has_not_seen() -> None:
     assert held_out.auroc > 0.85, held_out.auroc
     assert held_out.auroc_ci[0] > 0.7
     assert held_out.froc.at["1"] > 0.6  # the boxes land on the fractures, in the original pixels
+    # Platt scaling fitted on validation: held-out probabilities closer to the truth than the raw peaks.
+    assert result.calibration is not None
+    with torch.no_grad():
+        result.model.calibration.copy_(torch.tensor([1.0, 0.0]))
+    raw = evaluate(predict(result.model, test_set, config.preprocess), test_set, points, n_bootstrap=10)
+    assert held_out.calibration.brier < raw.calibration.brier
+    assert raw.auroc == held_out.auroc  # the ranking is unchanged
 
 
 def _with(config: TrainConfig, **changes: object) -> TrainConfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -159,6 +160,10 @@ class CenterNet(nn.Module):
         self.head_hidden = _conv_bn(neck, neck)
         self.head_out = nn.Conv2d(neck, 5, 1)
         self.global_head = nn.Linear(2 * neck, 1)
+        # Platt scaling (a, b) of every score's logit, fitted on validation after training:
+        # score = sigmoid(a · logit + b). The identity until then; a > 0 keeps the ranking.
+        self.calibration: Tensor
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
         # Heatmap prior of 0.01 (RetinaNet's focal-loss initialisation): training starts stable.
         assert self.head_out.bias is not None
         with torch.no_grad():
@@ -194,9 +199,12 @@ class CenterNet(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Boxes ``(B, K, 4)`` in input pixels, scores ``(B, K)`` and image probability ``(B,)``."""
         batch, width = heatmap_logits.shape[0], heatmap_logits.shape[3]
+        scale, shift = self.calibration[0], self.calibration[1]
         heat = torch.sigmoid(heatmap_logits)
-        peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
-        scores, index = torch.topk(peaks.flatten(1), self.config.max_detections, dim=1)
+        is_peak = (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
+        _, index = torch.topk((heat * is_peak).flatten(1), self.config.max_detections, dim=1)
+        peak_logits = torch.gather(heatmap_logits.flatten(1), 1, index)
+        scores = torch.sigmoid(scale * peak_logits + shift) * torch.gather(is_peak.flatten(1), 1, index)
         ys = torch.div(index, width, rounding_mode="floor")
         xs = index - ys * width
         offset_k = torch.gather(offset.flatten(2), 2, index.unsqueeze(1).expand(batch, 2, -1))
@@ -206,14 +214,15 @@ class CenterNet(nn.Module):
         half_w = size_k[:, 0] * (STRIDE / 2)
         half_h = size_k[:, 1] * (STRIDE / 2)
         boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=2)
-        peak = heat.flatten(1).amax(dim=1)
-        glob = torch.sigmoid(image_logit)
+        peak_logit = heatmap_logits.flatten(1).amax(dim=1)
         if self.config.image_score is ImageScore.PEAK:
-            probability = peak
+            logit = peak_logit
         elif self.config.image_score is ImageScore.GLOBAL:
-            probability = glob
+            logit = image_logit
         else:
-            probability = (peak + glob) / 2
+            mean = ((torch.sigmoid(peak_logit) + torch.sigmoid(image_logit)) / 2).clamp(1e-7, 1 - 1e-7)
+            logit = torch.log(mean) - torch.log1p(-mean)
+        probability = torch.sigmoid(scale * logit + shift)
         return boxes, scores, probability
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -265,16 +274,19 @@ def export_onnx(model: CenterNet, spec: PreprocessSpec, path: Path | None = None
     level = registration_log.level
     registration_log.setLevel(logging.ERROR)
     try:
-        program = torch.onnx.export(
-            exported,
-            (example,),
-            input_names=[ONNX_INPUT],
-            output_names=list(ONNX_OUTPUTS),
-            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
-            opset_version=18,
-            dynamo=True,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            # torch.export's own use of a deprecated pytree API (torch 2.13): nothing a caller can act on.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+            program = torch.onnx.export(
+                exported,
+                (example,),
+                input_names=[ONNX_INPUT],
+                output_names=list(ONNX_OUTPUTS),
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                opset_version=18,
+                dynamo=True,
+                verbose=False,
+            )
     finally:
         registration_log.setLevel(level)
     assert program is not None

@@ -49,6 +49,7 @@ __all__ = [
     "calibration",
     "choose_operating_points",
     "evaluate",
+    "fit_platt",
     "froc",
     "roc_curve",
 ]
@@ -388,6 +389,41 @@ def calibration(labels: Any, probabilities: Any, *, bins: int = 10) -> Calibrati
         ece=ece,
         brier=brier,
     )
+
+
+def fit_platt(labels: Any, scores: Any, *, iterations: int = 50) -> tuple[float, float]:
+    """Platt scaling: ``(a, b)`` so that ``sigmoid(a · logit(score) + b)`` is a calibrated probability.
+
+    Logistic regression on the scores' logits by Newton's method, with Platt's smoothed targets
+    (``(n₊ + 1) / (n₊ + 2)`` and ``1 / (n₋ + 2)``) so a separable validation set does not drive ``a`` to
+    infinity. Fit it on validation, never on the set being evaluated.
+
+    Raises
+    ------
+    ValueError
+        If only one class is present, or the scores rank normal images above fractures (``a ≤ 0``): such
+        a model should not be calibrated into looking useful.
+    """
+    y, s = _labels_scores(labels, scores)
+    _require_both_classes(y, "calibration fitting")
+    clipped = np.clip(s, 1e-6, 1 - 1e-6)
+    z = np.log(clipped) - np.log1p(-clipped)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    target = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    features = np.stack([z, np.ones_like(z)], 1)
+    params = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        p = 0.5 * (1 + np.tanh(0.5 * (features @ params)))  # the sigmoid, without overflow
+        gradient = features.T @ (p - target)
+        hessian = features.T @ (features * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        params -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    a, b = float(params[0]), float(params[1])
+    if not (math.isfinite(a) and math.isfinite(b)) or a <= 0:
+        raise ValueError(f"scores do not rank fractures above normal images (Platt slope {a:.3g})")
+    return a, b
 
 
 def _operating_point_metrics(

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from radstack.ai.detector import STRIDE, CenterNet, DetectorConfig
-from radstack.ai.evaluate import auroc, froc
+from radstack.ai.evaluate import auroc, fit_platt, froc
 from radstack.ai.preprocess import Letterbox, PreprocessSpec, preprocess
 from radstack.ai.samples import Prediction, Sample
 
@@ -111,6 +111,9 @@ class TrainConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Fit Platt scaling of the scores on the validation split after the last epoch (see
+    #: :func:`radstack.ai.evaluate.fit_platt`); the ranking, so AUROC and FROC, is unchanged.
+    calibrate: bool = True
     device: str = "auto"
     threads: int | None = None
 
@@ -225,6 +228,7 @@ class TrainResult:
     history: tuple[EpochReport, ...]
     device: str
     resumed_from_epoch: int  # 0 when the run started fresh
+    calibration: tuple[float, float] | None  # Platt (a, b) fitted on validation, None if not fitted
 
 
 class TrainingCancelled(Exception):
@@ -725,4 +729,23 @@ def train(
         if on_epoch is not None:
             on_epoch(report)
     final = model.to("cpu").eval()
-    return TrainResult(final, replace(config), tuple(history), str(device), resumed_from)
+    calibration = _calibrate(final, validation_samples, config) if config.calibrate else None
+    return TrainResult(final, config, tuple(history), str(device), resumed_from, calibration)
+
+
+def _calibrate(
+    model: CenterNet, validation_samples: Sequence[Sample], config: TrainConfig
+) -> tuple[float, float] | None:
+    """Fit Platt scaling of the model's image probability on validation and store it in the model (so the
+    ONNX export carries it); ``None`` (identity kept) when validation has one class or no ranking."""
+    labels = [s.label for s in validation_samples]
+    if not 0 < sum(labels) < len(labels):
+        return None
+    model.calibration.copy_(torch.tensor([1.0, 0.0]))
+    raw = predict(model, validation_samples, config.preprocess, batch_size=config.batch_size)
+    try:
+        a, b = fit_platt(labels, [p.probability for p in raw])
+    except ValueError:
+        return None
+    model.calibration.copy_(torch.tensor([a, b]))
+    return a, b
