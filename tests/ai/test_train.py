@@ -19,6 +19,7 @@ from radstack.ai.train import (
     EpochReport,
     TrainConfig,
     TrainingCancelled,
+    TrainingDiverged,
     TrainResult,
     _augment,
     _crop,
@@ -145,6 +146,8 @@ def test_a_checkpoint_of_another_configuration_is_refused(uninterrupted: tuple[T
         train(tiny_dataset(64, seed=1), [], _with(TINY, learning_rate=1e-3), checkpoint_path=path)
     with pytest.raises(ValueError, match="training split is empty"):
         train([], [], TINY)
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1, batch 2: the loss is nan"):
+        train(tiny_dataset(32, seed=1), [], _with(TINY, learning_rate=math.inf, epochs=1))
 
 
 def test_config_round_trips_through_json() -> None:

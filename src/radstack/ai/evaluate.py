@@ -391,12 +391,13 @@ def calibration(labels: Any, probabilities: Any, *, bins: int = 10) -> Calibrati
     )
 
 
-def fit_platt(labels: Any, scores: Any, *, iterations: int = 50) -> tuple[float, float]:
+def fit_platt(labels: Any, scores: Any, *, ridge: float = 1.0, iterations: int = 50) -> tuple[float, float]:
     """Platt scaling: ``(a, b)`` so that ``sigmoid(a · logit(score) + b)`` is a calibrated probability.
 
     Logistic regression on the scores' logits by Newton's method, with Platt's smoothed targets
-    (``(n₊ + 1) / (n₊ + 2)`` and ``1 / (n₋ + 2)``) so a separable validation set does not drive ``a`` to
-    infinity. Fit it on validation, never on the set being evaluated.
+    (``(n₊ + 1) / (n₊ + 2)`` and ``1 / (n₋ + 2)``) and a small ridge towards the identity ``(1, 0)``, so a
+    separable validation set does not drive ``a`` to infinity. Fit it on validation, never on the set
+    being evaluated.
 
     Raises
     ------
@@ -411,11 +412,14 @@ def fit_platt(labels: Any, scores: Any, *, iterations: int = 50) -> tuple[float,
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     target = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     features = np.stack([z, np.ones_like(z)], 1)
-    params = np.array([1.0, 0.0])
+    identity = np.array([1.0, 0.0])
+    params = identity.copy()
     for _ in range(iterations):
         p = 0.5 * (1 + np.tanh(0.5 * (features @ params)))  # the sigmoid, without overflow
-        gradient = features.T @ (p - target)
-        hessian = features.T @ (features * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        # A ridge of one pseudo-observation towards the identity: negligible for a real validation set,
+        # it keeps (a, b) finite when the scores separate the classes by a hair (an untrained model).
+        gradient = features.T @ (p - target) + ridge * (params - identity)
+        hessian = features.T @ (features * (p * (1 - p))[:, None]) + ridge * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
         params -= step
         if np.abs(step).max() < 1e-10:

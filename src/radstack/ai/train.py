@@ -47,6 +47,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingCancelled",
+    "TrainingDiverged",
     "load_checkpoint_model",
     "predict",
     "resolve_device",
@@ -237,6 +238,10 @@ class TrainingCancelled(Exception):
     def __init__(self, completed_epochs: int) -> None:
         super().__init__(f"training cancelled after {completed_epochs} completed epochs")
         self.completed_epochs = completed_epochs
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the last epoch's checkpoint is kept."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -629,6 +634,8 @@ def train(
     ------
     ValueError
         If there are no training samples, or the checkpoint belongs to a different configuration.
+    TrainingDiverged
+        If the loss became NaN or infinite (a :class:`ValueError`).
     TrainingCancelled
         When ``should_stop`` asked to stop.
     """
@@ -690,13 +697,18 @@ def train(
                 images, boxes, labels = _augment(images, boxes, labels, config.augment, augment_rng)
             targets = _targets(boxes, images.shape[-2], images.shape[-1], config.gaussian_alpha, device)
             loss = _losses(model.heads(images), targets, labels.to(device), config)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch + 1}, batch {number}: the loss is {value}; "
+                    f"lower the learning rate ({config.learning_rate})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            value = float(loss.detach())
             total += value * len(chunk)
             count += len(chunk)
             if on_batch is not None:
