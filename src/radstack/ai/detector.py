@@ -73,7 +73,7 @@ class DetectorConfig:
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 96, 128)
-    blocks: tuple[int, ...] = (0, 0, 1, 1, 1)
+    blocks: tuple[int, ...] = (0, 1, 1, 1, 1)
     neck_width: int = 32
     max_detections: int = 16
     image_score: ImageScore = ImageScore.PEAK
