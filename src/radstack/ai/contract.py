@@ -288,7 +288,7 @@ def _onnx_io(data: bytes, label: str) -> tuple[tuple[TensorSpec, ...], tuple[Ten
         cannot create a session for it.
     """
     import onnx
-    import onnxruntime  # type: ignore[import-untyped]
+    import onnxruntime
 
     if not data:
         raise InvalidModel(f"{label} is empty")
