@@ -98,27 +98,14 @@ class VersionOut(BaseModel):
 
     @classmethod
     def of(cls, version: ModelVersion) -> VersionOut:
-        return cls(
-            model=version.model,
-            version=version.version,
-            format=version.format,
-            status=version.status,
-            stage=version.stage,
-            trained_by=version.trained_by,
-            registered_by=version.registered_by,
-            created_at=version.created_at,
-            reviewed_by=version.reviewed_by,
-            review_comment=version.review_comment,
-            reviewed_at=version.reviewed_at,
-            stage_changed_at=version.stage_changed_at,
+        fields = {name: getattr(version, name) for name in cls.model_fields}
+        fields.update(  # the records that travel as JSON objects
             contract=version.contract.to_json(),
             lineage=version.lineage.to_json(),
-            metrics=version.metrics,
             card=version.card.to_json(),
-            artifacts=[
-                ArtifactOut(name=a.name, kind=a.kind, sha256=a.sha256, size=a.size) for a in version.artifacts
-            ],
+            artifacts=[ArtifactOut.model_validate(a, from_attributes=True) for a in version.artifacts],
         )
+        return cls.model_validate(fields)
 
 
 class StageChangeOut(BaseModel):
