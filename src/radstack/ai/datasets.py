@@ -66,14 +66,14 @@ from radstack.ai.splits import (
 from radstack.dicom.deid import Deidentifier
 from radstack.errors import BadRequest, NotFound
 from radstack.ingest.options import IngestOptions
-from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
+from radstack.ingest.pipeline import Analyser, ingest_file
 from radstack.jobs.kinds import INGEST_QUEUE, JobParams, Submitter, declare
 from radstack.jobs.queue import JobContext
 from radstack.security.audit import AuditActionValues, AuditEntry
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.security.views import View
 from radstack.store.models import InstanceRow
-from radstack.store.records import Batch, BatchReason, InstanceRecord
+from radstack.store.records import BatchReason, InstanceRecord
 from radstack.store.retrieve import decoded_frame
 from radstack.store.studies import StudyStore
 
@@ -485,10 +485,11 @@ class DatasetService:
         on_progress: Callable[[JsonDict], None] | None,
     ) -> None:
         paths = [item.path for item in planned if item.path is not None]
+        sizes = {path: path.stat().st_size for path in paths}
         progress: JsonDict = {
             "files_total": len(paths),
             "files_done": 0,
-            "bytes_total": sum(p.stat().st_size for p in paths),
+            "bytes_total": sum(sizes.values()),
             "bytes_done": 0,
             "stored": 0,
             "duplicate": 0,
@@ -502,13 +503,13 @@ class DatasetService:
             self.store.batch(BatchReason.IMPORT, f"data set {name}") as batch,
             ThreadPoolExecutor(max(1, parallel), thread_name_prefix="dataset-ingest") as pool,
         ):
-            ingest = partial(_ingest_one, self.store, batch=batch, encode=options.encode, analyser=analyser)
+            ingest = partial(ingest_file, self.store, batch=batch, encode=options.encode, analyser=analyser)
             # A chunk at a time, so a job told to stop stops after the chunk, not after every file.
             for start in range(0, len(paths), _CHUNK):
                 chunk = paths[start : start + _CHUNK]
                 for path, result in zip(chunk, pool.map(ingest, chunk), strict=True):
                     progress["files_done"] += 1
-                    progress["bytes_done"] += path.stat().st_size
+                    progress["bytes_done"] += sizes[path]
                     if result.error is not None or result.outcome is None:
                         progress["refused"] += 1
                         reason = result.error.message if result.error is not None else "not stored"
@@ -982,12 +983,6 @@ def _header(path: Path) -> Dataset | None:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
-
-
-def _ingest_one(
-    store: StudyStore, path: Path, *, batch: Batch, encode: bool, analyser: Analyser | None
-) -> IngestResult:
-    return ingest_file(store, path, batch, encode=encode, analyser=analyser)
 
 
 def _check_image(record: InstanceRecord, where: str) -> tuple[int, int]:
