@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from radstack.ai.preprocess import PreprocessSpec
+from radstack.ai.preprocess import PreprocessSpec, check_fields
 from radstack.ai.runtime import ONNX_INPUT, ONNX_METADATA_KEY, ONNX_OUTPUTS
 
 __all__ = [
@@ -104,9 +104,7 @@ class DetectorConfig:
         ValueError
             On an unknown field or a bad value.
         """
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown detector config fields {sorted(unknown)}")
+        check_fields(cls, data, "detector config")
         return cls(**data)
 
 

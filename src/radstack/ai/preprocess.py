@@ -24,7 +24,7 @@ Coordinates are pixel *edges*: a box ``[x0, y0, x1, y1]`` covering columns 10..1
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "Letterbox",
     "Photometric",
     "PreprocessSpec",
+    "check_fields",
     "letterbox_for",
     "preprocess",
 ]
@@ -48,6 +49,19 @@ class Photometric(StrEnum):
 
     MONOCHROME1 = "MONOCHROME1"
     MONOCHROME2 = "MONOCHROME2"
+
+
+def check_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """Refuse a config dictionary with a field the dataclass ``cls`` does not have.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown fields and ``what`` they were meant for.
+    """
+    unknown = set(data) - {field.name for field in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} fields {sorted(unknown)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +115,7 @@ class PreprocessSpec:
         ValueError
             On an unknown field or a bad value, naming it.
         """
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown preprocessing spec fields {sorted(unknown)}")
+        check_fields(cls, data, "preprocessing spec")
         return cls(**data)
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from radstack.ai.detector import STRIDE, CenterNet, DetectorConfig
 from radstack.ai.evaluate import auroc, fit_platt, froc
-from radstack.ai.preprocess import Letterbox, PreprocessSpec, preprocess
+from radstack.ai.preprocess import Letterbox, PreprocessSpec, check_fields, preprocess
 from radstack.ai.samples import Prediction, Sample
 
 __all__ = [
@@ -144,9 +144,7 @@ class TrainConfig:
         ValueError
             On an unknown field or a bad value.
         """
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training config fields {sorted(unknown)}")
+        check_fields(cls, data, "training config")
         values = dict(data)
         if "detector" in values:
             values["detector"] = DetectorConfig.from_dict(values["detector"])
