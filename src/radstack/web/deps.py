@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -231,3 +232,17 @@ def signed_in_page(request: Request, template: str, status: int = 200, **context
         can_manage=platform_of(request).policy.allows(principal, ActionValues.MANAGE_SYSTEM),
         **context,
     )
+
+
+_R = TypeVar("_R", bound=Response)
+
+
+def page_or_error(request: Request, title: str, build: Callable[[], _R], **context: Any) -> _R | HTMLResponse:
+    """``build()``, or the error page with the status and message of a :class:`RadstackError` it
+    raises (``context``: the navigation's, e.g. the ``path`` to mark as current)."""
+    try:
+        return build()
+    except RadstackError as error:
+        return signed_in_page(
+            request, "error.html", error.http_status, title=title, message=error.message, **context
+        )

@@ -22,7 +22,6 @@ ROC, FROC and calibration plots, lineage, contract, artifacts; review and promot
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -45,10 +44,10 @@ from radstack.ai.registry import (
     Stage,
     StageChange,
 )
-from radstack.errors import BadRequest, RadstackError, UnsupportedMediaType
+from radstack.errors import BadRequest, UnsupportedMediaType
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
-from radstack.web.deps import authorize, platform_of, principal_of, signed_in_page
+from radstack.web.deps import authorize, page_or_error, platform_of, principal_of, signed_in_page
 
 __all__ = ["pages", "router"]
 
@@ -350,18 +349,15 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     )
 
 
-def _html(request: Request, build: Callable[[], Response]) -> Response:
-    """``build()``, or the error page with a :class:`RadstackError`'s status and message."""
-    try:
-        return build()
-    except RadstackError as error:
-        return _page(request, "error.html", error.http_status, title="Models", message=error.message)
-
-
 @pages.get("/models", response_class=HTMLResponse)
 def models_page(request: Request) -> Response:
     """Every registered model, its latest and production versions."""
-    return _html(request, lambda: _page(request, "models.html", models=_reader(request).models()))
+    return page_or_error(
+        request,
+        "Models",
+        lambda: _page(request, "models.html", models=_reader(request).models()),
+        path="/models",
+    )
 
 
 @pages.get("/models/{name}", response_class=HTMLResponse)
@@ -379,7 +375,7 @@ def model_page(request: Request, name: str, done: str = "") -> Response:
             done=done,
         )
 
-    return _html(request, build)
+    return page_or_error(request, "Models", build, path="/models")
 
 
 @pages.get("/models/{name}/versions/{version}", response_class=HTMLResponse)
@@ -402,7 +398,7 @@ def model_card_page(request: Request, name: str, version: int, done: str = "") -
             done=done,
         )
 
-    return _html(request, build)
+    return page_or_error(request, "Models", build, path="/models")
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
@@ -477,7 +473,7 @@ def review_form(
         review(name, version, by=principal_of(request), comment=comment)
         return _back(name, version, f"v{version} {decision}d")
 
-    return _html(request, build)
+    return page_or_error(request, "Models", build, path="/models")
 
 
 @pages.post("/models/{name}/versions/{version}/promote", response_model=None)
@@ -491,7 +487,7 @@ def promote_form(request: Request, name: str, version: int, stage: str = Form(..
         registry.promote(name, version, target, by=principal_of(request))
         return _back(name, version, f"v{version} is in {target.value}")
 
-    return _html(request, build)
+    return page_or_error(request, "Models", build, path="/models")
 
 
 @pages.post("/models/{name}/rollback", response_model=None)
@@ -501,4 +497,4 @@ def rollback_form(request: Request, name: str) -> Response:
         back = registry.rollback(name, by=principal_of(request))
         return _back(name, None, f"production rolled back to v{back.version}")
 
-    return _html(request, build)
+    return page_or_error(request, "Models", build, path="/models")

@@ -9,7 +9,6 @@ with the same layout and the error's status, so a browser user sees what went wr
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,7 +23,7 @@ from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.store.models import StudyStatus
 from radstack.store.worklist import UNREAD, WorklistFilters, WorklistPage, worklist_page
-from radstack.web.deps import authorize, platform_of, principal_of, signed_in_page, view_of
+from radstack.web.deps import authorize, page_or_error, platform_of, principal_of, signed_in_page, view_of
 
 __all__ = ["router"]
 
@@ -37,18 +36,6 @@ REFUSED_SHOWN = 1000
 #: Modalities offered by the filter (PS3.3 §C.7.3.1.1.1 defined terms most often read).
 MODALITIES = ("CR", "CT", "DX", "MG", "MR", "NM", "OT", "PT", "RF", "SEG", "SR", "US", "XA")
 _STATUSES = (UNREAD, *(s.value for s in StudyStatus))
-
-
-def _error_page(request: Request, title: str, error: RadstackError) -> HTMLResponse:
-    return signed_in_page(request, "error.html", error.http_status, title=title, message=error.message)
-
-
-def _html_errors(request: Request, title: str, build: Callable[[], HTMLResponse]) -> HTMLResponse:
-    """``build()``, or the error page for a :class:`RadstackError` it raises (its status, its message)."""
-    try:
-        return build()
-    except RadstackError as error:
-        return _error_page(request, title, error)
 
 
 def _page_link(filters: dict[str, str], offset: int) -> str:
@@ -116,7 +103,7 @@ def worklist(
             **context,
         )
 
-    return _html_errors(request, "Worklist", build)
+    return page_or_error(request, "Worklist", build)
 
 
 @router.get("/jobs")
@@ -136,7 +123,7 @@ def jobs(request: Request, requeued: str = "") -> HTMLResponse:
             requeued=requeued,
         )
 
-    return _html_errors(request, "Jobs", build)
+    return page_or_error(request, "Jobs", build)
 
 
 @router.get("/jobs/{job_id}/refused")
@@ -154,18 +141,19 @@ def refused_files(request: Request, job_id: str) -> HTMLResponse:
         items = imports.items(job.id, failed=True, limit=REFUSED_SHOWN)
         return signed_in_page(request, "jobs_refused.html", job=job, items=items, total=total)
 
-    return _html_errors(request, "Jobs", build)
+    return page_or_error(request, "Jobs", build)
 
 
 @router.post("/jobs/{job_id}/requeue", response_model=None)
 def requeue(request: Request, job_id: str) -> Response:
     """Requeue a FAILED or DEAD job from the jobs page, then show the page again (POST-redirect-GET)."""
-    try:
+
+    def requeue_and_show() -> Response:
         authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
         platform_of(request).jobs.requeue(job_id)
-    except RadstackError as error:
-        return _error_page(request, "Jobs", error)
-    return RedirectResponse(f"/jobs?{urlencode({'requeued': job_id})}", status_code=303)
+        return RedirectResponse(f"/jobs?{urlencode({'requeued': job_id})}", status_code=303)
+
+    return page_or_error(request, "Jobs", requeue_and_show)
 
 
 @router.get("/labeling")
