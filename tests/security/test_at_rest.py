@@ -44,7 +44,10 @@ def _files(root: Path) -> list[Path]:
 def _find(root: Path, needles: list[bytes]) -> list[str]:
     found = []
     for path in _files(root):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # a blob's temporary file, renamed into place since the listing:
+            continue  # the check after the server stops reads every final file
         found += [f"{path.relative_to(root)}: {needle[:24]!r}" for needle in needles if needle in data]
     return found
 
