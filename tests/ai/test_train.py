@@ -205,3 +205,24 @@ def test_training_windows_hold_the_fracture_they_were_placed_on() -> None:
     for i in range(6):
         holds_half_the_block = bool(out[i].sum() >= 100)  # of its 200 pixels
         assert bool(labels[i]) == bool(len(moved[i])) == holds_half_the_block
+
+
+def test_windows_off_the_fracture_can_be_placed_on_bone_instead_of_collimation_or_soft_tissue() -> None:
+    # A radiograph in miniature: soft tissue (0.3), a bone band (0.7) and a flat white collimated border.
+    size, crop, n = 256, 32, 32
+    images = torch.full((n, 1, size, size), 0.3)
+    images[:, :, :, 120:140] = 0.7
+    images[:, :, :, 200:] = 1.0
+    boxes = [torch.zeros(0, 4) for _ in range(n)]
+    _, letterbox = preprocess(np.zeros((size, size), np.uint16), PreprocessSpec(size=size))
+
+    def share_on_bone(on_bone: float) -> float:
+        config = AugmentConfig(crop=crop, crop_on_bone=on_bone)
+        out, _, labels = _crop(
+            images, boxes, torch.zeros(n), [letterbox] * n, config, torch.Generator().manual_seed(0)
+        )
+        assert labels.tolist() == [0.0] * n
+        return float(((out == 0.7).flatten(1).any(1)).float().mean())
+
+    assert share_on_bone(1.0) == 1.0  # every window shows bone
+    assert share_on_bone(0.0) < 0.5  # anywhere: mostly soft tissue and collimation

@@ -57,6 +57,9 @@ class Sample:
         ``MONOCHROME1`` images are inverted in preprocessing.
     key
         An identifier to report the sample by (a SOP Instance UID, a file name).
+    sites
+        Regions ``(M, 4)`` without a finding that training windows are placed on like on findings: the
+        spot of an intact twin where its fractured twin is broken (a hard negative). Empty for most.
     """
 
     image: NDArray[Any]
@@ -66,9 +69,11 @@ class Sample:
     fracture_type: str | None = None
     photometric: Photometric | str = Photometric.MONOCHROME2
     key: str = ""
+    sites: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "boxes", as_boxes(self.boxes))
+        object.__setattr__(self, "sites", as_boxes(self.sites))
         object.__setattr__(self, "photometric", Photometric(self.photometric))
         if self.image.ndim != 2:
             raise ValueError(f"sample {self.key!r}: image must be 2-D, got shape {self.image.shape}")

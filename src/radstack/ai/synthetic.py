@@ -30,7 +30,7 @@ import datetime
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ __all__ = [
     "SyntheticDataError",
     "SyntheticImage",
     "generate",
+    "generate_twins",
     "to_dataset",
     "write_dataset",
 ]
@@ -150,6 +151,36 @@ def generate(seed: int, index: int, options: Options | None = None) -> Synthetic
     drawn = (composite if patient.composite else render)(seed, patient, view_index, options)
     header = {**drawn.header, "seed": seed, "spacing": drawn.spacing}
     return SyntheticImage(drawn.pixels, _truth(seed, index, patient, drawn), header)
+
+
+def generate_twins(
+    seed: int, index: int, options: Options | None = None
+) -> tuple[SyntheticImage, SyntheticImage]:
+    """Image ``index`` of data set ``seed`` drawn with a fracture, and its twin: the same patient, view,
+    exposure and processing with the bone intact.
+
+    The pair differs only where the fracture is (and, when it is displaced, where the distal limb moved),
+    so a detector trained on twins learns the fracture itself and nothing that comes with it: the intact
+    twin is a normal image as likely as any other (everything but the fracture is drawn independently of
+    it). The twin's truth has ``fracture`` false and no boxes.
+
+    Raises
+    ------
+    SyntheticDataError
+        As :func:`generate`.
+    """
+    options = replace(options or Options(), fracture_rate=1.0)
+    if index < 0:
+        raise SyntheticDataError(f"image index {index} is negative")
+    patient_index, view_index = divmod(index, options.images_per_patient)
+    patient = plan(seed, patient_index, options)
+    draw = composite if patient.composite else render
+    images = []
+    for who in (patient, replace(patient, fracture=None)):
+        drawn = draw(seed, who, view_index, options)
+        header = {**drawn.header, "seed": seed, "spacing": drawn.spacing}
+        images.append(SyntheticImage(drawn.pixels, _truth(seed, index, who, drawn), header))
+    return images[0], images[1]
 
 
 _BODY_PARTS = {

@@ -85,6 +85,10 @@ class AugmentConfig:
     #: Probability that a window of a fracture image is placed around one of its boxes (else: anywhere
     #: on the image content).
     crop_on_fracture: float = 0.8
+    #: Probability that any other window is centred on bone-like content (a pixel brighter than the median
+    #: of the exposed, unsaturated content) rather than anywhere: radiographs are mostly soft tissue and
+    #: flat collimation, easy negatives; the look-alikes a detector must learn to ignore lie on bone.
+    crop_on_bone: float = 0.0
 
     def __post_init__(self) -> None:
         if self.crop is not None and (self.crop < 32 or self.crop % 32):
@@ -259,11 +263,12 @@ class _Batch:
     boxes: list[Tensor]  # per image (N, 4), input pixels
     labels: Tensor  # (B,)
     letterboxes: list[Letterbox]
+    sites: list[Tensor]  # per image (M, 4), input pixels: where a window goes on an image without boxes
 
 
 def _load_batch(samples: Sequence[Sample], indices: Sequence[int], spec: PreprocessSpec) -> _Batch:
     """Preprocessed images, boxes in input pixels, labels and each image's mapping back."""
-    images, boxes, labels, letterboxes = [], [], [], []
+    images, boxes, labels, letterboxes, sites = [], [], [], [], []
     for index in indices:
         sample = samples[index]
         pixels, letterbox = preprocess(sample.image, spec, sample.photometric)
@@ -271,7 +276,8 @@ def _load_batch(samples: Sequence[Sample], indices: Sequence[int], spec: Preproc
         boxes.append(torch.from_numpy(letterbox.to_input(sample.boxes)))
         labels.append(float(sample.label))
         letterboxes.append(letterbox)
-    return _Batch(torch.stack(images).unsqueeze(1), boxes, torch.tensor(labels), letterboxes)
+        sites.append(torch.from_numpy(letterbox.to_input(sample.sites)))
+    return _Batch(torch.stack(images).unsqueeze(1), boxes, torch.tensor(labels), letterboxes, sites)
 
 
 def _keep_inside(boxes: Tensor, width: int, height: int) -> tuple[Tensor, bool]:
@@ -292,6 +298,22 @@ def _keep_inside(boxes: Tensor, width: int, height: int) -> tuple[Tensor, bool]:
     return clipped[keep], bool(keep.any())
 
 
+def _bone_point(image: Tensor, letterbox: Letterbox, draw: float) -> tuple[float, float] | None:
+    """A point (x, y) of bone-like content, picked by ``draw`` in [0, 1) among the pixels of an 8-pixel
+    grid that are brighter than the median of the exposed content and not saturated (collimation is flat
+    white); ``None`` when there is no such pixel."""
+    step = 8
+    grid = image[: letterbox.content_height : step, : letterbox.content_width : step]
+    exposed = grid[grid < 0.98]
+    if exposed.numel() == 0:
+        return None
+    candidates = torch.nonzero((grid > exposed.median()) & (grid < 0.98))
+    if len(candidates) == 0:
+        return None
+    row, column = candidates[int(draw * len(candidates))].tolist()
+    return float(column * step), float(row * step)
+
+
 def _crop(
     images: Tensor,
     boxes: list[Tensor],
@@ -299,23 +321,30 @@ def _crop(
     letterboxes: Sequence[Letterbox],
     config: AugmentConfig,
     generator: torch.Generator,
+    sites: Sequence[Tensor] = (),
 ) -> tuple[Tensor, list[Tensor], Tensor]:
     """A ``config.crop`` window of each image: around a random box of a fracture image with probability
-    ``crop_on_fracture``, else anywhere on the image content (not on the letterbox padding)."""
+    ``crop_on_fracture`` (an image without boxes: around one of its ``sites``, if any), else on bone-like
+    content with probability ``crop_on_bone``, else anywhere on the image content (not on the letterbox
+    padding)."""
     assert config.crop is not None
     crop = config.crop
     size = images.shape[-1]
     out, new_boxes, new_labels = [], [], labels.clone()
     for i, letterbox in enumerate(letterboxes):
-        draws = torch.rand(4, generator=generator).tolist()
+        draws = torch.rand(5, generator=generator).tolist()
         x_max = max(0, min(size, letterbox.content_width) - crop)
         y_max = max(0, min(size, letterbox.content_height) - crop)
-        if len(boxes[i]) and draws[0] < config.crop_on_fracture:
-            box = boxes[i][int(draws[1] * len(boxes[i]))]
+        bone = None
+        targets = boxes[i] if len(boxes[i]) or not sites else sites[i]
+        if len(targets) and draws[0] < config.crop_on_fracture:
+            box = targets[int(draws[1] * len(targets))]
             cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
             # The centre lands in the middle 60% of the window.
             x = cx - crop * (0.2 + 0.6 * draws[2])
             y = cy - crop * (0.2 + 0.6 * draws[3])
+        elif draws[4] < config.crop_on_bone and (bone := _bone_point(images[i, 0], letterbox, draws[1])):
+            x, y = bone[0] - crop * (0.2 + 0.6 * draws[2]), bone[1] - crop * (0.2 + 0.6 * draws[3])
         else:
             x, y = draws[2] * x_max, draws[3] * y_max
         x0 = int(min(max(round(x), 0), size - crop))
@@ -689,7 +718,7 @@ def train(
             images, boxes, labels = batch.images.to(device), batch.boxes, batch.labels
             if config.augment.crop is not None and config.augment.crop < spec.size:
                 images, boxes, labels = _crop(
-                    images, boxes, labels, batch.letterboxes, config.augment, augment_rng
+                    images, boxes, labels, batch.letterboxes, config.augment, augment_rng, batch.sites
                 )
             if config.augment.enabled:
                 images, boxes, labels = _augment(images, boxes, labels, config.augment, augment_rng)
