@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,7 +45,7 @@ from radstack.ai.card import ModelCard, check_metrics
 from radstack.ai.contract import Bundle, Contract, InvalidModel, check_bundle, check_onnx, read_bundle
 from radstack.ai.models import ModelArtifactRow, ModelRow, ModelStageChangeRow, ModelVersionRow
 from radstack.errors import BadRequest, Conflict, Forbidden, NotFound, ProcessingFailure, RadstackError
-from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues
+from radstack.security.audit import AuditActionValues, AuditEntry, audit_entry, audited
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.store.blobs import BlobStore, content_key
 
@@ -324,21 +324,11 @@ class ModelRegistry:
         self._audit = audit
 
     # ------------------------------------------------------------------ audit
-    @contextmanager
-    def _audited(self, by: Principal, action: AuditActionValues, resource: dict[str, Any]) -> Iterator[None]:
-        """Record the change in the audit trail: its success, or its refusal with the reason.
-
-        Raises
-        ------
-        RadstackError
-            Whatever the block raised, re-raised once its refusal is recorded.
-        """
-        try:
-            yield
-        except RadstackError as error:
-            self._record(by, action, resource, error)
-            raise
-        self._record(by, action, resource)
+    def _audited(
+        self, by: Principal, action: AuditActionValues, resource: dict[str, Any]
+    ) -> AbstractContextManager[None]:
+        """Record the change in the audit trail: its success, or its refusal with the reason."""
+        return audited(self._audit, by, action, resource)
 
     def _record(
         self,
@@ -347,13 +337,7 @@ class ModelRegistry:
         resource: dict[str, Any],
         error: RadstackError | None = None,
     ) -> None:
-        if error is None:
-            self._audit(AuditEntry(by.subject, by.role, by.source, action, dict(resource)))
-        else:
-            outcome = AuditOutcomeValues.FAILURE
-            self._audit(
-                AuditEntry(by.subject, by.role, by.source, action, dict(resource), outcome, error.message)
-            )
+        self._audit(audit_entry(by, action, resource, error))
 
     # ------------------------------------------------------------------ registering
     def register(
