@@ -31,7 +31,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -129,6 +129,16 @@ class Artifact:
     blob_key: str
 
 
+_LINEAGE_FIELDS = (
+    "dataset_version",
+    "dataset_id",
+    "code_version",
+    "hyperparameters",
+    "training_job",
+    "device",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Lineage:
     """Where a version came from."""
@@ -140,13 +150,19 @@ class Lineage:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     #: The training job's id.
     training_job: str | None = None
+    #: The data set version's identity (its content hash), which its name and number stand for.
+    dataset_id: str | None = None
+    #: Where it was trained (``cpu``, ``cuda``).
+    device: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "dataset_version": self.dataset_version,
+            "dataset_id": self.dataset_id,
             "code_version": self.code_version,
             "hyperparameters": self.hyperparameters,
             "training_job": self.training_job,
+            "device": self.device,
         }
 
     @classmethod
@@ -161,18 +177,14 @@ class Lineage:
         """
         if document is None:
             return cls()
+        fields = ", ".join(_LINEAGE_FIELDS)
         if not isinstance(document, Mapping):
-            raise BadRequest(
-                f"{where} must be a JSON object with dataset_version, code_version, hyperparameters, training_job"
-            )
-        unknown = set(document) - {"dataset_version", "code_version", "hyperparameters", "training_job"}
+            raise BadRequest(f"{where} must be a JSON object with {fields}")
+        unknown = set(document) - set(_LINEAGE_FIELDS)
         if unknown:
-            raise BadRequest(
-                f"{where} has unknown fields {sorted(unknown)}; accepted: dataset_version, code_version, "
-                "hyperparameters, training_job"
-            )
+            raise BadRequest(f"{where} has unknown fields {sorted(unknown)}; accepted: {fields}")
         texts = {}
-        for key in ("dataset_version", "code_version", "training_job"):
+        for key in (f for f in _LINEAGE_FIELDS if f != "hyperparameters"):
             value = document.get(key)
             if value is not None and not isinstance(value, str | int):
                 raise BadRequest(f"{where}.{key} must be text, not {type(value).__name__}")
@@ -514,9 +526,7 @@ class ModelRegistry:
         if lineage.code_version is None:
             bundle_name = text.get("name", "MONAI bundle")
             code_version = f"{bundle_name} {text.get('version', '')}".strip()
-            lineage = Lineage(
-                lineage.dataset_version, code_version, lineage.hyperparameters, lineage.training_job
-            )
+            lineage = replace(lineage, code_version=code_version)
         if metrics is None and isinstance(meta.get("eval_metrics"), dict):
             metrics = {"eval_metrics": meta["eval_metrics"]}
         return self.register(
