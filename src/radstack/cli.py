@@ -659,6 +659,15 @@ class _ProgressBar:
                 self.last = now
                 self._draw()
 
+    def say(self, text: str, stream: TextIO | None = None) -> None:
+        """Write a whole line (to stdout by default) without running into the bar."""
+        with self.lock:
+            was_drawn = self.drawn
+            self._erase()
+            print(text, file=stream or sys.stdout, flush=True)
+            if was_drawn:
+                self._draw()
+
     def _draw(self) -> None:
         if self.tty:
             self.stream.write(f"\r{self.line}\x1b[K")
@@ -844,6 +853,125 @@ def _print_dataset_version(version: DatasetVersion) -> None:
         )
     total = version.counts["all"]
     print(f"  {total['positive']} positive and {total['negative']} negative images in all")
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Submit a training job (a worker of the ``training`` queue runs it); with ``--follow``, show its
+    progress and each epoch's validation metrics until it ends. Exit 0 when submitted (or, following,
+    when a version was registered), 1 when the followed job failed or was cancelled, 2 when refused."""
+    from radstack.errors import BadRequest, RadstackError
+    from radstack.platform import Platform
+    from radstack.security.policy import SYSTEM
+
+    platform = Platform.open(_settings(args))
+    try:
+        name, _, number = args.dataset.partition(":")
+        if number and not number.isdigit():
+            raise BadRequest(f"--dataset {args.dataset!r}: give NAME or NAME:VERSION, VERSION a number")
+        config = _json_file(args.config, "config")
+        if config is None:
+            config = {}
+        elif not isinstance(config, dict):
+            raise BadRequest(
+                f"the config file {str(args.config)!r} must hold a JSON object of TrainConfig fields"
+            )
+        overrides = {"epochs": args.epochs, "seed": args.seed}
+        config = {**config, **{key: value for key, value in overrides.items() if value is not None}}
+        principal = _acting(platform, args) if args.user else SYSTEM
+        job, _created = platform.training.submit(
+            principal,
+            dataset=name,
+            version=int(number) if number else None,
+            model=args.model,
+            config=config,
+            description=args.description,
+        )
+        print(
+            f"training job {job.id}: data set {job.dataset} version {job.dataset_version} into model "
+            f"{job.model}, {job.config['epochs']} epochs, seed {job.config['seed']}",
+            file=sys.stderr,
+        )
+        if not args.follow:
+            print(job.id)
+            print(
+                f"a worker of the training queue runs it; follow it with GET /api/v1/training-jobs/{job.id} "
+                f"or on the page /models/{job.model}/training-jobs/{job.id}",
+                file=sys.stderr,
+            )
+            return 0
+        return _follow_training(platform, principal, job.id)
+    except RadstackError as exc:
+        print(f"radstack train: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        platform.close()
+
+
+def _epoch_line(epoch: dict[str, Any]) -> str:
+    """One finished epoch's losses and validation metrics, for people."""
+    validation = epoch.get("validation") or {}
+    parts = [f"epoch {epoch['epoch']}/{epoch['epochs']}: train loss {epoch['train_loss']:.4f}"]
+    for key, label in (
+        ("loss", "validation loss {:.4f}"),
+        ("auroc", "AUROC {:.3f}"),
+        ("froc_sensitivity_at_1", "sensitivity at 1 FP/image {:.3f}"),
+    ):
+        if isinstance(validation.get(key), int | float):
+            parts.append(label.format(validation[key]))
+    return ", ".join(parts) + f" ({epoch['seconds']:.1f} s)"
+
+
+def _follow_training(platform: Platform, principal: Principal, job_id: str) -> int:
+    """Poll the job until it ends: a progress bar with the epoch and the loss, a line per epoch."""
+    from radstack.jobs.records import FINAL_STATES, JobState
+
+    bar = _ProgressBar(sys.stderr)
+    shown, waiting, drawn = 0, False, ""
+    try:
+        with bar.attached(logging.getLogger()):
+            while True:
+                job = platform.training.get(principal, job_id)
+                if job.state is JobState.QUEUED and not waiting:
+                    waiting = True
+                    bar.say(
+                        "queued: waiting for a worker of the training queue "
+                        "(radstack serve, or radstack worker --queues training)",
+                        sys.stderr,
+                    )
+                for epoch in job.epochs[shown:]:
+                    bar.say(_epoch_line(epoch))
+                shown = max(shown, len(job.epochs))
+                progress = job.progress
+                if job.state is JobState.RUNNING and progress.get("epochs") and progress.get("batches"):
+                    total = int(progress["epochs"]) * int(progress["batches"])
+                    stage = str(progress.get("stage", "training"))
+                    loss = progress.get("loss")
+                    what = f"batches, epoch {progress.get('epoch', 0)}/{progress['epochs']}"
+                    what += f", loss {loss:.4f}" if isinstance(loss, int | float) else ""
+                    what += f" ({stage})" if stage != "training" else ""
+                    done = round(float(progress.get("fraction", 0)) * total)
+                    if f"{done} {what}" != drawn:  # the bar draws a finished count every time
+                        drawn = f"{done} {what}"
+                        bar.show_count(done, total, what)
+                if job.state in FINAL_STATES:
+                    break
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        print(f"stopped following; training job {job_id} goes on", file=sys.stderr)
+        return 130
+    result = job.result
+    if job.state is not JobState.SUCCEEDED or result is None:
+        print(f"radstack train: training job {job.id} is {job.state}: {job.error}", file=sys.stderr)
+        return 1
+    auroc, interval = result.get("test_auroc"), result.get("test_auroc_ci") or []
+    text = f"test AUROC {auroc:.3f}" if isinstance(auroc, int | float) else "test AUROC not defined"
+    if len(interval) == 2 and all(isinstance(v, int | float) for v in interval):
+        text += f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})"
+    print(
+        f"registered {result['model']} v{result['version']} ({result['status']}: someone other than "
+        f"{job.submitted_by} approves it): {text} on {result.get('test_images')} test images"
+    )
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -1064,6 +1192,25 @@ def build_parser() -> argparse.ArgumentParser:
     datasets_show.add_argument("--version", type=int, help="which version (default: the newest)")
     datasets_show.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     datasets_show.set_defaults(func=_datasets_show)
+    train = commands.add_parser(
+        "train",
+        help="train a fracture detector on a data set version and register it (a job a worker of the "
+        "training queue runs)",
+    )
+    train.add_argument("--dataset", required=True, help="NAME or NAME:VERSION (default: the newest version)")
+    train.add_argument("--model", required=True, help="the model to register a new version of")
+    train.add_argument("--config", type=Path, help="training config: a JSON object of TrainConfig fields")
+    train.add_argument("--epochs", type=int, help="epochs (overrides the config's)")
+    train.add_argument("--seed", type=int, help="seed (overrides the config's)")
+    train.add_argument("--description", default="", help="the model's description (when it is new)")
+    train.add_argument(
+        "--user", help="the user training (needs manage-models; default: the system, as an admin)"
+    )
+    train.add_argument(
+        "--follow", action="store_true", help="show the progress until the job ends; exit 1 if it fails"
+    )
+    train.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
+    train.set_defaults(func=_train)
     worker = commands.add_parser("worker", help="run queue consumers only (jobs, workflows)")
     worker.add_argument("--data-dir", type=Path, help="data directory (RADSTACK_DATA_DIR)")
     worker.add_argument(
@@ -1080,6 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # a line per DIMSE message otherwise
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    for exporter in ("onnx_ir", "onnxscript"):  # a line per graph pass of each ONNX export
+        logging.getLogger(exporter).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -10,6 +10,7 @@ from typing import Any
 
 from radstack.ai.datasets import DATASET, DatasetRunner, DatasetService
 from radstack.ai.registry import ModelRegistry
+from radstack.ai.training import TRAINING, TrainingRunner, TrainingService
 from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
 from radstack.dicom.deid import Deidentifier
@@ -141,6 +142,7 @@ class Platform:
         )
         jobs.register(ACTION, RouteActionRunner(store, jobs, platform.forward, settings.outbound_tokens))
         jobs.register(DATASET, DatasetRunner(platform.datasets, analyser, parallel, ingest_options))
+        jobs.register(TRAINING, TrainingRunner(platform.datasets, platform.models, settings.data_dir))
         for name in settings.plugins:
             _load_plugin(name, platform)
         return platform
@@ -154,6 +156,11 @@ class Platform:
     def datasets(self) -> DatasetService:
         """Data sets: their rows in the index, their images in the store, made and read by policy."""
         return DatasetService(self.store, self.deidentifier, self.policy, self.audit.submit)
+
+    @cached_property
+    def training(self) -> TrainingService:
+        """Training jobs: submitted here, run by a worker of the ``training`` queue."""
+        return TrainingService(self.jobs, self.datasets, self.policy, self.audit.submit)
 
     def view(self, role: RoleDef) -> View:
         """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""

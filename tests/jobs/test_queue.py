@@ -27,6 +27,7 @@ PICKY = declare("test-picky", JobParams)
 RESUMABLE = declare("test-resumable", JobParams)
 #: No process here runs it: only this test claims it, by hand.
 ORPHANED = declare("test-orphaned", JobParams)
+STOPPABLE = declare("test-stoppable", JobParams)
 
 
 def wait_for_state(
@@ -89,7 +90,44 @@ def test_after_the_last_attempt_a_job_is_dead_until_requeued(fast_retries: Runni
     assert done["state"] == "SUCCEEDED" and done["attempts"] == 1
 
     again = authed.post(f"{fast_retries.url}/api/v1/jobs/{job.id}/requeue")
-    assert again.status_code == 409 and "only FAILED or DEAD" in again.json()["detail"]
+    assert again.status_code == 409 and "only FAILED, DEAD or CANCELLED" in again.json()["detail"]
+
+
+def test_a_cancelled_job_stops_at_its_next_report_and_can_be_requeued(server: RunningServer) -> None:
+    started, stopped = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def stoppable(context: JobContext[JobParams]) -> dict[str, object]:
+        runs.append(context.job.attempts)
+        if len(runs) == 1:
+            started.set()
+            try:
+                for step in range(10_000):
+                    context.report({"step": step})  # raises once the job is cancelled
+                    time.sleep(0.02)
+            finally:
+                stopped.set()
+        return {"run": len(runs)}
+
+    server.platform.jobs.register(STOPPABLE, stoppable)
+    job, _ = server.platform.jobs.submit(STOPPABLE, {})
+    assert started.wait(30)
+    answer = authed.post(f"{server.url}/api/v1/jobs/{job.id}/cancel")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "CANCELLED" and answer.json()["last_error"] == "cancelled by admin"
+    assert stopped.wait(10)
+    time.sleep(0.2)
+    after = server.platform.jobs.records.get(job.id)
+    assert after.state is JobState.CANCELLED and after.finished_at is not None
+    assert after.progress.get("step", 0) < 10_000 - 1  # stopped, and recorded nothing after the cancel
+    again = authed.post(f"{server.url}/api/v1/jobs/{job.id}/cancel")
+    assert (
+        again.status_code == 409 and "only a QUEUED or RUNNING job can be cancelled" in again.json()["detail"]
+    )
+
+    assert authed.post(f"{server.url}/api/v1/jobs/{job.id}/requeue").status_code == 200
+    done = wait_for_state(server, job.id, {"SUCCEEDED", "FAILED", "DEAD"})
+    assert done["state"] == "SUCCEEDED" and done["progress"] == {"run": 2}
 
 
 def test_a_client_mistake_fails_at_once_without_retries(fast_retries: RunningServer) -> None:

@@ -29,9 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -45,7 +45,7 @@ from radstack.ai.card import ModelCard, check_metrics
 from radstack.ai.contract import Bundle, Contract, InvalidModel, check_bundle, check_onnx, read_bundle
 from radstack.ai.models import ModelArtifactRow, ModelRow, ModelStageChangeRow, ModelVersionRow
 from radstack.errors import BadRequest, Conflict, Forbidden, NotFound, ProcessingFailure, RadstackError
-from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues
+from radstack.security.audit import AuditActionValues, AuditEntry, audit_entry, audited
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.store.blobs import BlobStore, content_key
 
@@ -129,6 +129,16 @@ class Artifact:
     blob_key: str
 
 
+_LINEAGE_FIELDS = (
+    "dataset_version",
+    "dataset_id",
+    "code_version",
+    "hyperparameters",
+    "training_job",
+    "device",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Lineage:
     """Where a version came from."""
@@ -140,13 +150,19 @@ class Lineage:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     #: The training job's id.
     training_job: str | None = None
+    #: The data set version's identity (its content hash), which its name and number stand for.
+    dataset_id: str | None = None
+    #: Where it was trained (``cpu``, ``cuda``).
+    device: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "dataset_version": self.dataset_version,
+            "dataset_id": self.dataset_id,
             "code_version": self.code_version,
             "hyperparameters": self.hyperparameters,
             "training_job": self.training_job,
+            "device": self.device,
         }
 
     @classmethod
@@ -161,18 +177,14 @@ class Lineage:
         """
         if document is None:
             return cls()
+        fields = ", ".join(_LINEAGE_FIELDS)
         if not isinstance(document, Mapping):
-            raise BadRequest(
-                f"{where} must be a JSON object with dataset_version, code_version, hyperparameters, training_job"
-            )
-        unknown = set(document) - {"dataset_version", "code_version", "hyperparameters", "training_job"}
+            raise BadRequest(f"{where} must be a JSON object with {fields}")
+        unknown = set(document) - set(_LINEAGE_FIELDS)
         if unknown:
-            raise BadRequest(
-                f"{where} has unknown fields {sorted(unknown)}; accepted: dataset_version, code_version, "
-                "hyperparameters, training_job"
-            )
+            raise BadRequest(f"{where} has unknown fields {sorted(unknown)}; accepted: {fields}")
         texts = {}
-        for key in ("dataset_version", "code_version", "training_job"):
+        for key in (f for f in _LINEAGE_FIELDS if f != "hyperparameters"):
             value = document.get(key)
             if value is not None and not isinstance(value, str | int):
                 raise BadRequest(f"{where}.{key} must be text, not {type(value).__name__}")
@@ -324,21 +336,11 @@ class ModelRegistry:
         self._audit = audit
 
     # ------------------------------------------------------------------ audit
-    @contextmanager
-    def _audited(self, by: Principal, action: AuditActionValues, resource: dict[str, Any]) -> Iterator[None]:
-        """Record the change in the audit trail: its success, or its refusal with the reason.
-
-        Raises
-        ------
-        RadstackError
-            Whatever the block raised, re-raised once its refusal is recorded.
-        """
-        try:
-            yield
-        except RadstackError as error:
-            self._record(by, action, resource, error)
-            raise
-        self._record(by, action, resource)
+    def _audited(
+        self, by: Principal, action: AuditActionValues, resource: dict[str, Any]
+    ) -> AbstractContextManager[None]:
+        """Record the change in the audit trail: its success, or its refusal with the reason."""
+        return audited(self._audit, by, action, resource)
 
     def _record(
         self,
@@ -347,13 +349,7 @@ class ModelRegistry:
         resource: dict[str, Any],
         error: RadstackError | None = None,
     ) -> None:
-        if error is None:
-            self._audit(AuditEntry(by.subject, by.role, by.source, action, dict(resource)))
-        else:
-            outcome = AuditOutcomeValues.FAILURE
-            self._audit(
-                AuditEntry(by.subject, by.role, by.source, action, dict(resource), outcome, error.message)
-            )
+        self._audit(audit_entry(by, action, resource, error))
 
     # ------------------------------------------------------------------ registering
     def register(
@@ -530,9 +526,7 @@ class ModelRegistry:
         if lineage.code_version is None:
             bundle_name = text.get("name", "MONAI bundle")
             code_version = f"{bundle_name} {text.get('version', '')}".strip()
-            lineage = Lineage(
-                lineage.dataset_version, code_version, lineage.hyperparameters, lineage.training_job
-            )
+            lineage = replace(lineage, code_version=code_version)
         if metrics is None and isinstance(meta.get("eval_metrics"), dict):
             metrics = {"eval_metrics": meta["eval_metrics"]}
         return self.register(

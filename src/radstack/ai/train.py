@@ -48,6 +48,7 @@ __all__ = [
     "TrainResult",
     "TrainingCancelled",
     "TrainingDiverged",
+    "checkpoint_history",
     "load_checkpoint_model",
     "predict",
     "resolve_device",
@@ -582,6 +583,11 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
             f"checkpoint {path} has format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}"
         )
     return state
+
+
+def checkpoint_history(path: Path) -> tuple[EpochReport, ...]:
+    """The per-epoch history stored in a checkpoint (what a resumed run starts from)."""
+    return tuple(EpochReport.from_dict(entry) for entry in _load_checkpoint(path)["history"])
 
 
 def load_checkpoint_model(path: Path) -> tuple[CenterNet, TrainConfig, int]:

@@ -251,7 +251,7 @@ class JobQueue:
             task(job_id)
 
     def requeue(self, job_id: str) -> Job:
-        """Run a FAILED or DEAD job again (the dead-letter requeue)."""
+        """Run a FAILED, DEAD or CANCELLED job again (the dead-letter requeue)."""
         job = self.records.requeue(job_id)
         self.enqueue(job.id, job.kind)
         return job
@@ -283,7 +283,10 @@ class JobQueue:
             if not context.lease_lost.is_set() and self.records.release(job.id, owner):
                 log.info("job %s given back: the worker is stopping", job.id)
                 return JobState.QUEUED
-            log.warning("job %s stopped: it lost its lease, another worker has it", job.id)
+            if self.records.get(job.id).state is JobState.CANCELLED:
+                log.info("job %s stopped: it was cancelled", job.id)
+            else:
+                log.warning("job %s stopped: it lost its lease, another worker has it", job.id)
             return None
         except Exception as exc:
             permanent = isinstance(exc, RadstackError) and exc.http_status < 500

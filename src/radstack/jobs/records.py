@@ -1,6 +1,7 @@
 """Job records in the index database: the state machine every queue worker and node shares.
 
-QUEUED → RUNNING → SUCCEEDED | DONE_WITH_ERRORS | FAILED | DEAD. A job that ran to its end but
+QUEUED → RUNNING → SUCCEEDED | DONE_WITH_ERRORS | FAILED | DEAD, and QUEUED or RUNNING → CANCELLED
+when someone cancels it. A job that ran to its end but
 refused some of its input (an import whose files were partly refused, a dropped file that is not
 DICOM) is DONE_WITH_ERRORS, never SUCCEEDED; its ``last_error`` says how much was refused. A failure
 that may pass (an I/O error, a database hiccup) goes back to QUEUED with an exponential backoff
@@ -14,6 +15,10 @@ its worker (a crash, ``kill -9``, a lost node) and is claimed again, under a new
 run makes is conditional on its token, so a worker that was paused past its lease learns that the
 job is no longer its own and overwrites nothing (dramatiq's rules: tasks take ids, are safe to run
 twice, state lives in the database).
+
+Cancelling uses the same fence: :meth:`JobStore.cancel` ends the claim's lease with the job, so the
+running worker's next heartbeat or report learns that the job is no longer its own (its context
+says it is stopping) and it stops at its next step, recording nothing more.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from radstack.errors import Conflict, NotFound
 from radstack.jobs.models import JobRow
 
-__all__ = ["Job", "JobState", "JobStore"]
+__all__ = ["FINAL_STATES", "Job", "JobState", "JobStore"]
 
 JsonDict = dict[str, Any]
 
@@ -51,9 +56,15 @@ class JobState(StrEnum):
     FAILED = "FAILED"
     #: Every attempt failed (the dead letters); requeue it once the cause is gone.
     DEAD = "DEAD"
+    #: Someone cancelled it before it ended (``last_error`` says who); requeue it to run it again.
+    CANCELLED = "CANCELLED"
 
 
-FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.DONE_WITH_ERRORS, JobState.FAILED, JobState.DEAD})
+FINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.DONE_WITH_ERRORS, JobState.FAILED, JobState.DEAD, JobState.CANCELLED}
+)
+#: The states :meth:`JobStore.requeue` starts again from.
+REQUEUEABLE = (JobState.FAILED, JobState.DEAD, JobState.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,18 +292,20 @@ class JobStore:
         return bool(released == 1)
 
     def requeue(self, job_id: str) -> Job:
-        """A FAILED or DEAD job back to QUEUED with a fresh count of attempts.
+        """A FAILED, DEAD or CANCELLED job back to QUEUED with a fresh count of attempts.
 
         Raises
         ------
         NotFound
             No job has ``job_id``.
         Conflict
-            The job is neither FAILED nor DEAD.
+            The job is not FAILED, DEAD or CANCELLED.
         """
         job = self.get(job_id)
-        if job.state not in (JobState.FAILED, JobState.DEAD):
-            raise Conflict(f"job {job_id} is {job.state}; only FAILED or DEAD jobs can be requeued")
+        if job.state not in REQUEUEABLE:
+            raise Conflict(
+                f"job {job_id} is {job.state}; only FAILED, DEAD or CANCELLED jobs can be requeued"
+            )
         with self.engine.begin() as connection:
             connection.execute(
                 update(JobRow)
@@ -306,6 +319,43 @@ class JobStore:
                 )
             )
         return self.get(job_id)
+
+    def cancel(self, job_id: str, reason: str) -> Job:
+        """Cancel a QUEUED or RUNNING job: CANCELLED now, with ``reason`` as its ``last_error``.
+
+        A running claim loses its lease with it: the worker learns so at its next heartbeat or report
+        (its context says it is stopping) and records nothing more; what the handler keeps for a
+        resume (a training checkpoint) stays.
+
+        Raises
+        ------
+        NotFound
+            No job has ``job_id``.
+        Conflict
+            The job has already ended.
+        """
+        now = _now()
+        with self.engine.begin() as connection:
+            cancelled = connection.execute(
+                update(JobRow)
+                .where(
+                    _COLUMNS.id == job_id,
+                    _COLUMNS.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                )
+                .values(
+                    state=JobState.CANCELLED.value,
+                    last_error=reason,
+                    lease_owner=None,
+                    lease_until=None,
+                    not_before=None,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            ).rowcount
+        job = self.get(job_id)
+        if cancelled != 1:
+            raise Conflict(f"job {job_id} is {job.state}; only a QUEUED or RUNNING job can be cancelled")
+        return job
 
     def due(self, *, quiet_seconds: float) -> list[tuple[str, str]]:
         """Jobs to hand to the queue again, as (id, kind).

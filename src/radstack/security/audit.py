@@ -26,11 +26,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Row, insert, select, update
 from sqlalchemy.engine import Connection
@@ -39,6 +40,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from radstack.errors import RadstackError
 from radstack.security.keyfile import load_secret
 from radstack.security.models import AuditHeadRow, AuditRow
+
+if TYPE_CHECKING:
+    from radstack.security.policy import Principal
 
 __all__ = [
     "GENESIS",
@@ -51,6 +55,8 @@ __all__ = [
     "ChainFault",
     "ChainProblem",
     "VerifyReport",
+    "audit_entry",
+    "audited",
     "load_audit_key",
     "record_hash",
     "verify",
@@ -127,6 +133,39 @@ class AuditEntry:
     resource: dict[str, Any]
     outcome: AuditOutcomeValues = AuditOutcomeValues.SUCCESS
     reason: str | None = None
+
+
+def audit_entry(
+    by: Principal, action: AuditActionValues, resource: Mapping[str, Any], error: RadstackError | None = None
+) -> AuditEntry:
+    """The entry of ``by`` doing ``action`` to ``resource``: a success, or a failure with ``error``'s message."""
+    if error is None:
+        return AuditEntry(by.subject, by.role, by.source, action, dict(resource))
+    return AuditEntry(
+        by.subject, by.role, by.source, action, dict(resource), AuditOutcomeValues.FAILURE, error.message
+    )
+
+
+@contextmanager
+def audited(
+    submit: Callable[[AuditEntry], None], by: Principal, action: AuditActionValues, resource: dict[str, Any]
+) -> Iterator[None]:
+    """Record what the block does as ``by``: its success, or its refusal with the reason.
+
+    The block may add to ``resource`` (the version it made, the job it queued) before it ends; the
+    entry is made from ``resource`` as it is then.
+
+    Raises
+    ------
+    RadstackError
+        Whatever the block raised, re-raised once its refusal is recorded.
+    """
+    try:
+        yield
+    except RadstackError as error:
+        submit(audit_entry(by, action, resource, error))
+        raise
+    submit(audit_entry(by, action, resource))
 
 
 class AuditChainBroken(RadstackError):

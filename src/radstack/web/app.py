@@ -24,6 +24,7 @@ from radstack.platform import Platform
 from radstack.security.policy import ActionValues
 from radstack.web import accounts, api_v1, auth, datasets, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
 from radstack.web import models as model_registry
+from radstack.web import training as training_jobs
 from radstack.web.apidocs import router as apidocs_router
 from radstack.web.auth import AuthMiddleware
 from radstack.web.deps import platform_of, principal_of, problem_response
@@ -188,6 +189,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(model_registry.router, prefix="/api/v1")
     app.include_router(model_registry.pages)
     app.include_router(datasets.router, prefix="/api/v1")
+    app.include_router(training_jobs.router, prefix="/api/v1")
+    app.include_router(training_jobs.pages)
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)

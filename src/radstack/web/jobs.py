@@ -1,4 +1,4 @@
-"""Jobs API at ``/api/v1``: import jobs (HealthImaging's StartDICOMImportJob), job records, requeue."""
+"""Jobs API at ``/api/v1``: import jobs (HealthImaging's StartDICOMImportJob), job records, requeue, cancel."""
 
 from __future__ import annotations
 
@@ -116,10 +116,19 @@ def get_job(request: Request, job_id: str) -> JobOut:
     return JobOut.of(_jobs(request).records.get(job_id))
 
 
-@router.post("/jobs/{job_id}/requeue", response_model=JobOut, summary="Run a FAILED or DEAD job again")
+@router.post(
+    "/jobs/{job_id}/requeue", response_model=JobOut, summary="Run a FAILED, DEAD or CANCELLED job again"
+)
 def requeue(request: Request, job_id: str) -> JobOut:
     authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
     return JobOut.of(_jobs(request).requeue(job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a QUEUED or RUNNING job")
+def cancel(request: Request, job_id: str) -> JobOut:
+    authorize(request, ActionValues.MANAGE_SYSTEM, job=job_id)
+    reason = f"cancelled by {principal_of(request).subject}"
+    return JobOut.of(_jobs(request).records.cancel(job_id, reason))
 
 
 def _import_job(request: Request, job_id: str) -> Job:

@@ -44,6 +44,7 @@ from radstack.ai.registry import (
     Stage,
     StageChange,
 )
+from radstack.ai.training import TrainingJob
 from radstack.errors import BadRequest, UnsupportedMediaType
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
@@ -349,20 +350,34 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     )
 
 
+def _training_jobs(request: Request, model: str | None = None) -> list[TrainingJob]:
+    """The newest training jobs (of ``model``) for a caller who may manage models; none for others."""
+    principal, platform = principal_of(request), platform_of(request)
+    if not platform.policy.allows(principal, ActionValues.MANAGE_MODELS):
+        return []
+    return platform.training.find(principal, model=model, limit=20)
+
+
 @pages.get("/models", response_class=HTMLResponse)
 def models_page(request: Request) -> Response:
-    """Every registered model, its latest and production versions."""
+    """Every registered model, its latest and production versions, and the newest training jobs."""
     return page_or_error(
         request,
         "Models",
-        lambda: _page(request, "models.html", models=_reader(request).models()),
+        lambda: _page(
+            request,
+            "models.html",
+            models=_reader(request).models(),
+            training_jobs=_training_jobs(request),
+        ),
         path="/models",
     )
 
 
 @pages.get("/models/{name}", response_class=HTMLResponse)
 def model_page(request: Request, name: str, done: str = "") -> Response:
-    """A model's versions (status, stage, who trained and reviewed them) and its stage history."""
+    """A model's versions (status, stage, who trained and reviewed them), its stage history and its
+    training jobs."""
 
     def build() -> Response:
         registry = _reader(request, model=name)
@@ -372,6 +387,7 @@ def model_page(request: Request, name: str, done: str = "") -> Response:
             model=registry.model(name),
             versions=registry.versions(name),
             history=registry.history(name)[:50],
+            training_jobs=_training_jobs(request, name),
             done=done,
         )
 
