@@ -457,6 +457,16 @@ def _contract(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _json_text(value: Any, depth: int = 0) -> str:
+    """JSON with one object member per line and every list on one line (the ROC and FROC curves would
+    take a line per number otherwise)."""
+    if isinstance(value, dict) and value:
+        pad = " " * (depth + 1)
+        members = [f"{pad}{json.dumps(key)}: {_json_text(value[key], depth + 1)}" for key in sorted(value)]
+        return "{\n" + ",\n".join(members) + "\n" + " " * depth + "}"
+    return json.dumps(value, sort_keys=True)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
@@ -631,7 +641,7 @@ def build_starter(
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, manifest_path = out_dir / ONNX_NAME, out_dir / MANIFEST_NAME
     _write_atomically(onnx_path, onnx)
-    _write_atomically(manifest_path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    _write_atomically(manifest_path, (_json_text(manifest) + "\n").encode())
     return StarterBuild(onnx_path, manifest_path, manifest)
 
 
