@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ./var
 
-.PHONY: install viewer run test lint bench clean
+.PHONY: install viewer run test lint bench clean starter-model
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ viewer: install
 
 run: install viewer
 	$(BIN)/radstack serve --data-dir $(DATA_DIR) --demo
+
+# The shipped starter model (src/radstack/ai/starter/): trained from its recipe.json, exported, evaluated.
+starter-model: install
+	$(BIN)/radstack models build-starter
 
 LINT_PATHS := src tests $(wildcard bench)
 

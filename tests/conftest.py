@@ -116,8 +116,15 @@ def start_server(settings: Settings) -> Generator[RunningServer, None, None]:
 def server_settings(data_dir: Path, **overrides: Any) -> Settings:
     """Settings of a test server in ``data_dir`` on free ports; ``overrides`` as keyword settings."""
     # Ingest runs in the request thread here (starting worker processes costs a second per server);
-    # the corpus test runs the same pipeline through the process pool.
-    defaults: dict[str, Any] = {"http_port": free_port(), "dicom_port": free_port(), "ingest_processes": 0}
+    # the corpus test runs the same pipeline through the process pool. The shipped starter model is
+    # installed only where a test asks for it (tests/ai/test_starter.py): it costs a test process's
+    # first server about 2 s (loading onnxruntime), later ones a quarter second, and a model in the registry.
+    defaults: dict[str, Any] = {
+        "http_port": free_port(),
+        "dicom_port": free_port(),
+        "ingest_processes": 0,
+        "starter_model": False,
+    }
     return Settings(data_dir=data_dir, **(defaults | overrides))
 
 

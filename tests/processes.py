@@ -22,7 +22,8 @@ class ServerProcess:
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, *, dicom: bool = False) -> None:
         self.data_dir = data_dir
-        self.env = env or {}
+        # No starter model unless a test asks for it (as server_settings does).
+        self.env = {"RADSTACK_STARTER_MODEL": "off", **(env or {})}
         self.port = free_port()
         self.dicom_port = free_port() if dicom else 0
         self.url = f"http://127.0.0.1:{self.port}"

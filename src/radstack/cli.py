@@ -474,6 +474,65 @@ def _models_rollback(platform: Platform, args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_build_starter(args: argparse.Namespace) -> int:
+    """``radstack models build-starter``: make the starter model from its recipe (no data dir involved),
+    with a progress bar per phase, a line per epoch and each phase's time."""
+    from radstack.ai.starter import RECIPE_PATH, STARTER_DIR, BuildProgress, Recipe, build_starter
+    from radstack.errors import RadstackError
+
+    bar = _ProgressBar(sys.stderr)
+
+    def show(event: BuildProgress) -> None:
+        if event.seconds is not None:
+            with bar.lock:
+                bar._erase()
+            print(f"{event.phase}: {event.seconds:.1f} s", flush=True)
+        elif event.epoch is not None:
+            epoch = event.epoch
+            validation = ", ".join(f"{k} {v:.3f}" for k, v in sorted(epoch.validation.items()))
+            with bar.lock:
+                bar._erase()
+            print(
+                f"epoch {epoch.epoch}/{epoch.epochs}: train loss {epoch.train_loss:.3f}, validation: "
+                f"{validation or '-'} ({epoch.seconds:.1f} s)",
+                flush=True,
+            )
+        else:
+            bar.show_count(event.done, event.total, f"{event.unit} ({event.phase}: {event.detail})")
+
+    # The ONNX exporter's optimisation passes log a line per folded initializer and rewrite.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    recipe_path = args.recipe or RECIPE_PATH
+    try:
+        recipe = Recipe.load(recipe_path)
+        with bar.attached(logging.getLogger()):
+            built = build_starter(recipe, args.out or STARTER_DIR, show, processes=args.processes)
+    except (RadstackError, ValueError) as exc:
+        message = exc.message if isinstance(exc, RadstackError) else str(exc)
+        print(f"radstack models build-starter: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output folder cannot be written
+        print(f"radstack models build-starter: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    manifest = built.manifest
+    metrics, timings = manifest["metrics"], manifest["timings"]
+    low, high = metrics["auroc_ci"]
+    at_one = metrics["froc"]["at"].get("1")
+    print(
+        f"test AUROC {metrics['auroc']:.3f} (95% CI {low:.3f}-{high:.3f}) on {metrics['n_images']} images; "
+        f"FROC sensitivity {'-' if at_one is None else f'{at_one:.3f}'} at 1 FP/image"
+    )
+    print(
+        f"times: data {timings['data_seconds']:.1f} s, training {timings['training_seconds']:.1f} s "
+        f"({manifest['training']['device']}, {manifest['training']['threads']} thread(s)), export "
+        f"{timings['export_seconds']:.1f} s, evaluation {timings['evaluation_seconds']:.1f} s, total "
+        f"{timings['total_seconds']:.1f} s"
+    )
+    print(f"wrote {built.onnx_path} (sha256 {built.sha256}) and {built.manifest_path}")
+    return 0
+
+
 _MODEL_COMMANDS: dict[str, Callable[[Platform, argparse.Namespace], int]] = {
     "list": _models_list,
     "show": _models_show,
@@ -537,6 +596,20 @@ def _add_models_parser(commands: Any) -> None:
     promote.add_argument("--stage", choices=("staging", "production"), default="production")
     rollback = command("rollback", "return production to the version that was there before")
     rollback.add_argument("name")
+    build = sub.add_parser(
+        "build-starter",
+        help="make the shipped starter model 'fracture' from its recipe: train, export, evaluate (make starter-model)",
+    )
+    build.add_argument(
+        "--recipe", type=Path, help="the recipe (JSON; default: the one shipped in the package)"
+    )
+    build.add_argument(
+        "--out", type=Path, help="where to write fracture.onnx and fracture.json (default: the package's)"
+    )
+    build.add_argument(
+        "--processes", type=int, default=1, help="worker processes drawing the images (default 1: here)"
+    )
+    build.set_defaults(func=_models_build_starter)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     no_workers: bool = False
     #: Load the demo studies (a generated CT series, pydicom-data's radiographs) into an empty index.
     demo: bool = False
+    #: On the first start of a data dir, install the shipped starter model ``fracture`` (registered,
+    #: approved and in production; see ``radstack.ai.starter``). ``RADSTACK_STARTER_MODEL=off`` skips it.
+    starter_model: bool = True
     #: Job queue: empty for a SQLite queue in the data dir, or ``redis://host:port/db``.
     queue_url: str = ""
     #: Job consumer threads per process and queue (a queue that fixes its own, like ``training``'s

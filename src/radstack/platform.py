@@ -9,7 +9,8 @@ from functools import cached_property
 from typing import Any
 
 from radstack.ai.datasets import DATASET, DatasetRunner, DatasetService
-from radstack.ai.registry import ModelRegistry
+from radstack.ai.registry import ModelRegistry, ModelVersion
+from radstack.ai.starter import install_starter
 from radstack.ai.training import TRAINING, TrainingRunner, TrainingService
 from radstack.config import Settings
 from radstack.dicom.config import configure_pydicom
@@ -151,6 +152,14 @@ class Platform:
     def models(self) -> ModelRegistry:
         """The model registry: its rows in the index, its artifacts in the (encrypted) blob store."""
         return ModelRegistry(self.store.engine, self.store.blobs, self.policy, self.audit.submit)
+
+    def install_starter_model(self) -> ModelVersion | None:
+        """On a data dir whose registry has no model ``fracture``, install the shipped starter model
+        (registered, approved, in production); nothing when ``settings.starter_model`` is off or the
+        model exists. Problems are logged; the platform starts either way."""
+        if not self.settings.starter_model:
+            return None
+        return install_starter(self.models)
 
     @cached_property
     def datasets(self) -> DatasetService:

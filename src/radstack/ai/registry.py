@@ -365,6 +365,7 @@ class ModelRegistry:
         card: ModelCard | None = None,
         description: str = "",
         trained_by: str | None = None,
+        new_model: bool = False,
     ) -> ModelVersion:
         """Register a new version of ``name`` (the model is made with its first version); it is pending.
 
@@ -379,6 +380,9 @@ class ModelRegistry:
             Who registers it (needs ``manage-models``).
         trained_by
             Who trained it, when that is someone else (a training job's submitter); neither may approve it.
+        new_model
+            Register only as version 1 of a model that does not exist yet (checked in the transaction
+            that makes it, so of two nodes doing this at once one gets :class:`Conflict`).
 
         Raises
         ------
@@ -388,6 +392,8 @@ class ModelRegistry:
             A bad name, artifact name, lineage, metrics or card.
         InvalidModel, ContractMismatch
             The model file is corrupt, or does not match its contract.
+        Conflict
+            ``new_model`` and the model exists.
         """
         resource: dict[str, Any] = {"model": name, "event": "register", "format": str(format)}
         action = AuditActionValues.WRITE
@@ -423,6 +429,7 @@ class ModelRegistry:
                 description=description,
                 trained_by=trained_by or by.subject,
                 registered_by=by.subject,
+                new_model=new_model,
             )
             resource["version"] = version.version
         return version
@@ -554,6 +561,7 @@ class ModelRegistry:
         description: str,
         trained_by: str,
         registered_by: str,
+        new_model: bool = False,
     ) -> ModelVersion:
         """Write the blobs, then the rows in one transaction (retried when another version took the number).
 
@@ -561,7 +569,7 @@ class ModelRegistry:
         ------
         Conflict
             The fifth attempt still finds the model name or version number taken by another
-            registration.
+            registration; or ``new_model`` and the model exists.
         OutOfResources
             The blob store cannot take an artifact.
         """
@@ -575,6 +583,8 @@ class ModelRegistry:
             try:
                 with Session(self.engine) as session, session.begin():
                     model = session.scalar(select(ModelRow).where(ModelRow.name == name))
+                    if model is not None and new_model:
+                        raise Conflict(f"model {name!r} exists already; it was not registered again")
                     if model is None:
                         model = ModelRow(
                             name=name, description=description, created_by=registered_by, created_at=_now()

@@ -80,6 +80,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         app.state.platform = opened
         dimse = opened.dimse_server()
         try:
+            # First start of a data dir: the shipped starter model (once; off by RADSTACK_STARTER_MODEL).
+            await to_thread.run_sync(opened.install_starter_model)
             if opened.settings.demo:
                 await to_thread.run_sync(
                     lambda: load_demo(
