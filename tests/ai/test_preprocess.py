@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from radstack.ai.preprocess import Photometric, PreprocessSpec, preprocess
+from radstack.ai.preprocess import Photometric, PreprocessSpec, preprocess, reduce_ahead
 
 
 def _radiograph(height: int, width: int, dtype: type = np.uint16, seed: int = 0) -> np.ndarray:
@@ -78,3 +78,20 @@ def test_spec_round_trips_through_json_and_refuses_bad_values() -> None:
         PreprocessSpec(window_low_percentile=99, window_high_percentile=1)
     with pytest.raises(ValueError, match="unknown"):
         PreprocessSpec.from_dict({"size": 512, "colour": "blue"})
+
+
+def test_an_image_reduced_ahead_preprocesses_to_the_same_input() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 4096, size=(2500, 2048)).astype(np.uint16)
+    image[1000:1100, 800:900] = 4000  # a bright block whose box must land in the same place
+    spec = PreprocessSpec(size=512)
+    reduced, factor = reduce_ahead(image, spec.size)
+    assert factor == 4 and reduced.dtype == np.uint16 and reduced.shape == (625, 512)
+    direct, direct_box = preprocess(image, spec)
+    ahead, ahead_box = preprocess(reduced, spec)
+    assert np.abs(direct - ahead).max() < 2e-3  # the rounding to uint16 only
+    box = np.array([[800, 1000, 900, 1100]], np.float32)
+    assert np.allclose(direct_box.to_input(box), ahead_box.to_input(box / factor), atol=1e-3)
+    # An image already small enough is returned as it is.
+    small = image[:400, :300]
+    assert reduce_ahead(small, spec.size)[0] is small

@@ -56,6 +56,7 @@ TINY_RECIPE: dict[str, Any] = {
         "validation": {"seed": 12, "count": 16},
         "test": {"seed": 13, "count": 16},
         "options": {"scale": 0.05, "rg3_rate": 0.1},
+        "twins": True,
     },
     "training": {
         "seed": 1,
@@ -333,10 +334,12 @@ def test_build_starter_makes_the_same_artifact_twice_from_one_recipe(tmp_path: P
     manifest = first.manifest
     assert manifest["recipe"] == recipe.to_dict()
     assert manifest["metrics"]["n_images"] == 16 and manifest["training"]["threads"] == 1
+    assert "each with its intact twin" in manifest["card"]["training_data"]
     assert set(manifest["operating_points"]) >= {"suspicious", "definite"}
 
     # Progress: every image, every batch (2 epochs × 4 batches), each epoch, and each phase's time.
-    assert [e.done for e in events if e.phase is Phase.DATA and e.seconds is None] == list(range(1, 65))
+    drawn = [e.done for e in events if e.phase is Phase.DATA and e.seconds is None]
+    assert drawn == list(range(2, 33, 2)) + list(range(33, 65))  # twins come two at a time
     batches = [e.batch for e in events if e.batch is not None]
     assert [(b.epoch, b.batch) for b in batches] == [(e, b) for e in (1, 2) for b in (1, 2, 3, 4)]
     assert [e.epoch.epoch for e in events if e.epoch is not None] == [1, 2]
@@ -356,6 +359,10 @@ def test_a_recipe_with_a_seed_used_twice_is_refused() -> None:
     bad = json.loads(json.dumps(TINY_RECIPE))
     bad["data"]["test"]["seed"] = bad["data"]["train"]["seed"]
     with pytest.raises(BadRequest, match="different seeds"):
+        Recipe.from_dict(bad)
+    bad = json.loads(json.dumps(TINY_RECIPE))
+    bad["data"]["train"]["count"] = 33
+    with pytest.raises(BadRequest, match="must be even with twins"):
         Recipe.from_dict(bad)
     bad = json.loads(json.dumps(TINY_RECIPE))
     bad["training"]["threads"] = 2

@@ -26,6 +26,7 @@ from radstack.ai.synthetic import (
     Options,
     SyntheticDataError,
     generate,
+    generate_twins,
     to_dataset,
     write_dataset,
 )
@@ -288,3 +289,23 @@ def test_the_sizes_are_realistic_by_default() -> None:
     assert counts["wrist"] and counts["lower_leg"]
     wide = generate(2, 0, Options(size=(256, 200), rg3_rate=1.0))
     assert wide.pixels.shape == (256, 200) and wide.truth["composited"]
+
+
+def test_twins_are_one_patient_with_and_without_the_fracture() -> None:
+    options = Options(scale=0.08, rg3_rate=0.0)
+    for index in range(4):
+        broken, intact = generate_twins(9, index, options)
+        assert broken.truth["fracture"] and broken.truth["boxes"]
+        assert not intact.truth["fracture"] and intact.truth["boxes"] == []
+        assert broken.truth["patient_id"] == intact.truth["patient_id"]
+        assert broken.pixels.shape == intact.pixels.shape
+        # The fractured twin is the data set's own image when every patient is broken.
+        same = generate(9, index, Options(scale=0.08, rg3_rate=0.0, fracture_rate=1.0))
+        assert np.array_equal(same.pixels, broken.pixels)
+        if not broken.truth["displaced"]:  # a displaced fracture moves the distal limb as well
+            change = np.abs(broken.pixels.astype(np.int64) - intact.pixels.astype(np.int64))
+            y, x = np.unravel_index(np.argmax(change), change.shape)
+            assert change.max() > 0
+            assert any(
+                x0 - 3 <= x < x1 + 3 and y0 - 3 <= y < y1 + 3 for x0, y0, x1, y1 in broken.truth["boxes"]
+            )

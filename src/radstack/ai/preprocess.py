@@ -38,6 +38,7 @@ __all__ = [
     "check_fields",
     "letterbox_for",
     "preprocess",
+    "reduce_ahead",
 ]
 
 #: Bump when the meaning of a spec's fields changes, so an old model is never fed new pixels.
@@ -208,6 +209,33 @@ def letterbox_for(height: int, width: int, size: int) -> tuple[Letterbox, int]:
         content_height=content_h,
     )
     return box, factor
+
+
+def reduce_ahead(image: NDArray[Any], size: int) -> tuple[NDArray[Any], int]:
+    """The first step of :func:`preprocess` for a ``size`` input (the mean over ``k × k`` blocks) done
+    ahead, to hold many training images in memory: the result, rounded back to the image's integer
+    dtype, preprocesses to the same input up to that rounding. Boxes on it are the image's divided by
+    ``k``.
+
+    Returns
+    -------
+    tuple
+        ``(reduced, k)``.
+
+    Raises
+    ------
+    ValueError
+        If the image is not 2-D or is empty.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    _, factor = letterbox_for(image.shape[0], image.shape[1], size)
+    if factor == 1:
+        return image, 1
+    reduced = _area_reduce(image, factor)
+    if np.issubdtype(image.dtype, np.integer):
+        return np.rint(reduced).astype(image.dtype), factor
+    return reduced, factor
 
 
 def preprocess(

@@ -51,9 +51,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from radstack import __version__
 from radstack.ai.card import ModelCard
 from radstack.ai.contract import Contract
+from radstack.ai.preprocess import reduce_ahead
 from radstack.ai.registry import (
     ApprovalStatus,
     ArtifactIn,
@@ -64,7 +67,7 @@ from radstack.ai.registry import (
 )
 from radstack.ai.registry import Stage as RegistryStage
 from radstack.ai.samples import Sample
-from radstack.ai.synthetic import Options, SyntheticImage, generate
+from radstack.ai.synthetic import Options, SyntheticImage, generate, generate_twins
 from radstack.errors import BadRequest, Conflict, NotFound, ProcessingFailure, RadstackError
 from radstack.security.policy import Principal
 
@@ -148,7 +151,7 @@ def _split(value: Any, where: str) -> Split:
 
 _OPTION_FIELDS = ("fracture_rate", "scale", "size", "images_per_patient", "rg3_rate")
 _RECIPE_FIELDS = {"description", "data", "training", "threads"}
-_DATA_FIELDS = {"train", "validation", "test", "options"}
+_DATA_FIELDS = {"train", "validation", "test", "options", "twins"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,10 @@ class Recipe:
         float summation order, so the weights.
     description
         What the recipe is for (free text).
+    twins
+        Draw the training split as fractured images each with its intact twin
+        (:func:`~radstack.ai.synthetic.generate_twins`): the detector sees every fracture site with and
+        without the fracture. Validation and test are drawn as they come (``options.fracture_rate``).
     """
 
     train: Split
@@ -178,6 +185,7 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
     description: str = ""
+    twins: bool = False
 
     @classmethod
     def from_dict(cls, document: Any) -> Recipe:
@@ -231,6 +239,14 @@ class Recipe:
                 f"recipe training.threads ({training['threads']}) differs from threads ({threads}); "
                 "set only threads"
             )
+        twins = data.get("twins", False)
+        if not isinstance(twins, bool):
+            raise BadRequest(f"recipe data.twins must be true or false, not {twins!r}")
+        if twins and splits["train"].count % 2:
+            raise BadRequest(
+                f"recipe data.train.count ({splits['train'].count}) must be even with twins: "
+                "each fractured image comes with its intact twin"
+            )
         description = document.get("description", "")
         if not isinstance(description, str):
             raise BadRequest("recipe description must be text")
@@ -242,6 +258,7 @@ class Recipe:
             dict(training),
             threads,
             description,
+            twins,
         )
 
     @classmethod
@@ -276,6 +293,7 @@ class Recipe:
                 "validation": self.validation.to_dict(),
                 "test": self.test.to_dict(),
                 "options": self.options_dict(),
+                "twins": self.twins,
             },
             "training": self.training,
             "threads": self.threads,
@@ -334,16 +352,26 @@ class BuildProgress:
 
 
 # ------------------------------------------------------------------------------------------------ build
-def _sample(image: SyntheticImage) -> Sample:
+def _sample(image: SyntheticImage, size: int, sites: Any = ()) -> Sample:
+    """The image as a training sample, reduced ahead for a ``size`` input (see
+    :func:`~radstack.ai.preprocess.reduce_ahead`: thousands of 2500 × 2048 images fit in memory)."""
     truth = image.truth
+    pixels, factor = reduce_ahead(image.pixels, size)
     return Sample(
-        image=image.pixels,
-        boxes=truth["boxes"],
+        image=pixels,
+        boxes=np.asarray(truth["boxes"], np.float32).reshape(-1, 4) / np.float32(factor),
         label=bool(truth["fracture"]),
         patient_id=str(truth["patient_id"]),
         fracture_type=truth["type"],
         key=str(truth["sop_instance_uid"]),
+        sites=np.asarray(sites, np.float32).reshape(-1, 4) / np.float32(factor),
     )
+
+
+def _twin_samples(pair: tuple[SyntheticImage, SyntheticImage], size: int) -> list[Sample]:
+    """A fractured image and its intact twin, whose site is where the first is broken."""
+    broken, intact = pair
+    return [_sample(broken, size), _sample(intact, size, sites=broken.truth["boxes"])]
 
 
 def _generate(
@@ -351,33 +379,42 @@ def _generate(
     options: Options,
     processes: int,
     on_image: Callable[[int, str], None],
+    *,
+    size: int,
+    twins: bool = False,
 ) -> dict[str, list[Sample]]:
-    """The samples of every split, in index order. With ``processes`` > 1 they are drawn by that many
-    spawned worker processes (not forked: the caller may hold threads, torch's among them); every image
-    is a pure function of (seed, index, options), so the result is the same either way."""
-    jobs = [(name, split.seed, index) for name, split in splits for index in range(split.count)]
+    """The samples of every split, in index order, reduced ahead for a ``size`` input. With ``twins`` the
+    training split is ``count / 2`` fractured images each followed by its intact twin
+    (:func:`~radstack.ai.synthetic.generate_twins`). With ``processes`` > 1 the images are drawn by that
+    many spawned worker processes (not forked: the caller may hold threads, torch's among them); every
+    image is a pure function of (seed, index, options), so the result is the same either way."""
     out: dict[str, list[Sample]] = {name: [] for name, _ in splits}
-
-    def collect(images: Iterator[SyntheticImage]) -> None:
-        for done, ((name, _, _), image) in enumerate(zip(jobs, images, strict=True), start=1):
-            out[name].append(_sample(image))
-            on_image(done, name)
-
-    if processes <= 1:
-        collect(generate(seed, index, options) for _, seed, index in jobs)
-        return out
-    # The workers import radstack.ai.synthetic only (generate's module), not this one.
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        chunk = max(1, min(16, len(jobs) // (4 * processes)))
-        collect(
-            pool.map(
-                generate,
-                [seed for _, seed, _ in jobs],
-                [index for _, _, index in jobs],
-                [options] * len(jobs),
-                chunksize=chunk,
-            )
-        )
+    done = 0
+    pool = (
+        ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        if processes > 1
+        else None
+    )
+    try:
+        for name, split in splits:
+            paired = twins and name == "train"
+            draw: Callable[..., Any] = generate_twins if paired else generate
+            indices = list(range(split.count // 2 if paired else split.count))
+            if pool is None:
+                drawn: Iterator[Any] = (draw(split.seed, index, options) for index in indices)
+            else:
+                chunk = max(1, min(16, len(indices) // (4 * processes)))
+                drawn = pool.map(
+                    draw, [split.seed] * len(indices), indices, [options] * len(indices), chunksize=chunk
+                )
+            for item in drawn:
+                new = _twin_samples(item, size) if paired else [_sample(item, size)]
+                out[name].extend(new)
+                done += len(new)
+                on_image(done, name)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return out
 
 
@@ -427,7 +464,8 @@ def _card(recipe: Recipe, n_test: int) -> ModelCard:
         ),
         training_data=(
             "Synthetic DX radiographs drawn by radstack.ai.synthetic (no patient data): "
-            f"{recipe.train.count} training images (seed {recipe.train.seed}) and "
+            f"{recipe.train.count} training images (seed {recipe.train.seed}"
+            f"{', fractured images each with its intact twin' if recipe.twins else ''}) and "
             f"{recipe.validation.count} validation images (seed {recipe.validation.seed}; operating points "
             f"and calibration); the metrics are on {n_test} test images of seed {recipe.test.seed}, never "
             f"used in training. Images at {size}, fracture rate {options.fracture_rate:g}, "
@@ -553,6 +591,8 @@ def build_starter(
         recipe.options,
         processes,
         lambda done, name: report(BuildProgress(Phase.DATA, done, total, "images", name)),
+        size=config.preprocess.size,
+        twins=recipe.twins,
     )
     timings["data_seconds"] = time.perf_counter() - t0
     report(BuildProgress(Phase.DATA, total, total, "images", seconds=timings["data_seconds"]))
