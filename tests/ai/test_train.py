@@ -23,6 +23,8 @@ from radstack.ai.train import (
     TrainResult,
     _augment,
     _crop,
+    _losses,
+    _targets,
     load_checkpoint_model,
     predict,
     train,
@@ -42,7 +44,7 @@ TINY = TrainConfig(
 )
 
 
-def _losses(history: tuple[EpochReport, ...]) -> list[tuple[float, dict[str, float]]]:
+def _curve(history: tuple[EpochReport, ...]) -> list[tuple[float, dict[str, float]]]:
     return [(report.train_loss, report.validation) for report in history]
 
 
@@ -86,7 +88,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult
 def test_the_same_seed_gives_the_same_loss_curve_and_weights(uninterrupted: tuple[TrainResult, Path]) -> None:
     first, _ = uninterrupted
     again = train(tiny_dataset(64, seed=1), tiny_dataset(16, seed=2), TINY)
-    assert _losses(again.history) == _losses(first.history)
+    assert _curve(again.history) == _curve(first.history)
     assert _same_weights(again.model, first.model)
     other = train(tiny_dataset(64, seed=1), tiny_dataset(16, seed=2), _with(TINY, seed=4, epochs=1))
     assert other.history[0].train_loss != first.history[0].train_loss
@@ -116,7 +118,7 @@ def test_a_cancelled_run_resumes_from_its_checkpoint_to_the_same_result(
     # A fresh process would do exactly this: call train again with the same checkpoint path.
     resumed = train(tiny_dataset(64, seed=1), tiny_dataset(16, seed=2), TINY, checkpoint_path=path)
     assert resumed.resumed_from_epoch == 1
-    assert _losses(resumed.history) == _losses(first.history)
+    assert _curve(resumed.history) == _curve(first.history)
     assert _same_weights(resumed.model, first.model)
 
 
@@ -226,3 +228,22 @@ def test_windows_off_the_fracture_can_be_placed_on_bone_instead_of_collimation_o
 
     assert share_on_bone(1.0) == 1.0  # every window shows bone
     assert share_on_bone(0.0) < 0.5  # anywhere: mostly soft tissue and collimation
+
+
+def test_the_peak_loss_makes_a_false_peak_on_a_normal_window_cost_more() -> None:
+    targets = _targets([torch.zeros(0, 4)], 64, 64, 0.54, torch.device("cpu"))  # a normal window
+
+    def loss(config: TrainConfig, peak: float | None) -> float:
+        logits = torch.full((1, 1, 16, 16), -4.6)  # the heatmap's prior everywhere
+        if peak is not None:
+            logits[0, 0, 5, 7] = peak  # one false peak
+        outputs = (logits, torch.zeros(1, 2, 16, 16), torch.zeros(1, 2, 16, 16), torch.zeros(1))
+        return float(_losses(outputs, targets, torch.zeros(1), config))
+
+    def extra_cost(config: TrainConfig) -> float:
+        return loss(config, 3.0) - loss(config, None)
+
+    without, with_peak = extra_cost(_with(TINY, peak_weight=0.0)), extra_cost(_with(TINY, peak_weight=1.0))
+    # The BCE of a logit of 3 against "normal" is log(1 + e^3) ≈ 3.05, against ≈ 0.01 for the prior.
+    expected = math.log1p(math.exp(3.0)) - math.log1p(math.exp(-4.6))
+    assert with_peak - without == pytest.approx(expected, rel=1e-4)

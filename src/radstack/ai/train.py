@@ -113,6 +113,10 @@ class TrainConfig:
     size_weight: float = 1.0
     offset_weight: float = 1.0
     global_weight: float = 0.5
+    #: Weight of a binary cross-entropy on each window's highest heatmap logit against its label: the
+    #: image score is that peak, so this pushes down the one worst false peak of a normal window (a
+    #: growth plate, a joint edge) and lifts the fracture's, which the per-cell focal loss averages away.
+    peak_weight: float = 0.0
     gaussian_alpha: float = 0.54  # TTFNet: σ = alpha · box side / 6
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
@@ -461,7 +465,8 @@ def _losses(
     labels: Tensor,
     config: TrainConfig,
 ) -> Tensor:
-    """CenterNet focal loss (α = 2, β = 4) + L1 size/offset at centres + BCE of the global head."""
+    """CenterNet focal loss (α = 2, β = 4) + L1 size/offset at centres + BCE of the global head (+ BCE of
+    the highest heatmap logit with ``peak_weight``)."""
     logits, log_size, offset, image_logit = outputs
     heat, size_t, offset_t, mask = targets
     log_p = F.logsigmoid(logits)
@@ -475,12 +480,16 @@ def _losses(
     size_loss = (F.l1_loss(log_size, size_t, reduction="none") * mask).sum() / n_centres
     offset_loss = (F.l1_loss(offset, offset_t, reduction="none") * mask).sum() / n_centres
     global_loss = F.binary_cross_entropy_with_logits(image_logit, labels)
-    return (
+    loss = (
         focal
         + config.size_weight * size_loss
         + config.offset_weight * offset_loss
         + config.global_weight * global_loss
     )
+    if config.peak_weight:
+        peak = logits.flatten(1).amax(dim=1)
+        loss = loss + config.peak_weight * F.binary_cross_entropy_with_logits(peak, labels)
+    return loss
 
 
 # ---------------------------------------------------------------------------------------------------------
