@@ -24,7 +24,7 @@ run: install viewer
 
 # The shipped starter model (src/radstack/ai/starter/): trained from its recipe.json, exported, evaluated.
 starter-model: install
-	$(BIN)/radstack models build-starter
+	$(BIN)/radstack models build-starter --processes 2
 
 LINT_PATHS := src tests $(wildcard bench)
 

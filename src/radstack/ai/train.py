@@ -89,7 +89,7 @@ class AugmentConfig:
     #: Probability that any other window is centred on bone-like content (a pixel brighter than the median
     #: of the exposed, unsaturated content) rather than anywhere: radiographs are mostly soft tissue and
     #: flat collimation, easy negatives; the look-alikes a detector must learn to ignore lie on bone.
-    crop_on_bone: float = 0.0
+    crop_on_bone: float = 0.8
 
     def __post_init__(self) -> None:
         if self.crop is not None and (self.crop < 32 or self.crop % 32):
@@ -116,7 +116,7 @@ class TrainConfig:
     #: Weight of a binary cross-entropy on each window's highest heatmap logit against its label: the
     #: image score is that peak, so this pushes down the one worst false peak of a normal window (a
     #: growth plate, a joint edge) and lifts the fracture's, which the per-cell focal loss averages away.
-    peak_weight: float = 0.0
+    peak_weight: float = 1.0
     gaussian_alpha: float = 0.54  # TTFNet: σ = alpha · box side / 6
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
