@@ -82,3 +82,53 @@ def start_worker(data_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+class Workers:
+    """``radstack worker`` processes on a data dir (and the Redis queue ``queue_url``, else the data dir's
+    own), with the ``plugins`` module loaded if given; each logs to its own file. ``stop`` ends them all."""
+
+    def __init__(
+        self, data_dir: Path, logs: Path, *, queue_url: str | None = None, plugins: str | None = None
+    ) -> None:
+        self.data_dir, self.logs = data_dir, logs
+        self.queue_url, self.plugins = queue_url, plugins
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, **settings: str) -> subprocess.Popen[bytes]:
+        """A worker with ``args`` (``--queues …``) and ``settings`` (``RADSTACK_<NAME>`` values)."""
+        root = str(Path(__file__).resolve().parents[1])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+            "RADSTACK_INGEST_PROCESSES": "0",
+            **({"RADSTACK_QUEUE_URL": self.queue_url} if self.queue_url else {}),
+            **({"RADSTACK_PLUGINS": self.plugins} if self.plugins else {}),
+            **{f"RADSTACK_{name.upper()}": value for name, value in settings.items()},
+        }
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"worker-{len(self.processes)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [RADSTACK, "worker", "--data-dir", str(self.data_dir), *args],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        self.processes.append(process)
+        return process
+
+    def log(self) -> str:
+        """Every worker's log, for an assertion's message."""
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                process.send_signal(signal.SIGCONT)  # a paused one must run to handle SIGTERM
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

@@ -9,7 +9,6 @@ trains a small detector at 64 px for a few epochs (seconds).
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from tests import authed
 from tests.ai.test_datasets import dx_image
 from tests.ai.tiny import tiny_sample
 from tests.conftest import RunningServer, server_settings, start_server
-from tests.processes import RADSTACK
+from tests.processes import RADSTACK, Workers
 
 #: A small detector that learns the tiny images in a few epochs (one thread: the same curve every run).
 CONFIG: dict[str, Any] = {
@@ -361,42 +360,7 @@ def test_a_cancelled_job_stops_keeps_its_checkpoint_and_registers_nothing(
 # ----------------------------------------------------------------------------------------- workers
 #: The lease of the workers below: a killed worker's job is claimed again a few seconds later.
 LEASE = 2.0
-
-
-class Workers:
-    """``radstack worker --queues training`` processes on a data dir, each logging to a file; all are
-    ended after the test."""
-
-    def __init__(self, data_dir: Path, logs: Path) -> None:
-        self.data_dir, self.logs = data_dir, logs
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "RADSTACK_INGEST_PROCESSES": "0", "RADSTACK_JOB_LEASE_SECONDS": str(LEASE)}
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with (self.logs / f"worker-{len(self.processes)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [RADSTACK, "worker", "--data-dir", str(self.data_dir), "--queues", "training"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        self.processes.append(process)
-        return process
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+TRAINING_WORKER = ("--queues", "training")
 
 
 @pytest.fixture
@@ -421,7 +385,7 @@ def test_a_killed_training_workers_job_resumes_from_its_checkpoint_to_the_uninte
     api_node: RunningServer, workers: Workers
 ) -> None:
     scientist = headers_of(api_node, SCIENTIST, "data-scientist")
-    doomed = workers.start()
+    doomed = workers.start(*TRAINING_WORKER, job_lease_seconds=str(LEASE))
     job = submit(api_node, scientist).json()
     path = checkpoint_path(api_node.platform.settings.data_dir, job["id"])
     deadline = time.monotonic() + 180
@@ -435,7 +399,9 @@ def test_a_killed_training_workers_job_resumes_from_its_checkpoint_to_the_uninte
     orphan = api_node.platform.jobs.records.get(job["id"])
     assert orphan.state.value == "RUNNING" and f"/{doomed.pid}/" in str(orphan.lease_owner)
 
-    workers.start()  # its sweep queues the job again once the dead worker's lease has run out
+    workers.start(
+        *TRAINING_WORKER, job_lease_seconds=str(LEASE)
+    )  # its sweep queues the job again once the dead worker's lease has run out
     resumed = wait_for(api_node.url, job["id"], scientist)
     assert resumed["state"] == "SUCCEEDED", (resumed["error"], workers.log())
     assert resumed["attempts"] == 2
@@ -469,7 +435,7 @@ def test_radstack_train_follows_the_job_to_its_registered_version(tmp_path: Path
     config = tmp_path / "config.json"
     config.write_text(json.dumps(CONFIG))
     pool = Workers(data_dir, tmp_path / "worker-logs")
-    pool.start()
+    pool.start(*TRAINING_WORKER, job_lease_seconds=str(LEASE))
 
     def train(*args: str) -> subprocess.CompletedProcess[str]:
         argv = [RADSTACK, "train", "--model", MODEL, "--user", SCIENTIST, "--data-dir", str(data_dir), *args]

@@ -3,8 +3,6 @@ and ``radstack worker`` processes with the test plugin on it."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -16,7 +14,7 @@ import pytest
 from radstack.config import Settings
 from radstack.jobs.records import FINAL_STATES, Job
 from tests.conftest import RunningServer, free_port, require_binary, start_server
-from tests.processes import RADSTACK
+from tests.processes import Workers
 
 
 @pytest.fixture
@@ -58,53 +56,6 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         process.wait(timeout=20)
 
 
-class Workers:
-    """``radstack worker`` processes on a shared data dir and Redis queue, with the test plugin
-    (``tests.jobs.plugin``) loaded; each logs to its own file. All are ended after the test."""
-
-    def __init__(self, data_dir: Path, redis_url: str, logs: Path) -> None:
-        self.data_dir, self.redis_url, self.logs = data_dir, redis_url, logs
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, **settings: str) -> subprocess.Popen[bytes]:
-        """A worker with ``args`` (``--queues …``) and ``settings`` (``RADSTACK_<NAME>`` values)."""
-        root = str(Path(__file__).resolve().parents[2])
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
-            "RADSTACK_QUEUE_URL": self.redis_url,
-            "RADSTACK_INGEST_PROCESSES": "0",
-            "RADSTACK_PLUGINS": "tests.jobs.plugin",
-            **{f"RADSTACK_{name.upper()}": value for name, value in settings.items()},
-        }
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with (self.logs / f"worker-{len(self.processes)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [RADSTACK, "worker", "--data-dir", str(self.data_dir), *args],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        self.processes.append(process)
-        return process
-
-    def log(self) -> str:
-        """Every worker's log, for an assertion's message."""
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-                process.send_signal(signal.SIGCONT)  # a paused one must run to handle SIGTERM
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
 @pytest.fixture
 def api_node(tmp_path: Path, redis_url: str) -> Iterator[RunningServer]:
     """An API server that runs no jobs (``--no-workers``): it submits jobs to the Redis queue."""
@@ -121,7 +72,12 @@ def api_node(tmp_path: Path, redis_url: str) -> Iterator[RunningServer]:
 
 @pytest.fixture
 def workers(api_node: RunningServer, redis_url: str, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(api_node.platform.settings.data_dir, redis_url, tmp_path / "worker-logs")
+    pool = Workers(
+        api_node.platform.settings.data_dir,
+        tmp_path / "worker-logs",
+        queue_url=redis_url,
+        plugins="tests.jobs.plugin",
+    )
     try:
         yield pool
     finally:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from radstack.jobs import JobState
 from tests.conftest import RunningServer
-from tests.jobs.conftest import Workers, finished, wait_for_job
+from tests.jobs.conftest import finished, wait_for_job
 from tests.jobs.plugin import TRAIN, TrainParams, runs_of
+from tests.processes import Workers
 
 LEASE = 2.0
 SETTINGS = {"job_lease_seconds": str(LEASE)}

@@ -17,9 +17,9 @@ import pytest
 from radstack.config import Settings
 from radstack.jobs import JobState
 from tests.conftest import RunningServer, free_port, start_server
-from tests.jobs.conftest import Workers, finished, wait_for_job
+from tests.jobs.conftest import finished, wait_for_job
 from tests.jobs.plugin import ECHO, TRAIN, EchoParams, TrainParams, echo, runs_of, train
-from tests.processes import RADSTACK
+from tests.processes import RADSTACK, Workers
 
 #: Long enough for a consumer of a queue to take a waiting job (they poll at most every 0.5 s).
 NOT_TAKEN_SECONDS = 2.0
