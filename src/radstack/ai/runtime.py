@@ -19,7 +19,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from radstack.ai.preprocess import Photometric, PreprocessSpec, preprocess
-from radstack.ai.samples import Prediction
+from radstack.ai.samples import Prediction, predictions
 
 __all__ = [
     "ONNX_INPUT",
@@ -165,17 +165,7 @@ class OnnxDetector:
             inputs.append(pixels)
             letterboxes.append(letterbox)
         boxes, scores, probability = self.run(np.stack(inputs)[:, None])
-        out = []
-        for i, letterbox in enumerate(letterboxes):
-            keep = scores[i] >= min_score
-            out.append(
-                Prediction(
-                    probability=float(probability[i]),
-                    boxes=letterbox.to_original(boxes[i][keep]),
-                    scores=scores[i][keep].astype(np.float32),
-                )
-            )
-        return out
+        return predictions(boxes, scores, probability, letterboxes, min_score)
 
     def run(
         self, batch: NDArray[np.float32]

@@ -6,15 +6,16 @@ reads pixels from the store on ``__getitem__``. Training reads each sample once 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from radstack.ai.preprocess import Photometric
+from radstack.ai.preprocess import Letterbox, Photometric
 
-__all__ = ["Prediction", "Sample", "as_boxes"]
+__all__ = ["Prediction", "Sample", "as_boxes", "predictions"]
 
 
 def as_boxes(boxes: Any) -> NDArray[np.float32]:
@@ -104,3 +105,25 @@ class Prediction:
             "boxes": [[round(float(v), 2) for v in box] for box in self.boxes],
             "scores": [round(float(s), 6) for s in self.scores],
         }
+
+
+def predictions(
+    boxes: NDArray[Any],
+    scores: NDArray[Any],
+    probability: NDArray[Any],
+    letterboxes: Sequence[Letterbox],
+    min_score: float,
+) -> list[Prediction]:
+    """One :class:`Prediction` per image from the detector's batch outputs (boxes in model-input pixels,
+    scores, probability), keeping the boxes scoring at least ``min_score``, mapped to each image's pixels."""
+    out = []
+    for i, letterbox in enumerate(letterboxes):
+        keep = scores[i] >= min_score
+        out.append(
+            Prediction(
+                probability=float(probability[i]),
+                boxes=letterbox.to_original(boxes[i][keep]),
+                scores=scores[i][keep].astype(np.float32),
+            )
+        )
+    return out

@@ -36,7 +36,7 @@ from torch import Tensor
 from radstack.ai.detector import STRIDE, CenterNet, DetectorConfig
 from radstack.ai.evaluate import auroc, fit_platt, froc
 from radstack.ai.preprocess import Letterbox, PreprocessSpec, check_fields, preprocess
-from radstack.ai.samples import Prediction, Sample
+from radstack.ai.samples import Prediction, Sample, predictions
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -504,17 +504,7 @@ def _to_predictions(
     decoded: tuple[Tensor, Tensor, Tensor], letterboxes: Sequence[Letterbox], min_score: float
 ) -> list[Prediction]:
     boxes, scores, probability = (t.detach().float().cpu().numpy() for t in decoded)
-    out = []
-    for i, letterbox in enumerate(letterboxes):
-        keep = scores[i] >= min_score
-        out.append(
-            Prediction(
-                probability=float(probability[i]),
-                boxes=letterbox.to_original(boxes[i][keep]),
-                scores=scores[i][keep].astype(np.float32),
-            )
-        )
-    return out
+    return predictions(boxes, scores, probability, letterboxes, min_score)
 
 
 @torch.no_grad()
