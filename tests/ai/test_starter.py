@@ -41,6 +41,7 @@ from radstack.config import Settings
 from radstack.errors import BadRequest, Conflict
 from radstack.platform import Platform
 from radstack.security.policy import Principal
+from tests.ai.tiny import TINY_DETECTOR
 from tests.conftest import server_settings, start_server
 
 HTML = {"Accept": "text/html"}
@@ -63,12 +64,7 @@ TINY_RECIPE: dict[str, Any] = {
         "epochs": 2,
         "batch_size": 8,
         "device": "cpu",
-        "detector": {
-            "widths": [8, 16, 24, 32, 48],
-            "blocks": [0, 0, 1, 1, 0],
-            "neck_width": 16,
-            "max_detections": 8,
-        },
+        "detector": TINY_DETECTOR.to_dict(),
         "preprocess": {"size": 64},
     },
     "threads": 1,

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from radstack.ai.detector import DetectorConfig
 from radstack.ai.evaluate import choose_operating_points, evaluate
 from radstack.ai.preprocess import PreprocessSpec, preprocess
 from radstack.ai.train import (
@@ -29,16 +28,14 @@ from radstack.ai.train import (
     predict,
     train,
 )
-from tests.ai.tiny import tiny_dataset
+from tests.ai.tiny import TINY_DETECTOR, tiny_dataset
 
 TINY = TrainConfig(
     seed=3,
     epochs=3,
     batch_size=16,
     learning_rate=3e-3,
-    detector=DetectorConfig(
-        widths=(8, 16, 24, 32, 48), blocks=(0, 0, 1, 1, 0), neck_width=16, max_detections=8
-    ),
+    detector=TINY_DETECTOR,
     preprocess=PreprocessSpec(size=64),
     threads=1,  # bit-identical runs need the same thread count; one is also fastest on a shared machine
 )

@@ -30,7 +30,7 @@ from radstack.platform import Platform
 from radstack.security.policy import SYSTEM
 from tests import authed
 from tests.ai.test_datasets import dx_image
-from tests.ai.tiny import tiny_sample
+from tests.ai.tiny import TINY_DETECTOR, tiny_sample
 from tests.conftest import RunningServer, server_settings, start_server
 from tests.processes import RADSTACK, Workers
 
@@ -42,12 +42,7 @@ CONFIG: dict[str, Any] = {
     "learning_rate": 0.01,
     "threads": 1,
     "device": "cpu",
-    "detector": {
-        "widths": [8, 16, 24, 32, 48],
-        "blocks": [0, 0, 1, 1, 0],
-        "neck_width": 16,
-        "max_detections": 8,
-    },
+    "detector": TINY_DETECTOR.to_dict(),
     "preprocess": {"size": 64},
     "augment": {"enabled": False},
 }

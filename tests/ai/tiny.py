@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from radstack.ai.detector import DetectorConfig
 from radstack.ai.samples import Sample
+
+#: A detector small enough to learn the tiny images in a few epochs.
+TINY_DETECTOR = DetectorConfig(
+    widths=(8, 16, 24, 32, 48), blocks=(0, 0, 1, 1, 0), neck_width=16, max_detections=8
+)
 
 
 def tiny_sample(rng: np.random.Generator, size: int = 96, fracture: bool | None = None) -> Sample:
