@@ -27,7 +27,9 @@ from radstack.store.models import StudyRow, StudyStatus
 from radstack.store.studies import StudyStore
 
 __all__ = [
+    "HIGH_PRIORITY",
     "UNREAD",
+    "URGENT_PRIORITY",
     "RoleView",
     "WorklistFilters",
     "WorklistPage",
@@ -40,6 +42,12 @@ JsonDict = dict[str, Any]
 
 #: The status filter's name for studies whose status is null.
 UNREAD = "unread"
+#: Where the AI priority bands start (``studies.ai_priority``, 0–100): ``urgent`` from 80 (at or above
+#: the model's "definite" operating point), ``high`` from 50 ("suspicious"), ``routine`` below.
+#: :func:`radstack.ai.findings.priority_of` makes the numbers; the page and the "AI positive" filter
+#: (``high`` or ``urgent``) read them.
+URGENT_PRIORITY = 80
+HIGH_PRIORITY = 50
 #: How far the page counts matches; past it the page says "of ≥ COUNT_CAP".
 COUNT_CAP = 10_000
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
