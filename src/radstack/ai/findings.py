@@ -214,6 +214,11 @@ class Review:
     comment: str
     reviewed_at: datetime
 
+    def shown(self, view: View) -> Review:
+        """This review as ``view`` shows it: no free-text comment in a de-identified view (a comment
+        may name the patient)."""
+        return self if view.deid is None else replace(self, comment="")
+
 
 @dataclass(frozen=True, slots=True)
 class ResultRecord:
@@ -266,7 +271,7 @@ class ResultRecord:
                 )
                 for f in self.findings
             ),
-            reviews={index: replace(r, comment="") for index, r in self.reviews.items()},
+            reviews={index: review.shown(view) for index, review in self.reviews.items()},
         )
 
 
