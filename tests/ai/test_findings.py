@@ -173,6 +173,20 @@ def test_record_refuses_an_unknown_study_and_misnumbered_findings(platform: Plat
             sr_sop_uid=None,
             trigger="user:rita",
         )
+    with pytest.raises(BadRequest, match="priority 60 is in the high band, not urgent"):
+        platform.ai_results.record(
+            study_uid=done.study_uid,
+            model="fracture",
+            model_version=1,
+            probability=0.8,
+            priority=60,
+            level=PriorityLevel.URGENT,
+            findings=(),
+            input_key="k",
+            sr_series_uid=None,
+            sr_sop_uid=None,
+            trigger="user:rita",
+        )
     with pytest.raises(NotFound, match="AI result 999999 not found"):
         platform.ai_results.get(999_999)
 

@@ -46,7 +46,7 @@ from radstack.security.audit import AuditActionValues, AuditEntry, audited
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.security.views import View
 from radstack.store.models import StudyRow
-from radstack.store.worklist import HIGH_PRIORITY, URGENT_PRIORITY
+from radstack.store.worklist import HIGH_PRIORITY, URGENT_PRIORITY, priority_band
 
 __all__ = [
     "SCORE_BINS",
@@ -485,13 +485,17 @@ class AiResults:
         NotFound
             The study is not stored.
         BadRequest
-            A probability outside [0, 1], a priority outside 0–100, an unknown level, findings not
-            numbered in order, an empty or over-long trigger or input key.
+            A probability outside [0, 1], a priority outside 0–100 or outside ``level``'s band, an
+            unknown level, findings not numbered in order, an empty or over-long trigger or input key.
         """
         _unit(probability, "probability")
         if not 0 <= priority <= 100:
             raise BadRequest(f"priority {priority} is not between 0 and 100")
         level = PriorityLevel(level)
+        if priority_band(priority) != level.value:
+            raise BadRequest(
+                f"priority {priority} is in the {priority_band(priority)} band, not {level.value}"
+            )
         _check_findings(findings)
         if not 0 < len(input_key) <= 64:
             raise BadRequest(f"input key {input_key!r} must be 1 to 64 characters")

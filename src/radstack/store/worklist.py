@@ -35,6 +35,7 @@ __all__ = [
     "WorklistFilters",
     "WorklistPage",
     "WorklistRow",
+    "priority_band",
     "worklist_order",
     "worklist_page",
 ]
@@ -49,6 +50,15 @@ UNREAD = "unread"
 #: (``high`` or ``urgent``) read them.
 URGENT_PRIORITY = 80
 HIGH_PRIORITY = 50
+
+
+def priority_band(priority: int) -> str:
+    """The band of an AI priority: ``urgent``, ``high`` or ``routine``."""
+    if priority >= URGENT_PRIORITY:
+        return "urgent"
+    return "high" if priority >= HIGH_PRIORITY else "routine"
+
+
 #: How far the page counts matches; past it the page says "of ≥ COUNT_CAP".
 COUNT_CAP = 10_000
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
@@ -182,11 +192,7 @@ class WorklistRow:
     @property
     def ai_level(self) -> str | None:
         """The AI priority's band: ``urgent``, ``high`` or ``routine`` (None: not scored)."""
-        if self.ai_priority is None:
-            return None
-        if self.ai_priority >= URGENT_PRIORITY:
-            return "urgent"
-        return "high" if self.ai_priority >= HIGH_PRIORITY else "routine"
+        return None if self.ai_priority is None else priority_band(self.ai_priority)
 
 
 @dataclass(frozen=True, slots=True)
