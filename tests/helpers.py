@@ -102,6 +102,25 @@ def stow(
     return authed.post(url, content=payload, headers={"Content-Type": content_type}, timeout=60)
 
 
+def signed_in_browser(server: RunningServer) -> httpx.Client:
+    """A client that asks for HTML, logged in as the first admin through the login form (it holds the
+    session cookie), past the change of the initial password that the first login asks for."""
+    text = (server.platform.settings.data_dir / "initial-admin-credential.txt").read_text()
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    browser = httpx.Client(base_url=server.url, headers={"Accept": "text/html"})
+    done = browser.post("/login", data={"username": fields["username"], "password": fields["password"]})
+    assert done.status_code == 303 and "radstack_session" in browser.cookies
+    assert done.headers["location"] == "/account/password?next=/"
+    new = "the worklist tester's own password"
+    changed = browser.post(
+        "/account/password",
+        data={"current": fields["password"], "new": new, "confirm": new, "next": "/"},
+        headers={"Origin": server.url},
+    )
+    assert changed.status_code == 303 and changed.headers["location"] == "/"
+    return browser
+
+
 def failure_reasons(response: httpx.Response) -> list[int]:
     """FailureReason (0008,1197) of every FailedSOPSequence item of a STOW-RS response."""
     failed = response.json().get("00081198", {}).get("Value", [])

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from radstack.ai.datasets import DATASET, DatasetRunner, DatasetService
+from radstack.ai.findings import AiResults
 from radstack.ai.registry import ModelRegistry, ModelVersion
 from radstack.ai.starter import install_starter
 from radstack.ai.training import TRAINING, TrainingRunner, TrainingService
@@ -165,6 +166,11 @@ class Platform:
     def datasets(self) -> DatasetService:
         """Data sets: their rows in the index, their images in the store, made and read by policy."""
         return DatasetService(self.store, self.deidentifier, self.policy, self.audit.submit)
+
+    @cached_property
+    def ai_results(self) -> AiResults:
+        """AI results on studies (their findings, the study's priority) and the reviews of their findings."""
+        return AiResults(self.store.engine, self.audit.submit, self.policy)
 
     @cached_property
     def training(self) -> TrainingService:

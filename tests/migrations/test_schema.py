@@ -6,7 +6,8 @@ Each package declares its tables in its own ``models.py``; the Alembic migration
 types, nullability, server defaults, indexes, unique constraints and foreign keys (with their
 ``ON DELETE``). Autogenerate does not compare a partial index's ``WHERE`` clause, so that is
 compared here too (``ux_instances_sop_live`` keeps one current row per SOP Instance UID,
-``ux_ai_model_versions_production`` one production version per model).
+``ux_ai_model_versions_production`` one production version per model, ``ux_ai_results_current`` one
+current AI result per study and model).
 """
 
 from __future__ import annotations
@@ -72,4 +73,5 @@ def test_migrations_make_the_models_schema(database_url: str) -> None:
     assert migrated == {
         ("instances", "ux_instances_sop_live"): "version_removed is null",
         ("ai_model_versions", "ux_ai_model_versions_production"): "stage = 'production'",
+        ("ai_results", "ux_ai_results_current"): "superseded_at is null",
     }

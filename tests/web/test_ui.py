@@ -20,28 +20,9 @@ from radstack.jobs.records import JobState
 from radstack.store.models import StudyRow
 from tests import authed
 from tests.conftest import RunningServer, server_settings, start_server
-from tests.helpers import dicom_body, part10, stow, synthetic_ct
+from tests.helpers import dicom_body, part10, signed_in_browser, stow, synthetic_ct
 
 HTML = {"Accept": "text/html"}
-
-
-def _browser(server: RunningServer) -> httpx.Client:
-    """A client logged in as the first admin through the login form (it holds the session cookie),
-    past the change of the initial password that the first login asks for."""
-    text = (server.platform.settings.data_dir / "initial-admin-credential.txt").read_text()
-    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
-    browser = httpx.Client(base_url=server.url, headers=HTML)
-    done = browser.post("/login", data={"username": fields["username"], "password": fields["password"]})
-    assert done.status_code == 303 and "radstack_session" in browser.cookies
-    assert done.headers["location"] == "/account/password?next=/"
-    new = "the worklist tester's own password"
-    changed = browser.post(
-        "/account/password",
-        data={"current": fields["password"], "new": new, "confirm": new, "next": "/"},
-        headers={"Origin": server.url},
-    )
-    assert changed.status_code == 303 and changed.headers["location"] == "/"
-    return browser
 
 
 def _study(name: str, patient_id: str, modality: str, date: str, **attrs: str) -> Dataset:
@@ -109,7 +90,7 @@ def stored(server: RunningServer) -> dict[str, Dataset]:
 
 @pytest.fixture
 def browser(server: RunningServer) -> Iterator[httpx.Client]:
-    client = _browser(server)
+    client = signed_in_browser(server)
     try:
         yield client
     finally:

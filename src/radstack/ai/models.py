@@ -7,6 +7,10 @@ one version of a model is in production, even with concurrent writers (a partial
 find the production version before the current one.
 
 Data sets: a name, its immutable versions, and each version's items.
+
+AI results: one row per stored inference run of a model on a study, its findings (JSON), and the
+radiologists' decisions on each finding. At most one result per (study, model) is current, even with
+concurrent writers (a partial unique index on the rows not superseded).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -30,6 +35,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from radstack.store.models import UID, Base
 
 __all__ = [
+    "AiFindingReviewRow",
+    "AiResultRow",
     "DatasetItemRow",
     "DatasetRow",
     "DatasetVersionRow",
@@ -205,3 +212,79 @@ class DatasetItemRow(Base):
     fracture: Mapped[bool] = mapped_column(Boolean)
     #: JSON: ``{"fracture": bool, "type": str | null, "boxes": [[x0, y0, x1, y1], …], …}``.
     label: Mapped[str] = mapped_column(Text)
+
+
+# ----------------------------------------------------------------------------------------------
+# AI results (radstack.ai.findings): what a model found in a study, and what radiologists decided.
+# ----------------------------------------------------------------------------------------------
+
+
+class AiResultRow(Base):
+    """One inference run of a model version on a study that was stored (its SR written)."""
+
+    __tablename__ = "ai_results"
+    __table_args__ = (
+        Index("ix_ai_results_study_model", "study_uid", "model"),
+        Index("ix_ai_results_model_version_created", "model", "model_version", "created_at"),
+        # One current (not superseded) result per study and model, even with concurrent writers.
+        Index(
+            "ux_ai_results_current",
+            "study_uid",
+            "model",
+            unique=True,
+            sqlite_where=text("superseded_at IS NULL"),
+            postgresql_where=text("superseded_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID)
+    #: The model's name in the registry and the version that ran.
+    model: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[int] = mapped_column(Integer)
+    #: The study-level probability (the highest of its images).
+    probability: Mapped[float] = mapped_column(Float)
+    #: 0–100 and its band (:class:`radstack.ai.findings.PriorityLevel`), from the operating points.
+    priority: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(16))
+    #: JSON list of findings (label, probability, box, image, tracking UID, level); and how many.
+    findings: Mapped[str] = mapped_column(Text)
+    finding_count: Mapped[int] = mapped_column(Integer)
+    #: A hash of the run's inputs (images, model version, settings): a run with the same is skipped.
+    input_key: Mapped[str] = mapped_column(String(64))
+    #: The SR the run wrote into the study.
+    sr_series_uid: Mapped[str | None] = mapped_column(UID)
+    sr_sop_uid: Mapped[str | None] = mapped_column(UID)
+    #: What started it: ``rule:<name>``, ``user:<subject>`` or ``job:<id>``.
+    trigger: Mapped[str] = mapped_column(String(256))
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: When a newer run of the same model on the same study replaced it; null while it is current.
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AiFindingReviewRow(Base):
+    """A radiologist's current decision on one finding of a result (every decision is in the audit trail)."""
+
+    __tablename__ = "ai_finding_reviews"
+    __table_args__ = (
+        UniqueConstraint("result_id", "finding_index", name="uq_ai_finding_reviews_result_finding"),
+        Index("ix_ai_finding_reviews_reviewed_at", "reviewed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("ai_results.id", ondelete="CASCADE"))
+    #: The finding's position in its result's list.
+    finding_index: Mapped[int] = mapped_column(Integer)
+    #: What the finding was (copied from the result, so a label reads without it).
+    tracking_uid: Mapped[str] = mapped_column(UID)
+    sop_uid: Mapped[str] = mapped_column(UID)
+    #: JSON ``[x0, y0, x1, y1]`` in the image's pixels.
+    box: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(64))
+    #: ``accepted`` or ``rejected`` (:class:`radstack.ai.findings.ReviewDecision`).
+    decision: Mapped[str] = mapped_column(String(16))
+    reviewed_by: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str] = mapped_column(Text)
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -65,6 +65,8 @@ class StudyRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: Urgency an AI model gave the study (higher reads first; null: not scored). The worklist sorts on it.
     ai_priority: Mapped[int | None] = mapped_column(Integer, index=True)
+    #: How many findings the study's current AI results hold (null: not scored; 0: scored, none found).
+    ai_findings: Mapped[int | None] = mapped_column(Integer)
     #: Reading status (:class:`StudyStatus`); null means unread.
     status: Mapped[str | None] = mapped_column(String(16), index=True)
 

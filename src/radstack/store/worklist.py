@@ -4,7 +4,8 @@ The service under the worklist page (:mod:`radstack.web.ui`). The filters become
 (PatientName, PatientID, ModalitiesInStudy, a StudyDate range) parsed by
 :func:`radstack.store.matching.parse_query`, so a filter matches exactly what the same QIDO search
 would; the search itself is :func:`radstack.store.search.search_studies`, ordered for reading:
-AI priority first (highest first, unscored last), then newest study. Every match passes through the
+AI priority first (highest first, unscored last), then newest study; the "AI positive" filter keeps the
+studies whose AI priority is ``high`` or ``urgent``. Every match passes through the
 caller's :class:`~radstack.security.views.View`, so a de-identified role sees pseudonyms and
 shifted dates, never the stored PHI. The rows' AI priority and reading status are read from the
 study index in the same request.
@@ -27,11 +28,14 @@ from radstack.store.models import StudyRow, StudyStatus
 from radstack.store.studies import StudyStore
 
 __all__ = [
+    "HIGH_PRIORITY",
     "UNREAD",
+    "URGENT_PRIORITY",
     "RoleView",
     "WorklistFilters",
     "WorklistPage",
     "WorklistRow",
+    "priority_band",
     "worklist_order",
     "worklist_page",
 ]
@@ -40,6 +44,21 @@ JsonDict = dict[str, Any]
 
 #: The status filter's name for studies whose status is null.
 UNREAD = "unread"
+#: Where the AI priority bands start (``studies.ai_priority``, 0–100): ``urgent`` from 80 (at or above
+#: the model's "definite" operating point), ``high`` from 50 ("suspicious"), ``routine`` below.
+#: :func:`radstack.ai.findings.priority_of` makes the numbers; the page and the "AI positive" filter
+#: (``high`` or ``urgent``) read them.
+URGENT_PRIORITY = 80
+HIGH_PRIORITY = 50
+
+
+def priority_band(priority: int) -> str:
+    """The band of an AI priority: ``urgent``, ``high`` or ``routine``."""
+    if priority >= URGENT_PRIORITY:
+        return "urgent"
+    return "high" if priority >= HIGH_PRIORITY else "routine"
+
+
 #: How far the page counts matches; past it the page says "of ≥ COUNT_CAP".
 COUNT_CAP = 10_000
 _ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
@@ -98,6 +117,8 @@ class WorklistFilters:
     date_to: str = ""
     #: :data:`UNREAD` or a :class:`StudyStatus` value.
     status: str = ""
+    #: Only studies an AI model found at least suspicious (priority ``high`` or ``urgent``).
+    ai_positive: bool = False
 
     @property
     def identifying(self) -> bool:
@@ -126,6 +147,10 @@ class WorklistFilters:
         if low or high:
             params.append(("StudyDate", f"{low}-{high}"))
         return params
+
+    def ai_condition(self) -> ColumnElement[bool] | None:
+        """The condition of the "AI positive" filter on :class:`StudyRow`; None when it filters nothing."""
+        return StudyRow.ai_priority >= HIGH_PRIORITY if self.ai_positive else None
 
     def status_condition(self) -> ColumnElement[bool] | None:
         """The condition of the status filter on :class:`StudyRow`; None when it filters nothing.
@@ -160,7 +185,14 @@ class WorklistRow:
     num_series: int
     num_instances: int
     ai_priority: int | None
+    #: How many findings the study's current AI results hold (None: not scored).
+    ai_findings: int | None
     status: str
+
+    @property
+    def ai_level(self) -> str | None:
+        """The AI priority's band: ``urgent``, ``high`` or ``routine`` (None: not scored)."""
+        return None if self.ai_priority is None else priority_band(self.ai_priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +230,7 @@ def _clock(value: Any) -> str:
     return f"{text[:2]}:{text[2:4]}" if len(text) >= 4 and text[:4].isdigit() else ""
 
 
-def _row(ds: JsonDict, priority: int | None, status: str | None) -> WorklistRow:
+def _row(ds: JsonDict, priority: int | None, findings: int | None, status: str | None) -> WorklistRow:
     return WorklistRow(
         study_uid=str(_first(ds, "0020000D") or ""),
         patient_name=_person_name(_first(ds, "00100010")),
@@ -210,6 +242,7 @@ def _row(ds: JsonDict, priority: int | None, status: str | None) -> WorklistRow:
         num_series=int(_first(ds, "00201206") or 0),
         num_instances=int(_first(ds, "00201208") or 0),
         ai_priority=priority,
+        ai_findings=findings,
         status=status or UNREAD,
     )
 
@@ -250,7 +283,7 @@ def worklist_page(
     """
     params = [*filters.qido_params(), ("limit", str(limit)), ("offset", str(offset))]
     query = parse_query(view.query(params), QueryLevelValues.STUDY)
-    conditions = [c for c in (scope, filters.status_condition()) if c is not None]
+    conditions = [c for c in (scope, filters.status_condition(), filters.ai_condition()) if c is not None]
     where = and_(*conditions) if conditions else None
     result = search.search_studies(
         store, query, base_url="", max_limit=limit, scope=where, order=worklist_order()
@@ -258,15 +291,15 @@ def worklist_page(
     uids = [str(_first(match, "0020000D")) for match in result.matches]
     with Session(store.engine) as session:
         extra = {
-            uid: (priority, status)
-            for uid, priority, status in session.execute(
-                select(StudyRow.study_uid, StudyRow.ai_priority, StudyRow.status).where(
+            uid: (priority, findings, status)
+            for uid, priority, findings, status in session.execute(
+                select(StudyRow.study_uid, StudyRow.ai_priority, StudyRow.ai_findings, StudyRow.status).where(
                     StudyRow.study_uid.in_(uids)
                 )
             )
         }
     rows = tuple(
-        _row(view.json(match, uid) if view.shapes else match, *extra.get(uid, (None, None)))
+        _row(view.json(match, uid) if view.shapes else match, *extra.get(uid, (None, None, None)))
         for uid, match in zip(uids, result.matches, strict=True)
     )
     total = search.count_studies(store, query, cap=COUNT_CAP, scope=where)

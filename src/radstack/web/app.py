@@ -23,6 +23,7 @@ from radstack.errors import RadstackError
 from radstack.platform import Platform
 from radstack.security.policy import ActionValues
 from radstack.web import accounts, api_v1, auth, datasets, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
+from radstack.web import findings as ai_findings
 from radstack.web import models as model_registry
 from radstack.web import training as training_jobs
 from radstack.web.apidocs import router as apidocs_router
@@ -189,6 +190,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(jobs.router, prefix="/api/v1")
     app.include_router(workflows.router, prefix="/api/v1")
     app.include_router(model_registry.router, prefix="/api/v1")
+    app.include_router(ai_findings.router, prefix="/api/v1")
+    app.include_router(ai_findings.pages)
     app.include_router(model_registry.pages)
     app.include_router(datasets.router, prefix="/api/v1")
     app.include_router(training_jobs.router, prefix="/api/v1")

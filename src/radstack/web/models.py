@@ -13,7 +13,7 @@ API: ``GET /models``, ``GET /models/{name}``, ``GET /models/{name}/versions``,
 ``POST …/{n}/promote`` (``{"stage"}``), ``POST /models/{name}/rollback``, ``GET /models/{name}/production``,
 ``GET /models/{name}/history``, ``GET …/{n}/artifacts/{path}`` (the bytes, checked against their SHA-256).
 
-Pages: ``/models`` (every model), ``/models/{name}`` (its versions, rollback),
+Pages: ``/models`` (every model), ``/models/{name}`` (its versions, rollback, the scores it gave per version per day),
 ``/models/{name}/versions/{n}`` (the model card: intended use, training data, limitations, metrics with
 ROC, FROC and calibration plots, lineage, contract, artifacts; review and promotion forms for
 ``manage-models``).
@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from radstack.ai.card import ModelCard, calibration_svg, froc_svg, roc_svg
 from radstack.ai.contract import Contract
+from radstack.ai.findings import ScoreDay, operating_thresholds, score_histogram_svg
 from radstack.ai.registry import (
     ApprovalStatus,
     ArtifactKind,
@@ -45,7 +46,7 @@ from radstack.ai.registry import (
     StageChange,
 )
 from radstack.ai.training import TrainingJob
-from radstack.errors import BadRequest, UnsupportedMediaType
+from radstack.errors import BadRequest, RadstackError, UnsupportedMediaType
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.web.deps import authorize, page_or_error, platform_of, principal_of, signed_in_page
@@ -381,13 +382,15 @@ def model_page(request: Request, name: str, done: str = "") -> Response:
 
     def build() -> Response:
         registry = _reader(request, model=name)
+        model, versions = registry.model(name), registry.versions(name)
         return _page(
             request,
             "model.html",
-            model=registry.model(name),
-            versions=registry.versions(name),
+            model=model,
+            versions=versions,
             history=registry.history(name)[:50],
             training_jobs=_training_jobs(request, name),
+            scores=_scores(request, name, versions),
             done=done,
         )
 
@@ -415,6 +418,21 @@ def model_card_page(request: Request, name: str, version: int, done: str = "") -
         )
 
     return page_or_error(request, "Models", build, path="/models")
+
+
+def _scores(request: Request, name: str, versions: list[ModelVersion]) -> list[tuple[ScoreDay, str]]:
+    """The "Scores in use" rows: per version per day, the scores and their histogram with the version's
+    operating points, so a drift in what the model sees shows."""
+    thresholds: dict[int, tuple[float, float] | None] = {}
+    for version in versions:
+        try:
+            thresholds[version.version] = operating_thresholds(version.metrics)
+        except RadstackError:  # registered without operating points: the histogram alone
+            thresholds[version.version] = None
+    return [
+        (day, score_histogram_svg(day, thresholds.get(day.model_version)))
+        for day in platform_of(request).ai_results.score_distribution(name)
+    ]
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:

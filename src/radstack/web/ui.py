@@ -54,9 +54,11 @@ def worklist(
     date_from: str = "",
     date_to: str = "",
     status: str = "",
+    ai_positive: str = "",
     offset: int = 0,
 ) -> HTMLResponse:
-    """The worklist: studies by AI priority then date, filtered and paged in SQL."""
+    """The worklist: studies by AI priority then date, filtered (``ai_positive``: AI priority high or
+    urgent) and paged in SQL."""
     form = {
         "patient": patient,
         "patient_id": patient_id,
@@ -64,8 +66,11 @@ def worklist(
         "date_from": date_from,
         "date_to": date_to,
         "status": status,
+        "ai_positive": "1" if ai_positive else "",
     }
-    filters = WorklistFilters(patient, patient_id, modality, date_from, date_to, status)
+    filters = WorklistFilters(
+        patient, patient_id, modality, date_from, date_to, status, ai_positive=bool(ai_positive)
+    )
 
     def build() -> HTMLResponse:
         authorize(request, ActionValues.READ_METADATA, audit=AuditActionValues.QUERY)
