@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     #: On the first start of a data dir, install the shipped starter model ``fracture`` (registered,
     #: approved and in production; see ``radstack.ai.starter``). ``RADSTACK_STARTER_MODEL=off`` skips it.
     starter_model: bool = True
+    #: With the starter model, create the routing rule ``ai-fracture``: the production ``fracture``
+    #: model checks every CR and DX study as its images arrive. ``RADSTACK_AUTO_INFER=off`` skips it
+    #: (the rule can also be disabled or deleted through ``/api/v1/routing-rules``).
+    auto_infer: bool = True
     #: Job queue: empty for a SQLite queue in the data dir, or ``redis://host:port/db``.
     queue_url: str = ""
     #: Job consumer threads per process and queue (a queue that fixes its own, like ``training``'s

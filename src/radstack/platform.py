@@ -9,7 +9,9 @@ from functools import cached_property
 from typing import Any
 
 from radstack.ai.datasets import DATASET, DatasetRunner, DatasetService
+from radstack.ai.engine import ModelCache
 from radstack.ai.findings import AiResults
+from radstack.ai.inference import INFER, INFER_BATCH, BatchInferRunner, InferAction, Inference, InferRunner
 from radstack.ai.registry import ModelRegistry, ModelVersion
 from radstack.ai.starter import install_starter
 from radstack.ai.training import TRAINING, TrainingRunner, TrainingService
@@ -19,6 +21,7 @@ from radstack.dicom.deid import Deidentifier
 from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scp import DimseConfig, DimseServer
 from radstack.dimse.scu import send_instances
+from radstack.errors import NotFound
 from radstack.ingest.importjobs import IMPORT, ImportRunner
 from radstack.ingest.items import ImportItems
 from radstack.ingest.options import IngestOptions
@@ -26,7 +29,15 @@ from radstack.ingest.pool import IngestPool
 from radstack.ingest.watch import INBOX, Inbox, InboxRunner, InboxWatcher, open_inbox
 from radstack.jobs.queue import JobQueue
 from radstack.jobs.records import JobStore
-from radstack.jobs.routing import ACTION, RouteActionRunner, RuleStore, StableStudyRunner
+from radstack.jobs.routing import (
+    ACTION,
+    ArrivalRouter,
+    RouteActionRunner,
+    RoutingRule,
+    RuleStore,
+    RuleTrigger,
+    StableStudyRunner,
+)
 from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor, deliver_webhook
 from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
@@ -39,9 +50,17 @@ from radstack.security.views import View
 from radstack.store.index import migrate
 from radstack.store.studies import InstanceRecord, StudyStore
 
-__all__ = ["Platform"]
+__all__ = ["DEFAULT_AI_RULE", "Platform"]
 
 log = logging.getLogger(__name__)
+
+#: The rule a fresh data dir gets with the starter model: every radiograph checked as it arrives.
+DEFAULT_AI_RULE = RoutingRule(
+    name="ai-fracture",
+    trigger=RuleTrigger.ARRIVAL,
+    conditions={"Modality": ["CR", "DX"]},
+    actions=[InferAction(model="fracture")],
+)
 
 
 @dataclass
@@ -145,6 +164,8 @@ class Platform:
         jobs.register(ACTION, RouteActionRunner(store, jobs, platform.forward, settings.outbound_tokens))
         jobs.register(DATASET, DatasetRunner(platform.datasets, analyser, parallel, ingest_options))
         jobs.register(TRAINING, TrainingRunner(platform.datasets, platform.models, settings.data_dir))
+        jobs.register(INFER, InferRunner(platform.inference))
+        jobs.register(INFER_BATCH, BatchInferRunner(store, jobs))
         for name in settings.plugins:
             _load_plugin(name, platform)
         return platform
@@ -157,10 +178,32 @@ class Platform:
     def install_starter_model(self) -> ModelVersion | None:
         """On a data dir whose registry has no model ``fracture``, install the shipped starter model
         (registered, approved, in production); nothing when ``settings.starter_model`` is off or the
-        model exists. Problems are logged; the platform starts either way."""
+        model exists. With it, the routing rule :data:`DEFAULT_AI_RULE` (unless ``settings.auto_infer``
+        is off). Problems are logged; the platform starts either way."""
         if not self.settings.starter_model:
             return None
-        return install_starter(self.models)
+        installed = install_starter(self.models)
+        if installed is not None and self.settings.auto_infer:
+            try:
+                self.rules.get(DEFAULT_AI_RULE.name)
+            except NotFound:
+                self.rules.put(DEFAULT_AI_RULE)
+                log.info(
+                    "routing rule %s created: %s checks every CR and DX study as it arrives",
+                    DEFAULT_AI_RULE.name,
+                    installed.ref,
+                )
+        return installed
+
+    @cached_property
+    def inference(self) -> Inference:
+        """Models run on radiographs: the ``infer`` jobs and the real-time endpoint, one warm cache."""
+        return Inference(self.store, ModelCache(self.models), self.ai_results, self.policy, self.audit.submit)
+
+    @cached_property
+    def arrivals(self) -> ArrivalRouter:
+        """Matches the ``arrival`` routing rules when a C-STORE association or STOW-RS request ends."""
+        return ArrivalRouter(self.store, self.rules, self.jobs)
 
     @cached_property
     def datasets(self) -> DatasetService:
@@ -196,6 +239,7 @@ class Platform:
             audit=self.audit,
             ingest_options=self.ingest_options,
             analyser=self.analyser,
+            on_arrival=self.arrivals,
         )
 
     def forward(self, ae_title: str, records: list[InstanceRecord]) -> dict[str, Any]:

@@ -263,6 +263,9 @@ class DimseServer:
         What ingest does with what C-STORE receives (as for every other way in).
     analyser
         The ingest worker processes, if any.
+    on_arrival
+        Called with the studies an association stored into, once it ends (the routing rules whose
+        trigger is ``arrival``).
     """
 
     def __init__(
@@ -277,8 +280,10 @@ class DimseServer:
         audit: AuditWriter,
         ingest_options: IngestOptions,
         analyser: Analyser | None = None,
+        on_arrival: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_arrival = on_arrival
         self.store = store
         self.peers = peers
         self.accounts = accounts
@@ -442,6 +447,8 @@ class DimseServer:
         if inbound.batch.touched:
             with suppress(RuntimeError):  # shutting down: documents are rebuilt on the next read
                 self.store.schedule_documents(inbound.batch.touched)
+            if self.on_arrival is not None:
+                self.on_arrival(set(inbound.batch.touched))
         log.info(
             "C-STORE association from %s ended: %d stored, %d duplicates, %d failed",
             str(assoc.requestor.ae_title).strip(),

@@ -70,6 +70,8 @@ class RoutingRuleRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     enabled: Mapped[bool] = mapped_column(Boolean)
+    #: When the rule is matched (:class:`radstack.jobs.routing.RuleTrigger`).
+    trigger: Mapped[str] = mapped_column(String(16), server_default="stable")
     conditions: Mapped[str] = mapped_column(Text)
     actions: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -109,6 +109,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _aware(value: datetime) -> datetime:
+    """A stored time as UTC (SQLite gives it back without its zone)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 _COLUMNS = JobRow.__table__.c
 
 
@@ -182,6 +187,33 @@ class JobStore:
             query = query.where(_COLUMNS.state == state.value)
         with self.engine.connect() as connection:
             return [Job.from_row(row) for row in connection.execute(query)]
+
+    def counts(
+        self, states: Collection[JobState] = (JobState.QUEUED, JobState.RUNNING)
+    ) -> dict[tuple[str, str], int]:
+        """How many jobs of each (kind, state) are in ``states`` (the queue depths of ``/metrics``)."""
+        query = (
+            select(_COLUMNS.kind, _COLUMNS.state, func.count())
+            .where(_COLUMNS.state.in_([s.value for s in states]))
+            .group_by(_COLUMNS.kind, _COLUMNS.state)
+        )
+        with self.engine.connect() as connection:
+            return {(kind, state): int(n) for kind, state, n in connection.execute(query)}
+
+    def durations(self, kind: str, since: datetime) -> list[float]:
+        """Seconds from submission to the end of each job of ``kind`` that succeeded since ``since``
+        (those whose result says ``skipped``, having had nothing to do, left out)."""
+        query = select(_COLUMNS.created_at, _COLUMNS.finished_at, _COLUMNS.progress).where(
+            _COLUMNS.kind == kind,
+            _COLUMNS.state == JobState.SUCCEEDED.value,
+            _COLUMNS.finished_at >= since,
+        )
+        with self.engine.connect() as connection:
+            return [
+                (_aware(finished) - _aware(created)).total_seconds()
+                for created, finished, progress in connection.execute(query)
+                if finished is not None and "skipped" not in json.loads(progress)
+            ]
 
     def claim(self, job_id: str, *, kinds: Collection[str] | None = None) -> Job | None:
         """Make the job RUNNING under a new lease; None when it is not due, another worker holds it,

@@ -1,6 +1,10 @@
-"""Routing rules: when a study is stable, match it against rules and run their actions.
+"""Routing rules: when a study is stable (or as soon as images arrive), match it against rules and run
+their actions.
 
-A rule has conditions (DICOM keyword → accepted values, ``*``/``?`` wildcards allowed; every
+A rule's ``trigger`` says when it is matched: ``stable`` (the default) once the study had no change for
+``RADSTACK_STABLE_SECONDS`` (the modality has finished sending), ``arrival`` at the end of every C-STORE
+association or STOW-RS request that stored into the study (for modalities that send one image per
+study, such as radiographs checked by AI: waiting for the quiet period would cost 30 seconds). A rule has conditions (DICOM keyword → accepted values, ``*``/``?`` wildcards allowed; every
 condition must hold for some instance of the study) and actions. ``CallingAETitle`` matches the AE
 titles that sent the study by C-STORE. Each action runs as its own ``route-action`` job, so a peer
 that is down is retried with backoff and ends in the dead letters with its reason, never silently
@@ -18,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import json
+import logging
 import threading
 import urllib.error
 import urllib.request
@@ -25,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -56,12 +62,14 @@ __all__ = [
     "ACTION",
     "ACTION_KIND",
     "ActionContext",
+    "ArrivalRouter",
     "ForwardAction",
     "RouteAction",
     "RouteActionParams",
     "RouteActionRunner",
     "RoutingRule",
     "RuleStore",
+    "RuleTrigger",
     "StableStudyRunner",
     "StowAction",
     "WebhookAction",
@@ -69,6 +77,8 @@ __all__ = [
     "parse_action",
     "register_action",
 ]
+
+log = logging.getLogger(__name__)
 
 _CALLING_AE = "CallingAETitle"
 #: Instances per STOW-RS request when forwarding, so a large study never sits whole in memory.
@@ -275,11 +285,21 @@ ACTION = declare("route-action", RouteActionParams)
 ACTION_KIND = ACTION.name
 
 
+class RuleTrigger(StrEnum):
+    """When a rule is matched against a study."""
+
+    #: Once the study had no change for ``RADSTACK_STABLE_SECONDS``.
+    STABLE = "stable"
+    #: At the end of each C-STORE association or STOW-RS request that stored into the study.
+    ARRIVAL = "arrival"
+
+
 class RoutingRule(BaseModel):
     """A routing rule as the API shows and takes it."""
 
     name: str = Field(min_length=1, max_length=128)
     enabled: bool = True
+    trigger: RuleTrigger = RuleTrigger.STABLE
     conditions: dict[str, list[str]] = Field(
         default_factory=dict, examples=[{"Modality": ["CR", "DX"], "BodyPartExamined": ["CHEST"]}]
     )
@@ -339,6 +359,7 @@ class RuleStore:
         """
         values = {
             "enabled": rule.enabled,
+            "trigger": rule.trigger.value,
             "conditions": json.dumps(rule.conditions),
             "actions": json.dumps([a.model_dump(exclude_none=True) for a in rule.actions]),
             "updated_at": _now(),
@@ -371,6 +392,7 @@ def _rule(row: Any) -> RoutingRule:
     return RoutingRule(
         name=row.name,
         enabled=row.enabled,
+        trigger=row.trigger,
         conditions=json.loads(row.conditions),
         actions=json.loads(row.actions),
     )
@@ -410,16 +432,9 @@ class StableStudyRunner:
 
     def __call__(self, context: JobContext[StableParams]) -> JsonDict:
         study_uid, change_seq = context.params.study_uid, context.params.change_seq
-        rules = [rule for rule in self.rules.list_rules() if rule.enabled]
-        facts = study_facts(self.store, study_uid, [k for rule in rules for k in rule.conditions])
-        matched = [rule for rule in rules if rule.matches(facts)]
-        for rule in matched:
-            for index, action in enumerate(rule.actions):
-                self.jobs.submit(
-                    ACTION,
-                    RouteActionParams(study_uid=study_uid, rule=rule.name, action=action),
-                    client_token=f"route:{study_uid}:{change_seq}:{rule.name}:{index}"[-128:],
-                )
+        matched = submit_matching(
+            self.store, self.rules, self.jobs, study_uid, change_seq, RuleTrigger.STABLE
+        )
         study = self.store.require_study(study_uid)
         self.events.publish(
             StudyStable(
@@ -432,6 +447,47 @@ class StableStudyRunner:
             study_uid=study_uid,
         )
         return {"rules": [rule.name for rule in matched]}
+
+
+def submit_matching(
+    store: StudyStore, rules: RuleStore, jobs: JobQueue, study_uid: str, change_seq: int, trigger: RuleTrigger
+) -> list[RoutingRule]:
+    """Submit a ``route-action`` job for each action of each enabled rule of ``trigger`` that the study
+    matches; returns the rules. The jobs' client tokens name the study's change, so matching the same
+    change twice (two nodes, a retry) submits nothing new."""
+    enabled = [rule for rule in rules.list_rules() if rule.enabled and rule.trigger is trigger]
+    if not enabled:
+        return []
+    facts = study_facts(store, study_uid, [k for rule in enabled for k in rule.conditions])
+    matched = [rule for rule in enabled if rule.matches(facts)]
+    prefix = "route" if trigger is RuleTrigger.STABLE else trigger.value
+    for rule in matched:
+        for index, action in enumerate(rule.actions):
+            jobs.submit(
+                ACTION,
+                RouteActionParams(study_uid=study_uid, rule=rule.name, action=action),
+                client_token=f"{prefix}:{study_uid}:{change_seq}:{rule.name}:{index}"[-128:],
+            )
+    return matched
+
+
+class ArrivalRouter:
+    """Matches the ``arrival`` rules against studies that just received instances (called at the end of
+    a C-STORE association and of a STOW-RS request). A failure is logged, never the sender's."""
+
+    def __init__(self, store: StudyStore, rules: RuleStore, jobs: JobQueue) -> None:
+        self.store, self.rules, self.jobs = store, rules, jobs
+
+    def __call__(self, study_uids: Iterable[str]) -> None:
+        for study_uid in study_uids:
+            try:
+                study = self.store.require_study(study_uid)
+                if study.num_instances:
+                    submit_matching(
+                        self.store, self.rules, self.jobs, study_uid, study.change_seq, RuleTrigger.ARRIVAL
+                    )
+            except Exception:  # the images are stored; the rules' failure is the platform's to report
+                log.exception("matching the arrival rules of study %s failed", study_uid)
 
 
 class RouteActionRunner:

@@ -133,6 +133,8 @@ class BatchReason(StrEnum):
     UPDATE = "update"
     DELETE = "delete"
     REVERT = "revert"
+    #: A model's result (an SR) stored into the study, replacing the model's previous one.
+    AI = "ai"
 
 
 @dataclass

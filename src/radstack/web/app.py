@@ -20,15 +20,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from radstack import __version__
 from radstack.config import Settings
 from radstack.errors import RadstackError
+from radstack.jobs.records import JobStore
 from radstack.platform import Platform
 from radstack.security.policy import ActionValues
 from radstack.web import accounts, api_v1, auth, datasets, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
 from radstack.web import findings as ai_findings
+from radstack.web import inference as inference_api
 from radstack.web import models as model_registry
 from radstack.web import training as training_jobs
 from radstack.web.apidocs import router as apidocs_router
 from radstack.web.auth import AuthMiddleware
 from radstack.web.deps import platform_of, principal_of, problem_response
+from radstack.web.metrics import JobsCollector, inference_histogram
 from radstack.web.transport import install_transport
 from radstack.web.viewer import router as viewer_router
 
@@ -79,6 +82,7 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = platform or Platform.open(settings)
         app.state.platform = opened
+        opened.inference.observe = lambda model, seconds: inference_seconds.labels(model).observe(seconds)
         dimse = opened.dimse_server()
         try:
             # First start of a data dir: the shipped starter model (once; off by RADSTACK_STARTER_MODEL).
@@ -126,6 +130,9 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
         registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
     )
+
+    registry.register(JobsCollector(lambda: _jobs_of(app)))
+    inference_seconds = inference_histogram(registry)
 
     @app.exception_handler(RadstackError)
     async def _radstack_error(_request: Request, exc: RadstackError) -> JSONResponse:
@@ -196,8 +203,15 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(datasets.router, prefix="/api/v1")
     app.include_router(training_jobs.router, prefix="/api/v1")
     app.include_router(training_jobs.pages)
+    app.include_router(inference_api.router, prefix="/api/v1")
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)
     install_transport(app, settings)  # last, so outermost: headers on every response
     return app
+
+
+def _jobs_of(app: FastAPI) -> JobStore | None:
+    """The job records of the platform ``app`` serves (None before it started)."""
+    platform: Platform | None = getattr(app.state, "platform", None)
+    return platform.jobs.records if platform is not None else None

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 import pydicom
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from radstack.dicom.render import RenderParams, parse_viewport, parse_window
 from radstack.dicom.transfer_syntax import media_type_for
@@ -65,7 +66,11 @@ async def _stow(request: Request, study: str | None) -> Response:
         stored=result.stored,
         failed=result.failed,
     )
-    return dicom_json(result.body, result.status, warning_header(result.warnings))
+    response = dicom_json(result.body, result.status, warning_header(result.warnings))
+    if result.stored:
+        # The arrival routing rules (AI on a radiograph) run once the response is sent.
+        response.background = BackgroundTask(platform.arrivals, set(result.studies))
+    return response
 
 
 @router.post("/studies", summary="STOW-RS: store instances (PS3.18 §10.5)")
