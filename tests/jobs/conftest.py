@@ -3,8 +3,6 @@ and ``radstack worker`` processes with the test plugin on it."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,47 +11,8 @@ import pytest
 
 from radstack.config import Settings
 from radstack.jobs.records import FINAL_STATES, Job
-from tests.conftest import RunningServer, free_port, require_binary, start_server
+from tests.conftest import RunningServer, free_port, start_server
 from tests.processes import Workers
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = require_binary("redis-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +52,7 @@ from radstack.ai.samples import Prediction
 from radstack.dicom.codecs import PixelInfo
 from radstack.dicom.frames import pixel_info
 from radstack.errors import BadRequest, NotFound, ProcessingFailure, RadstackError
-from radstack.ingest.pipeline import stage_dataset
+from radstack.ingest.pipeline import stage_file
 from radstack.jobs.kinds import INFERENCE_QUEUE, JobParams, Submitter, declare
 from radstack.jobs.queue import JobContext, JobQueue
 from radstack.jobs.records import FINAL_STATES, JobState
@@ -183,7 +185,7 @@ class Outcome:
             "seconds": round(self.seconds, 3),
         }
         if self.selection.skipped:
-            body["skipped"] = list(self.selection.skipped)
+            body["not_read"] = list(self.selection.skipped)
         if self.result is not None:
             body["stored"] = {
                 "result": self.result.id,
@@ -325,7 +327,7 @@ class Inference:
         self, selection: Selection, predictions: Sequence[Prediction], key: str, started: float
     ) -> Outcome:
         loaded = selection.model
-        findings = []
+        findings: list[Finding] = []
         for header, prediction in zip(selection.headers, predictions, strict=True):
             rows, columns = float(header.Rows), float(header.Columns)
             for box, score in zip(prediction.boxes, prediction.scores, strict=True):
@@ -388,7 +390,9 @@ class Inference:
             series_uid=series_uid,
             sop_uid=sop_uid,
         )
-        staged, record = stage_dataset(self.store.blobs, report, expected_study=study_uid)
+        buffer = io.BytesIO()
+        report.save_as(buffer, enforce_file_format=True)
+        staged, record = stage_file(self.store.blobs, buffer.getvalue(), study_uid, True)
         if record is None:
             reason = staged.error.message if staged.error else "unknown error"
             raise ProcessingFailure(f"the SR of {loaded.version.ref} could not be stored: {reason}")
@@ -543,7 +547,8 @@ class InferRunner:
             inference.audit(audit_entry(by, AuditActionValues.READ, resource, error))
             raise
         inference.audit(audit_entry(by, AuditActionValues.READ, _audited(resource, outcome)))
-        return outcome.to_json()
+        # Which worker ran it (with several, on several machines).
+        return {**outcome.to_json(), "node": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def _job_principal(params: InferParams) -> Principal:

@@ -61,7 +61,6 @@ __all__ = [
     "ingest_dataset",
     "ingest_file",
     "render_defaults",
-    "stage_dataset",
     "stage_file",
 ]
 
@@ -157,20 +156,11 @@ def ingest_dataset(
     encode: bool = True,
 ) -> IngestResult:
     """Ingest a parsed data set whose ``file_meta`` names its transfer syntax (C-STORE, imports)."""
-    result, record = stage_dataset(store.blobs, ds, expected_study=expected_study, encode=encode)
+    result, prepared = _analyse(ds, expected_study, encode, size=0, raw_dataset=None)
+    record = _write_blobs(store.blobs, prepared, result)
     if record is not None:
         _commit(store, record, batch, result)
     return result
-
-
-def stage_dataset(
-    blobs: BlobStore, ds: Dataset, *, expected_study: str | None = None, encode: bool = True
-) -> tuple[IngestResult, InstanceRecord | None]:
-    """Analyse a parsed data set and write its blobs: everything but the index row. The caller
-    commits the record itself, e.g. in the study version that also removes what it replaces (an AI
-    result's SR replacing the previous one)."""
-    result, prepared = _analyse(ds, expected_study, encode, size=0, raw_dataset=None)
-    return result, _write_blobs(blobs, prepared, result)
 
 
 def stage_file(
