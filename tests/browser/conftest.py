@@ -60,6 +60,33 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not elsewhere, f"the page tried to load from another host: {elsewhere}"
 
 
+#: True once some viewport canvas shows an image: its pixels span more than a few grey levels.
+IMAGE_SHOWN = """() => {
+  for (const canvas of document.querySelectorAll('canvas')) {
+    if (!canvas.width || !canvas.height || canvas.width < 64) continue;
+    const copy = document.createElement('canvas');
+    copy.width = canvas.width; copy.height = canvas.height;
+    const context = copy.getContext('2d');
+    context.drawImage(canvas, 0, 0);
+    const data = context.getImageData(0, 0, copy.width, copy.height).data;
+    let low = 255, high = 0;
+    for (let i = 0; i < data.length; i += 4 * 7) { low = Math.min(low, data[i]); high = Math.max(high, data[i]); }
+    if (high - low > 40) return true;
+  }
+  return false;
+}"""
+
+
+def log_in(page: Page, url: str, username: str, password: str) -> None:
+    """Log in through radstack's login page (the worklist sends a browser without a session there)."""
+    page.goto(f"{url}/")
+    assert "/login" in page.url
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+
+
 def screenshot(page: Page, name: str) -> Path:
     """Save a screenshot of ``page`` as a test artifact."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -18,26 +18,10 @@ import httpx
 import pytest
 from playwright.sync_api import Page, Response
 
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import IMAGE_SHOWN, log_in, screenshot
 from tests.conftest import RunningServer, server_settings, start_server
 
 pytestmark = pytest.mark.timeout(300)
-
-#: True once some viewport canvas shows an image: its pixels span more than a few grey levels.
-_IMAGE_SHOWN = """() => {
-  for (const canvas of document.querySelectorAll('canvas')) {
-    if (!canvas.width || !canvas.height || canvas.width < 64) continue;
-    const copy = document.createElement('canvas');
-    copy.width = canvas.width; copy.height = canvas.height;
-    const context = copy.getContext('2d');
-    context.drawImage(canvas, 0, 0);
-    const data = context.getImageData(0, 0, copy.width, copy.height).data;
-    let low = 255, high = 0;
-    for (let i = 0; i < data.length; i += 4 * 7) { low = Math.min(low, data[i]); high = Math.max(high, data[i]); }
-    if (high - low > 40) return true;
-  }
-  return false;
-}"""
 
 
 @dataclass
@@ -76,17 +60,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield Site(server, studies)
 
 
-def log_in(page: Page, site: Site, username: str, password: str) -> None:
-    page.goto(f"{site.server.url}/")
-    assert "/login" in page.url  # not logged in: the worklist sends the browser to the login page
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_load_state()
-
-
 def test_log_in_find_the_study_and_read_it_in_ohif(page: Page, site: Site) -> None:
-    log_in(page, site, "admin", site.admin_password)
+    log_in(page, site.server.url, "admin", site.admin_password)
     assert page.url.rstrip("/") == site.server.url
     worklist = page.inner_text("table")
     assert "Phantom" in worklist  # the demo CT is listed
@@ -100,7 +75,7 @@ def test_log_in_find_the_study_and_read_it_in_ohif(page: Page, site: Site) -> No
 
     page.on("response", seen)
     page.click(f"a[href*='StudyInstanceUIDs={site.studies['CT']}']")
-    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    page.wait_for_function(IMAGE_SHOWN, timeout=120_000)
     screenshot(page, "viewer-ct")
     assert frames, "OHIF fetched no frame"
     assert all("1.2.840.10008.1.2.4.202" in content_type for _url, content_type in frames), frames[:3]
@@ -109,18 +84,18 @@ def test_log_in_find_the_study_and_read_it_in_ohif(page: Page, site: Site) -> No
 @pytest.mark.parametrize("name", ["RG1", "RG3"])
 def test_the_demo_radiographs_render(page: Page, site: Site, name: str) -> None:
     """RG1's Pixel Spacing is 0\\0: served as absent, so OHIF's WebGL path draws it (it was black)."""
-    log_in(page, site, "admin", site.admin_password)
+    log_in(page, site.server.url, "admin", site.admin_password)
     page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies[name]}")
-    page.wait_for_function(_IMAGE_SHOWN, timeout=90_000)
+    page.wait_for_function(IMAGE_SHOWN, timeout=90_000)
     screenshot(page, f"viewer-{name}")
 
 
 def test_the_first_visit_opens_on_the_images(page: Page, site: Site) -> None:
     """A fresh browser (no localStorage): no onboarding tour, no investigational-use dialog."""
-    log_in(page, site, "admin", site.admin_password)
+    log_in(page, site.server.url, "admin", site.admin_password)
     assert page.evaluate("localStorage.length") == 0
     page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies['CT']}")
-    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    page.wait_for_function(IMAGE_SHOWN, timeout=120_000)
     page.wait_for_selector("[data-cy=viewport-pane]")
     screenshot(page, "viewer-first-visit")
     assert page.query_selector(".shepherd-element") is None, "the onboarding tour opened"
@@ -130,7 +105,7 @@ def test_the_first_visit_opens_on_the_images(page: Page, site: Site) -> None:
 
 def test_the_api_docs_render_offline(page: Page, site: Site) -> None:
     """Swagger UI from this server (the loopback-only page fixture fails on any other host)."""
-    log_in(page, site, "admin", site.admin_password)
+    log_in(page, site.server.url, "admin", site.admin_password)
     page.goto(f"{site.server.url}/api/v1/docs")
     page.wait_for_selector(".opblock-summary", timeout=30_000)
     operations = page.locator(".opblock-summary-path").all_inner_texts()
@@ -140,7 +115,7 @@ def test_the_api_docs_render_offline(page: Page, site: Site) -> None:
 
 def test_a_role_that_may_not_read_pixels_cannot_open_the_viewer(page: Page, site: Site) -> None:
     site.server.platform.accounts.create_user("sam", "scheduler", password="scheduler password")
-    log_in(page, site, "sam", "scheduler password")
+    log_in(page, site.server.url, "sam", "scheduler password")
     response = page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={site.studies['CT']}")
     assert response is not None and response.status == 403
     assert not page.query_selector("canvas")
@@ -149,10 +124,10 @@ def test_a_role_that_may_not_read_pixels_cannot_open_the_viewer(page: Page, site
 
 def test_a_length_measurement_is_saved_as_a_structured_report(page: Page, site: Site) -> None:
     """Draw a length in OHIF, create the report: a DICOM SR arrives over STOW-RS and QIDO finds it."""
-    log_in(page, site, "admin", site.admin_password)
+    log_in(page, site.server.url, "admin", site.admin_password)
     ct = site.studies["CT"]
     page.goto(f"{site.server.url}/viewer/viewer?StudyInstanceUIDs={ct}")
-    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    page.wait_for_function(IMAGE_SHOWN, timeout=120_000)
     page.click("[data-cy=MeasurementTools-split-button-primary]")  # the Length tool
     box = page.query_selector("[data-cy=viewport-pane]").bounding_box()  # type: ignore[union-attr]
     assert box is not None
@@ -185,7 +160,7 @@ def test_a_length_measurement_is_saved_as_a_structured_report(page: Page, site: 
 
 def test_the_worklist_is_usable_from_the_keyboard(page: Page, site: Site) -> None:
     """Tab to the patient filter, type, press Enter, then tab to the study's Open link and press Enter."""
-    log_in(page, site, "admin", site.admin_password)
+    log_in(page, site.server.url, "admin", site.admin_password)
     page.keyboard.press("Tab")  # the skip link first
     focused = page.evaluate("document.activeElement.textContent")
     assert "skip" in focused.lower()
@@ -203,5 +178,5 @@ def test_the_worklist_is_usable_from_the_keyboard(page: Page, site: Site) -> Non
         pytest.fail("the Open link is not reachable with Tab")
     with page.expect_navigation():
         page.keyboard.press("Enter")
-    page.wait_for_function(_IMAGE_SHOWN, timeout=120_000)
+    page.wait_for_function(IMAGE_SHOWN, timeout=120_000)
     assert "/viewer/" in page.url

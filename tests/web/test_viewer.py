@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
+from radstack.ai.results import Finding, fracture_report
+from radstack.ai.synthetic import Options, generate, to_dataset
 from radstack.cli import main
 from radstack.config import Settings
 from radstack.security.policy import ActionValues, RoleDef
@@ -24,9 +29,9 @@ from radstack.web.ohif import (
     integrity_of,
     viewer_dir,
 )
-from radstack.web.viewer import FRAME_ACCEPT
+from radstack.web.viewer import FRAME_ACCEPT, app_config_js
 from tests import authed
-from tests.conftest import IN_CI, RunningServer, server_settings, start_server
+from tests.conftest import IN_CI, RunningServer, require_binary, server_settings, start_server
 from tests.helpers import dicom_body, instance_url, response_parts, stow, synthetic_ct
 
 
@@ -66,7 +71,7 @@ def _config(server: RunningServer) -> dict[str, object]:
     response = authed.get(f"{server.url}/viewer/app-config.js")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/javascript")
-    match = re.search(r"window\.config = (\{.*\});\s*$", response.text, re.S)
+    match = re.search(r"window\.config = (\{.*?\n\});\n", response.text, re.S)
     assert match is not None, response.text
     config: dict[str, object] = json.loads(match.group(1))
     return config
@@ -166,7 +171,121 @@ def test_the_first_visit_opens_without_tour_or_investigational_use_dialog(
     """What a product bundling OHIF configures (OHIF 3.13.2's own keys; the browser test sees it)."""
     config = _config(viewer_server)
     assert config["investigationalUseDialog"] == {"option": "never"}
-    assert config["customizationService"] == {"ohif.tours": []}
+    assert config["customizationService"] == {"global": {"ohif.tours": []}}
+
+
+def naturalized(ds: pydicom.Dataset) -> dict[str, object]:
+    """``ds`` keyed by keyword with sequences as lists, as OHIF holds an instance's metadata (dcmjs)."""
+    out: dict[str, object] = {}
+    for element in ds:
+        if element.keyword and element.VR == "SQ":
+            out[element.keyword] = [naturalized(item) for item in element.value]
+        elif element.keyword and element.keyword != "PixelData":
+            out[element.keyword] = str(element.value)
+    return out
+
+
+#: Runs the generated app-config.js in node with stand-ins for OHIF's services and reports what the
+#: AI results extension does with the display sets given on the command line.
+_HARNESS = """
+global.window = {};
+require(process.argv[2]);
+const config = window.config;
+const displaySets = require(process.argv[3]);
+const extension = config.extensions.find(e => e.id === '@radstack/extension-ai-results');
+const attributes = {};
+const ohifDefault = {
+  id: 'default',
+  displaySetSelectors: {defaultDisplaySetId: {seriesMatchingRules: [
+    {weight: 10, attribute: 'numImageFrames', constraint: {greaterThan: {value: 0}}},
+    {attribute: 'isDisplaySetFromUrl', weight: 20, constraint: {equals: true}},
+  ]}},
+  stages: [{name: 'default', viewports: [{displaySets: [{id: 'defaultDisplaySetId'}]}]}],
+};
+let listener = null;
+const services = {
+  hangingProtocolService: {
+    addCustomAttribute: (id, name, callback) => { attributes[id] = callback; },
+    getProtocolById: id => (id === 'default' ? ohifDefault : undefined),
+  },
+  displaySetService: {
+    EVENTS: {DISPLAY_SETS_ADDED: 'added'},
+    subscribe: (event, callback) => { listener = callback; return {unsubscribe: () => {}}; },
+    getDisplaySetByUID: uid => displaySets[uid],
+  },
+};
+extension.preRegistration({servicesManager: {services}});
+const protocols = extension.getHangingProtocolModule({servicesManager: {services}});
+const isAIResult = Object.fromEntries(Object.entries(displaySets).map(([k, ds]) => [k, attributes.radstackAIResult(ds)]));
+extension.onModeEnter({servicesManager: {services}});
+listener({displaySetsAdded: Object.values(displaySets)});
+const drawn = Object.fromEntries(Object.entries(displaySets).map(([k, ds]) => [k, ds.isImagingMeasurementReport]));
+const asked = [];
+const original = (context, machineContext, event) => { asked.push(event.displaySetInstanceUID); return Promise.resolve({userResponse: 5}); };
+const everyMode = config.customizationService.mode['*'];
+const prompt = everyMode['measurement.promptHydrateStructuredReport'].$apply(original);
+Promise.all(Object.keys(displaySets).map(uid => prompt({servicesManager: {services}}, {}, {displaySetInstanceUID: uid, viewportId: 'default'})))
+  .then(answers => console.log(JSON.stringify({
+    protocols: protocols.map(p => ({name: p.name, rules: p.protocol.displaySetSelectors.defaultDisplaySetId.seriesMatchingRules})),
+    unchangedDefault: ohifDefault.displaySetSelectors.defaultDisplaySetId.seriesMatchingRules.length,
+    isAIResult, drawn, asked, answers: answers.map(a => a.userResponse),
+    global: config.customizationService.global,
+  })));
+"""
+
+
+def test_app_config_js_hangs_ai_results_first_and_loads_them_without_asking(tmp_path: Path) -> None:
+    """The extension in app-config.js, run in node against stand-ins for OHIF's services: an AI
+    result with a box is what the default hanging protocol prefers and is not asked about; one that
+    found nothing is shown as text; a radiologist's own report (no algorithm) is treated as before."""
+    image = to_dataset(generate(3, 0, Options(scale=0.1, fracture_rate=1.0, rg3_rate=0.0)), 3)
+    del image.PixelData
+    box = Finding("fracture", 0.7, (2, 3, 20, 30), image.SOPInstanceUID, generate_uid())
+    found, nothing = (
+        fracture_report(
+            [image],
+            findings,
+            model="fracture",
+            version=3,
+            probability=0.5,
+            series_uid=generate_uid(),
+            sop_uid=generate_uid(),
+        )
+        for findings in ([box], [])
+    )
+    own = naturalized(found)  # the same report, as if a person had drawn the box: no Algorithm Name
+    for item in own["ContentSequence"]:  # type: ignore[attr-defined]
+        if item["ConceptNameCodeSequence"][0]["CodeValue"] == "126010":  # Imaging Measurements
+            for group in item["ContentSequence"]:
+                group["ContentSequence"] = [i for i in group["ContentSequence"] if "Algorithm" not in str(i)]
+    report = {"Modality": "SR", "isImagingMeasurementReport": True}
+    display_sets = {
+        "found": {**report, "SeriesInstanceUID": "1.1", "instance": naturalized(found)},
+        "nothing": {**report, "SeriesInstanceUID": "1.2", "instance": naturalized(nothing)},
+        "own": {**report, "SeriesInstanceUID": "1.3", "instance": own},
+        "image": {"Modality": "DX", "numImageFrames": 1},
+    }
+    files = {"harness.js": _HARNESS, "app-config.js": app_config_js("http://127.0.0.1/dicomweb")}
+    files["display-sets.json"] = json.dumps(display_sets)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run(
+        [require_binary("node"), *(str(tmp_path / name) for name in files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    [protocol] = result["protocols"]
+    assert protocol["name"] == "default"  # replaces OHIF's default, which stays as it was
+    weights = {rule["attribute"]: rule["weight"] for rule in protocol["rules"]}
+    assert weights == {"numImageFrames": 10, "isDisplaySetFromUrl": 40, "radstackAIResult": 30}
+    assert result["unchangedDefault"] == 2
+    assert result["isAIResult"] == {"found": True, "nothing": False, "own": False, "image": False}
+    assert result["drawn"] == {"found": True, "nothing": False, "own": True}  # (the image has none)
+    assert result["asked"] == ["nothing", "own", "image"] and result["answers"] == [0, 5, 5, 5]
+    assert result["global"] == {"ohif.tours": []}
 
 
 #: src=, href=, url( and @import of an HTML page; each must stay on this server.

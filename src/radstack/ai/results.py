@@ -372,7 +372,11 @@ def _measurement_report(
     """The TID 1500 root, built as :class:`highdicom.sr.MeasurementReport` does, which, though, needs
     a measurement group and an Image Library entry with highdicom's set of descriptors, where a study
     without a finding has none and a CR without Imager Pixel Spacing cannot give them."""
-    root = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport, template_id="1500")
+    # SEPARATE items (highdicom's default is CONTINUOUS, running text): a viewer that shows the report
+    # as text (OHIF does for a report without regions) labels each with its concept name.
+    root = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImagingMeasurementReport, template_id="1500", is_content_continuous=False
+    )
     root.ContentSequence = hd.sr.ContentSequence()
     root.ContentSequence.extend(hd.sr.LanguageOfContentItemAndDescendants(_LANGUAGE))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
@@ -429,7 +433,9 @@ def _study_result(
         )
     )
     container = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
     )
     container.ContentSequence = hd.sr.ContentSequence([verdict])
     return container
@@ -440,7 +446,9 @@ def _image_library(sources: Sequence[pydicom.Dataset]) -> hd.sr.ContainerContent
     descriptors its header has (highdicom's :class:`~highdicom.sr.ImageLibrary` requires Patient
     Orientation and Imager Pixel Spacing of every radiograph, which a CR such as RG3 may lack)."""
     group = hd.sr.ContainerContentItem(
-        name=codes.DCM.ImageLibraryGroup, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=codes.DCM.ImageLibraryGroup,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
     )
     group.ContentSequence = hd.sr.ContentSequence()
     for image in sources:
@@ -453,7 +461,9 @@ def _image_library(sources: Sequence[pydicom.Dataset]) -> hd.sr.ContainerContent
         entry.ContentSequence = hd.sr.ContentSequence(_descriptors(image))
         group.ContentSequence.append(entry)
     library = hd.sr.ContainerContentItem(
-        name=codes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=codes.DCM.ImageLibrary,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
     )
     library.ContentSequence = hd.sr.ContentSequence([group])
     return library

@@ -8,7 +8,10 @@ an authenticated caller (the middleware's session cookie or bearer token), like 
 ``app-config.js`` is generated per request, not the build's own: one DICOMweb data source at this
 server's ``/dicomweb`` (same origin, so the browser sends the session cookie with every request),
 STOW on so OHIF saves measurements as SR, and an Accept header for frames that prefers the HTJ2K the
-store holds (OHIF decodes it with OpenJPH) and falls back to the stored transfer syntax.
+store holds (OHIF decodes it with OpenJPH) and falls back to the stored transfer syntax. After the
+configuration's JSON comes :data:`AI_RESULTS_SCRIPT` (``viewer_ai.js``): the few lines of JavaScript
+that make OHIF open a study on its AI result, the radiograph with the AI's boxes and their text
+(:mod:`radstack.ai.results`), without a prompt to answer.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from radstack.security.policy import ActionValues
 from radstack.web.deps import authorize, base_url, platform_of
 from radstack.web.ohif import OHIF_VERSION, VIEWER_PREFIX, installed, viewer_dir
 
-__all__ = ["ViewerNotInstalled", "app_config", "router"]
+__all__ = ["AI_RESULTS_SCRIPT", "ViewerNotInstalled", "app_config", "app_config_js", "router"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -58,6 +61,9 @@ _MEDIA_TYPES = {
     ".map": "application/json",
     ".onnx": "application/octet-stream",
 }
+#: Appended to ``window.config``: AI results hung first, shown without a hydration prompt (functions,
+#: which JSON cannot hold; the file's comment says what and why).
+AI_RESULTS_SCRIPT = Path(__file__).with_name("viewer_ai.js").read_text(encoding="utf-8")
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"
 
@@ -89,15 +95,18 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
     As a product that bundles OHIF would, the first visit opens straight on the images: no
     investigational-use dialog (``investigationalUseDialog.option``: ``never``; OHIF's
     ``InvestigationalUseDialog`` reads it) and no Shepherd onboarding tour (the ``ohif.tours``
-    customization, which the viewer layout hands to ``Onboarding``, set to no tours as a Global
-    customization; a plain value replaces the mode's default).
+    customization, which the viewer layout hands to ``Onboarding``, set to no tours in the
+    ``global`` phase of the customizations; a plain value replaces the mode's default).
+    :data:`AI_RESULTS_SCRIPT` adds to this, in JavaScript, an extension and a ``mode`` phase block.
     """
     return {
         "name": "radstack",
         "routerBasename": VIEWER_PREFIX.rstrip("/"),
         "extensions": [],
         "modes": [],
-        "customizationService": {"ohif.tours": []},
+        # The phased form (OHIF 3.13 CustomizationService: requires, bootstrap, global, mode):
+        # AI_RESULTS_SCRIPT adds a `mode` block.
+        "customizationService": {"global": {"ohif.tours": []}},
         "investigationalUseDialog": {"option": "never"},
         "showStudyList": True,
         "maxNumberOfWebWorkers": 3,
@@ -138,6 +147,15 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
     }
 
 
+def app_config_js(dicomweb_root: str) -> str:
+    """The body of ``/viewer/app-config.js``: :func:`app_config` as ``window.config``, then
+    :data:`AI_RESULTS_SCRIPT`."""
+    return (
+        f"/** radstack: OHIF {OHIF_VERSION} */\nwindow.config = "
+        f"{json.dumps(app_config(dicomweb_root), indent=2)};\n\n{AI_RESULTS_SCRIPT}"
+    )
+
+
 @router.get("/viewer")
 def viewer_root(request: Request) -> Response:
     query = request.url.query
@@ -149,11 +167,11 @@ def viewer_app_config(request: Request) -> Response:
     """The generated configuration (never the build's own ``app-config.js``)."""
     authorize(request, ActionValues.READ_PIXELS, resource="viewer")
     _dist(request)
-    body = (
-        f"/** radstack: OHIF {OHIF_VERSION} */\nwindow.config = "
-        f"{json.dumps(app_config(base_url(request)), indent=2)};\n"
+    return Response(
+        app_config_js(base_url(request)),
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": _REVALIDATE},
     )
-    return Response(body, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": _REVALIDATE})
 
 
 @router.get("/viewer/{path:path}")
