@@ -210,8 +210,8 @@ def test_a_receiver_that_is_down_gets_the_event_when_it_is_back(
         ({"name": "x", "actions": [{"type": "stow", "url": "ftp://h/"}]}, "http(s) URL"),
         ({"name": "x", "actions": []}, "at least 1"),
         (
-            {"name": "x", "actions": [{"type": "infer", "model": "fracture"}]},
-            "action type 'infer' is not known; known types: forward, stow",
+            {"name": "x", "actions": [{"type": "teleport", "model": "fracture"}]},
+            "action type 'teleport' is not known; known types: forward, infer, stow",
         ),
         ({"name": "x", "actions": [{"peer": "PACS"}]}, "action type None is not known; known types: forward"),
     ],
