@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -261,7 +262,27 @@ class Platform:
         finally:
             self.stop_workers()
 
+    def _warm_up(self) -> None:
+        """A process that runs ``infer`` jobs loads the models its rules name, in the background."""
+        queues = self.settings.worker_queues
+        if queues and INFER.queue not in queues:
+            return
+        models = sorted(
+            {
+                action.model
+                for rule in self.rules.list_rules()
+                if rule.enabled
+                for action in rule.actions
+                if isinstance(action, InferAction)
+            }
+        )
+        if models:
+            threading.Thread(
+                target=self.inference.warm_up, args=(models,), name="warm-up", daemon=True
+            ).start()
+
     def _start_monitors(self) -> None:
+        self._warm_up()
         if not self.watchers:
             settle = self.settings.inbox_settle_seconds
             self.watchers = [InboxWatcher(inbox, self.jobs, settle_seconds=settle) for inbox in self.inboxes]

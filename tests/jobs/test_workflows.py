@@ -78,6 +78,7 @@ def hub(tmp_path: Path, receiver: Receiver, archive: RunningServer) -> Iterator[
         http_port=free_port(),
         dicom_port=free_port(),
         ingest_processes=0,
+        starter_model=False,  # no AI rule: these rules alone route
         stable_seconds=STABLE_SECONDS,
         event_webhooks=[receiver.url],
         outbound_tokens={archive.dicomweb: archive.token},

@@ -360,6 +360,31 @@ class Inference:
             seconds=seconds,
         )
 
+    def warm_up(self, models: Sequence[str]) -> None:
+        """Load the production version of each of ``models`` and build one SR, so that the first
+        radiograph after a start waits for neither (about half a second: onnxruntime's session, and
+        highdicom's tables of the standard). A model that cannot be loaded is left for its jobs to report."""
+        for name in models:
+            try:
+                loaded = self.models.get(name)
+            except RadstackError as exc:
+                log.info("model %s not warmed up: %s", name, exc.message)
+                continue
+            header = Dataset()
+            header.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+            header.SOPInstanceUID, header.StudyInstanceUID = _uid("warm", "image"), _uid("warm", "study")
+            header.SeriesInstanceUID, header.Rows, header.Columns = _uid("warm", "series"), 512, 512
+            fracture_report(
+                [header],
+                [],
+                model=loaded.name,
+                version=loaded.number,
+                probability=0.0,
+                series_uid=_uid("warm", "sr"),
+                sop_uid=_uid("warm", "sr", "instance"),
+            )
+            log.info("model %s loaded and ready", loaded.version.ref)
+
     # ------------------------------------------------------------------ storing
     def store_result(self, outcome: Outcome, *, trigger: str, job_id: str | None = None) -> Outcome:
         """Write ``outcome`` into its study: the SR in a new series, in one study version that also
