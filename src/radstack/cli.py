@@ -1300,6 +1300,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # a line per DIMSE message otherwise
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per attribute module of every SR
     for exporter in ("onnx_ir", "onnxscript"):  # a line per graph pass of each ONNX export
         logging.getLogger(exporter).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)

@@ -572,6 +572,16 @@ class InferRunner:
             inference.audit(audit_entry(by, AuditActionValues.READ, resource, error))
             raise
         inference.audit(audit_entry(by, AuditActionValues.READ, _audited(resource, outcome)))
+        log.info(
+            "study %s: %s probability %.3f (%s), %d finding(s), %d image(s), %.2f s",
+            params.study_uid,
+            outcome.model.version.ref,
+            outcome.probability,
+            outcome.level,
+            len(outcome.findings),
+            len(outcome.selection.records),
+            outcome.seconds,
+        )
         # Which worker ran it (with several, on several machines).
         return {**outcome.to_json(), "node": f"{socket.gethostname()}:{os.getpid()}"}
 
