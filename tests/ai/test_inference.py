@@ -24,7 +24,7 @@ from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from radstack.ai import synthetic
 from radstack.ai.inference import INFER
-from radstack.ai.registry import ArtifactIn, ArtifactKind
+from radstack.ai.registry import ArtifactIn, ArtifactKind, Stage
 from radstack.ai.results import read_fracture_report
 from radstack.ai.runtime import OnnxDetector
 from radstack.ai.starter import STARTER_DIR, read_manifest
@@ -477,8 +477,21 @@ def test_a_damaged_model_ends_in_the_dead_letters_and_never_blocks_ingest(
     servers = start_server(server_settings(tmp_path / "data", starter_model=True, job_max_attempts=2))
     server = next(servers)
     try:
+        # A new production version (the same graph): this server has not loaded it yet (it warmed up v1).
+        models = server.platform.models
+        v1 = models.production("fracture")
+        onnx = (STARTER_DIR / "fracture.onnx").read_bytes()
+        scientist, reviewer = (
+            Principal("a-scientist", "data-scientist", "token"),
+            Principal("chief", "admin", "token"),
+        )
+        v2 = models.register(
+            "fracture", [ArtifactIn("model.onnx", ArtifactKind.ONNX, onnx)], by=scientist, metrics=v1.metrics
+        )
+        models.approve("fracture", v2.version, by=reviewer, comment="same graph, for the test")
+        models.promote("fracture", v2.version, Stage.PRODUCTION, by=reviewer)
         blobs = server.platform.store.blobs
-        key = server.platform.models.production("fracture").artifact(ArtifactKind.ONNX).blob_key
+        key = v2.artifact(ArtifactKind.ONNX).blob_key
         good = blobs.get(key)
         blobs.delete(key)
         blobs.put(key, bytes(good[: len(good) // 2]))

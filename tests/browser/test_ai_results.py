@@ -11,6 +11,8 @@ along the box; the second must open on its image as if it had no report. Screens
 from __future__ import annotations
 
 import io
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,8 +26,9 @@ from pydicom.uid import generate_uid
 
 from radstack.ai.results import Finding, fracture_report
 from radstack.ai.synthetic import Options, generate, to_dataset
+from tests import authed
 from tests.browser.conftest import ARTIFACTS, IMAGE_SHOWN, log_in, screenshot
-from tests.conftest import RunningServer, server_settings, start_server
+from tests.conftest import RunningServer, require_binary, server_settings, start_server
 from tests.helpers import dicom_body, stow
 
 pytestmark = pytest.mark.timeout(300)
@@ -206,3 +209,53 @@ def test_a_report_that_found_nothing_opens_on_the_image_and_reads_as_text(page: 
     assert "Fracture of bone: Absent" in " ".join(text.split())
     assert "went wrong" not in page.inner_text("body").lower()
     assert errors == [], errors
+
+
+def test_a_radiograph_sent_by_c_store_opens_with_the_models_boxes(
+    page: Page, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The whole flow: storescu sends a radiograph to a server with the shipped model and its rule; once
+    its SR is stored, the study opens in OHIF with the model's boxes and scores drawn, no click."""
+    folder = tmp_path_factory.mktemp("c-store")
+    path = folder / "radiograph.dcm"
+    image = generate(4242, 6)  # a 2500 × 2048 comminuted fracture the shipped model finds
+    to_dataset(image, 4242).save_as(path, enforce_file_format=True)
+    study = image.truth["study_instance_uid"]
+    settings = server_settings(folder / "data", starter_model=True)
+    servers = start_server(settings)
+    server = next(servers)
+    try:
+        server.platform.accounts.update_user("admin", password=PASSWORD)
+        subprocess.run(
+            [
+                require_binary("storescu"),
+                "-aec",
+                settings.ae_title,
+                "127.0.0.1",
+                str(settings.dicom_port),
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while not (results := authed.get(f"{server.url}/api/v1/studies/{study}/ai-results").json()):
+            assert time.monotonic() < deadline, "no AI result 30 s after the C-STORE"
+            time.sleep(0.1)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        log_in(page, server.url, "admin", PASSWORD)
+        page.goto(f"{server.url}/viewer/viewer?StudyInstanceUIDs={study}")
+        page.wait_for_function(IMAGE_SHOWN, timeout=120_000)
+        scores = page.locator("svg text", has_text="Certainty of Finding")
+        scores.first.wait_for(timeout=60_000)
+        screenshot(page, "viewer-ai-c-store")
+        drawn = sorted(float(text.split(":")[1].split("%")[0]) for text in scores.all_text_contents())
+        stored = sorted(round(f["probability"] * 100, 2) for f in results[0]["findings"])
+        assert drawn == pytest.approx(stored, abs=0.01)
+        assert page.locator("[data-cy=viewport-pane] svg polyline").count() >= len(stored)
+        assert page.get_by_text("AI fracture v1").count() >= 1
+        assert errors == [], errors
+    finally:
+        servers.close()

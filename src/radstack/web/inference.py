@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from radstack.ai.inference import INFER_BATCH, BatchInferParams, Outcome
-from radstack.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from radstack.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from radstack.jobs.kinds import Submitter, validation_message
 from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
@@ -135,6 +135,11 @@ def submit_batch(request: Request, body: InferenceJobIn) -> JSONResponse:
     principal = principal_of(request)
     for action in (ActionValues.READ_MODELS, ActionValues.READ_PIXELS, ActionValues.INGEST):
         authorize(request, action, audit=AuditActionValues.WRITE, model=body.model)
+    if platform.policy.study_condition(principal) is not None:
+        # The worker searches the whole index: a role that sees only some studies names them one by one.
+        raise Forbidden(
+            f"role {principal.role!r} sees only some studies; a batch runs over every study the query matches"
+        )
     platform.inference.models.get(body.model, body.version)  # a model that cannot run is refused now
     query = dict(view_of(request).query(body.query.items()))
     job, created = platform.jobs.submit(
