@@ -305,6 +305,9 @@ class Platform:
 
     def close(self) -> None:
         self.stop_workers()
+        self.jobs.close()
+        if "inference" in self.__dict__:  # made (a cached property): free its models
+            self.inference.models.clear()
         self.audit.close()
         if self.analyser is not None:
             self.analyser.close()

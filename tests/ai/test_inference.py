@@ -510,7 +510,7 @@ def test_a_damaged_model_ends_in_the_dead_letters_and_never_blocks_ingest(
         blobs.put(key, good)
         assert authed.post(f"{server.url}/api/v1/jobs/{dead[0].id}/requeue").status_code == 200
         wait_for(lambda: ai_series(server, case.study))
-        assert server.platform.jobs.records.get(dead[0].id).state is JobState.SUCCEEDED
+        wait_for(lambda: server.platform.jobs.records.get(dead[0].id).state is JobState.SUCCEEDED)
     finally:
         servers.close()
 

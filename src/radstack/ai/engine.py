@@ -206,6 +206,11 @@ class ModelCache:
                 self._loaded.popitem(last=False)
             return loaded
 
+    def clear(self) -> None:
+        """Drop every loaded model (their onnxruntime sessions and threads go with the last reference)."""
+        with self._lock:
+            self._loaded.clear()
+
     def _load(self, version: ModelVersion, sha256: str) -> LoadedModel:
         try:
             data = self.registry.artifact_bytes(version, ArtifactKind.ONNX)

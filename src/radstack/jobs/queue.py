@@ -432,6 +432,14 @@ class JobQueue:
             consumer.stop(graceful=True)
         self._sweeper.stop()
 
+    def close(self) -> None:
+        """Stop consuming and close each queue's connection (a SQLite queue holds a file open)."""
+        self.stop_consumer()
+        with self._lock:
+            hueys, self._hueys, self._tasks = list(self._hueys.values()), {}, {}
+        for huey in hueys:
+            huey.storage.close()
+
     # ------------------------------------------------------------------ queues
     def _huey(self, queue: str) -> Huey:
         with self._lock:
