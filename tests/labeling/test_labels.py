@@ -422,7 +422,9 @@ def test_ohif_3_13_report_gives_each_tool_its_label(dx: Dataset) -> None:
 
 # CORNERSTONEFREETEXT (19 characters, 20 padded) is longer than a Code Value (SH, 16) may be: older OHIF
 # versions wrote it all the same (dcmjs now writes CS3DTEXT and keeps the old value for reading).
-@pytest.mark.filterwarnings("ignore:The value length \\(\\d+\\) exceeds the maximum length of 16 allowed for VR SH")
+@pytest.mark.filterwarnings(
+    "ignore:The value length \\(\\d+\\) exceeds the maximum length of 16 allowed for VR SH"
+)
 def test_older_ohif_free_text_codes_and_other_shapes(dx: Dataset) -> None:
     rotated = [(10, 0), (20, 10), (10, 20), (0, 10)]
     groups = [
@@ -596,6 +598,7 @@ def _seg(
     segmentation_type: str,
     segments: int = 2,
     syntax: str = ExplicitVRLittleEndian,
+    **options: Any,
 ) -> Dataset:
     seg = hd.seg.Segmentation(
         sources,
@@ -614,6 +617,7 @@ def _seg(
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=[0.2, 0.2], slice_thickness=1.0)
         if "FrameOfReferenceUID" not in sources[0]
         else None,
+        **options,
     )
     return _read_back(seg)
 
@@ -673,12 +677,17 @@ def test_fractional_seg_is_thresholded_at_one_half(dx: Dataset) -> None:
     probability[0, 5:15, 5:15] = 0.25
     probability[0, 10:30, 10:40] = 0.75
     probability[0, 50:52, 60:62] = 1.0
-    seg = _seg([_complete(dx)], probability, "FRACTIONAL", segments=1)
+    probability[0, 40, 5:10] = 0.5  # stored as 127 of 254: exactly one half, in the mask
+    probability[0, 41, 5:10] = 126 / 254  # just below: out
+    seg = _seg([_complete(dx)], probability, "FRACTIONAL", segments=1, max_fractional_value=254)
+    assert seg.MaximumFractionalValue == 254
+    assert (seg.pixel_array[40, 5:10] == 127).all() and (seg.pixel_array[41, 5:10] == 126).all()
     (label,) = labels_of_seg(seg)
-    stored = seg.pixel_array / seg.MaximumFractionalValue
     assert FRACTIONAL_THRESHOLD == 0.5
-    np.testing.assert_array_equal(mask_from_rle(label.data["mask"]["rle"]), stored >= 0.5)
-    np.testing.assert_array_equal(mask_from_rle(label.data["mask"]["rle"]), probability[0] >= 0.5)
+    mask = mask_from_rle(label.data["mask"]["rle"])
+    np.testing.assert_array_equal(mask, seg.pixel_array / 254 >= 0.5)
+    np.testing.assert_array_equal(mask, probability[0] >= 0.5)
+    assert mask[40, 5:10].all() and not mask[41, 5:10].any()
 
 
 @pytest.mark.parametrize("segmentation_type", ["BINARY", "LABELMAP"])

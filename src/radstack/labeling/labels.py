@@ -20,6 +20,7 @@ Structured reports (PS3.16 TID 1500, *Imaging Measurement Report*)
     EllipticalROI     ELLIPSE, 4 points (major axis ends, minor axis ends)  ``ellipse``
     CircleROI         CIRCLE, 2 points (centre, a point on the circle)      ``ellipse``
     PlanarFreehandROI POLYLINE, first point repeated last when closed       ``polygon``/``polyline``
+    Angle, CobbAngle  POLYLINE, open, 3 or 4 points                         ``polyline``
     Bidirectional     two 2-point POLYLINEs (long axis first)               ``line`` (long axis)
     KeyImage          POINT at (0, 0)                                       ``class``
     ================  ====================================================  =====================
@@ -140,7 +141,9 @@ class DrawnLabel:
     sop_uid
         SOP Instance UID of the image it lies on.
     frame
-        The 1-based frame of a multi-frame image (None for a single-frame one).
+        The 1-based frame the object references (Referenced Frame Number), None when it names none.
+        OHIF's SRs name no frame of a single-frame image, but its SEG export names frame 1: compare
+        frames as ``frame or 1``.
     tracking_uid
         The TID 1410 Tracking Unique Identifier or the segment's Tracking UID, when present. (OHIF
         3.13.2 writes a new one on every save, so it does not follow a measurement from save to save.)
