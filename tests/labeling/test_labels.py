@@ -849,6 +849,28 @@ def test_group_with_neither_region_nor_image(dx: Dataset) -> None:
     _error(ohif_sr([dx], [group]), r"group 1 \(study level\) .* has neither a SCOORD nor an image reference")
 
 
+def test_text_box_position_is_not_a_region(dx: Dataset) -> None:
+    # dcmjs writes a Polyline's SCOORD under its first statistic; without statistics there is none,
+    # and the moved text box's position (a POINT, 99CS3D) is all that is left.
+    group = ohif_group(
+        "Length",
+        _scoord("POLYLINE", [(1, 1), (9, 9)], dx),
+        label="fracture",
+        text_position=_scoord(
+            "POINT",
+            [(70.0, 5.0)],
+            dx,
+            relationship="CONTAINS",
+            name=("TextPosition", "99CS3D", "Text Annotation Position"),
+        ),
+    )
+    del group.ContentSequence[2]  # the NUM with the line
+    _error(
+        ohif_sr([dx], [group]),
+        r"group 1 \(Cornerstone3DTools@\^0\.1\.0:Length\) .* has neither a SCOORD nor an image",
+    )
+
+
 def test_group_referencing_an_image_without_region_is_a_class_label(dx: Dataset) -> None:
     group = _item(
         "CONTAINS",

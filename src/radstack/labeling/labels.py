@@ -522,11 +522,14 @@ def _image_of_scoord(scoord: Dataset, where: str) -> tuple[str, int | None]:
 
 
 def _image_of_group(items: list[Dataset], where: str) -> tuple[str, int | None] | None:
-    """An image the group refers to without a region (TID 1501 Source of Measurement): a class label."""
+    """An image the group refers to without a region (TID 1501 Source of Measurement): a class label.
+    Not the image of OHIF's text box position: a measurement whose region is missing is no class."""
     image = _image_reference(items, where)
     if image is not None:
         return image
     for item in items:
+        if str(item.get("ValueType", "")) in _SCOORDS:
+            continue
         image = _image_reference(item.get("ContentSequence") or [], where)
         if image is not None:
             return image
