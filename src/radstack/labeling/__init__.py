@@ -1,0 +1,3 @@
+"""Labeling: projects, reader tasks, labels from SR/SEG, consensus, agreement, exports."""
+
+__all__: list[str] = []
