@@ -5,6 +5,7 @@ keep their history, and the audit trail."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -249,6 +250,7 @@ def test_a_query_cohort_is_searched_as_qido_does(service: ProjectService, studie
         ({"cohort": ["1.2..3"]}, BadRequest, r"cohort\[0\] '1\.2\.\.3' is not a valid UID"),
         ({"cohort": {"NoSuchKey": "x"}}, BadRequest, "NoSuchKey"),
         ({"cohort": "1.2.3"}, BadRequest, "cohort must be a QIDO-style query"),
+        ({"cohort": {}}, BadRequest, "the cohort query names no attribute"),
         ({"readers_per_item": 3}, BadRequest, "readers_per_item 3 is more than the project's 2 readers"),
         ({"readers_per_item": 0}, BadRequest, "readers_per_item 0 must be 1 to 9"),
         ({"readers_per_item": 10}, BadRequest, "readers_per_item 10 must be 1 to 9"),
@@ -558,3 +560,51 @@ def test_a_due_date_is_carried_by_every_task(service: ProjectService, studies: l
     project = _create(service, studies, due_at=due)
     assert project.due_at == due
     assert {t.due_at for t in service.tasks_of(OWNER, "wrists")} == {due}
+
+
+# ----------------------------------------------------------------------------- both backends
+def test_the_flow_on_each_backend_with_concurrent_submissions(backend_settings: Settings) -> None:
+    """Creation, assignment by uncertainty, tasks, revisions and closing on SQLite and PostgreSQL; two
+    threads sending labels for one task at once get consecutive revisions and one current set."""
+    platform = Platform.open(backend_settings)
+    try:
+        service = platform.labeling
+        studies = [radiograph(seed) for seed in range(11, 14)]
+        ingest(platform.store, *studies)
+        record(platform.ai_results, studies[2], [0.31])
+        _create(service, studies, readers=["rita", "raj"], readers_per_item=2, assignment="uncertainty")
+        tasks = service.tasks_of(OWNER, "wrists")
+        assert [t.study_uid for t in tasks[::2]] == _uids([studies[2], studies[0], studies[1]])
+        assert {t.reader for t in tasks[:2]} == {"rita", "raj"}
+        task = service.next_task(RAJ)
+        assert task is not None and task.study_uid == studies[2].StudyInstanceUID
+        sop = str(studies[2].SOPInstanceUID)
+        errors: list[BaseException] = []
+
+        def send(offset: int) -> None:
+            try:
+                for i in range(5):
+                    box = [offset + i, 1, offset + i + 10, 11]
+                    service.submit_labels(
+                        RAJ,
+                        task.id,
+                        [{"label": "fracture", "geometry": "box", "data": {"box": box}, "sop_uid": sop}],
+                    )
+            except BaseException as error:  # reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=send, args=(offset,)) for offset in (0, 40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        history = service.labels_of(RAJ, task.id, history=True)
+        assert history.revision == 10 and sorted(lb.revision for lb in history.labels) == list(range(1, 11))
+        assert [lb.revision for lb in history.labels if lb.current] == [10]
+        assert service.submit(RAJ, task.id).state is TaskState.SUBMITTED
+        assert service.get(OWNER, "wrists").progress.tasks == {"assigned": 5, "submitted": 1, "skipped": 0}
+        assert service.close(OWNER, "wrists").state.value == "closed"
+        assert service.next_task(RITA) is None
+    finally:
+        platform.close()

@@ -620,7 +620,7 @@ class ProjectService:
                 check_flag(value, flag)
             studies, origin = self._cohort(principal, cohort)
             resource.update(studies=len(studies), readers=len(read_by), assignment=policy.value)
-            row = dict(
+            values = dict(
                 name=name,
                 description=description,
                 schema=_dumps(parsed.to_json()),
@@ -635,7 +635,7 @@ class ProjectService:
                 reviewers=_dumps(list(reviewed_by)),
                 state=ProjectState.OPEN.value,
             )
-            project_id = self._write(partial(self._create, row, studies))
+            project_id = self._write(partial(self._create, values, studies))
             resource["project_id"] = project_id
         return self.get(principal, name)
 
@@ -717,6 +717,11 @@ class ProjectService:
         """
         scope = self.policy.study_condition(principal)
         if isinstance(cohort, Mapping):
+            if not any(key != "limit" for key in cohort):
+                raise BadRequest(
+                    "the cohort query names no attribute; give at least one (ModalitiesInStudy, StudyDate, …) "
+                    "or a list of StudyInstanceUIDs"
+                )
             params: list[tuple[str, str]] = []
             for key, value in cohort.items():
                 values = value if isinstance(value, list) else [value]
