@@ -40,6 +40,7 @@ from radstack.jobs.routing import (
     StableStudyRunner,
 )
 from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor, deliver_webhook
+from radstack.labeling.projects import ProjectService
 from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
 from radstack.security.authn import Accounts, OidcVerifier
@@ -215,6 +216,11 @@ class Platform:
     def ai_results(self) -> AiResults:
         """AI results on studies (their findings, the study's priority) and the reviews of their findings."""
         return AiResults(self.store.engine, self.audit.submit, self.policy)
+
+    @cached_property
+    def labeling(self) -> ProjectService:
+        """Labeling projects, their reader tasks and the labels readers send."""
+        return ProjectService(self.store, self.policy, self.audit.submit)
 
     @cached_property
     def training(self) -> TrainingService:

@@ -17,6 +17,7 @@ from radstack.ai import models as ai_models
 from radstack.dimse import models as dimse_models
 from radstack.ingest import models as ingest_models
 from radstack.jobs import models as jobs_models
+from radstack.labeling import models as labeling_models
 from radstack.security import models as security_models
 from radstack.store import models as store_models
 
@@ -30,6 +31,7 @@ MODEL_MODULES: tuple[ModuleType, ...] = (
     jobs_models,
     security_models,
     ai_models,
+    labeling_models,
 )
 
 #: All the tables of the index, as the models describe them: what the migrations must produce.

@@ -1,5 +1,5 @@
-"""The worklist UI: server-rendered HTML pages at ``/`` (worklist), ``/jobs``, ``/labeling``
-(``/models`` is :mod:`radstack.web.models`).
+"""The worklist UI: server-rendered HTML pages at ``/`` (worklist) and ``/jobs`` (``/models`` is
+:mod:`radstack.web.models`, ``/labeling`` :mod:`radstack.web.labeling`).
 
 No JavaScript: the filter form is a GET form, paging is links, requeue is a POST form (the auth
 middleware's same-origin check makes a cookie POST from these pages safe). Pages are Jinja2
@@ -159,9 +159,3 @@ def requeue(request: Request, job_id: str) -> Response:
         return RedirectResponse(f"/jobs?{urlencode({'requeued': job_id})}", status_code=303)
 
     return page_or_error(request, "Jobs", requeue_and_show)
-
-
-@router.get("/labeling")
-def labeling(request: Request) -> HTMLResponse:
-    """Placeholder: labeling projects and tasks (a later issue fills them in)."""
-    return signed_in_page(request, "labeling.html")
