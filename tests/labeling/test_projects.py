@@ -474,22 +474,64 @@ def test_a_mask_label_is_checked_against_its_image(service: ProjectService, stud
     stored = service.submit_labels(
         RITA,
         task.id,
-        [{**mask, "data": {"mask": {"rows": 96, "columns": 80, "rle": [100, 20, pixels - 120]}}}],
+        [
+            {
+                **mask,
+                "data": {
+                    "mask": {
+                        "rows": 96,
+                        "columns": 80,
+                        "rle": {"size": [96, 80], "counts": [100, 20, pixels - 120]},
+                    }
+                },
+            }
+        ],
     )
-    assert stored.labels[0].data["mask"]["rle"] == [100, 20, pixels - 120]
+    assert stored.labels[0].data["mask"]["rle"] == {"size": [96, 80], "counts": [100, 20, pixels - 120]}
     with pytest.raises(BadRequest, match=r"labels\[0\].data.mask is 80 × 96; image .* is 96 × 80"):
         service.submit_labels(
-            RITA, task.id, [{**mask, "data": {"mask": {"rows": 80, "columns": 96, "rle": [pixels - 1, 1]}}}]
+            RITA,
+            task.id,
+            [
+                {
+                    **mask,
+                    "data": {
+                        "mask": {
+                            "rows": 80,
+                            "columns": 96,
+                            "rle": {"size": [80, 96], "counts": [pixels - 1, 1]},
+                        }
+                    },
+                }
+            ],
         )
     with pytest.raises(
         BadRequest, match=r"labels\[0\].data.mask.rle covers 10 pixels; a 96 × 80 mask has 7680"
     ):
         service.submit_labels(
-            RITA, task.id, [{**mask, "data": {"mask": {"rows": 96, "columns": 80, "rle": [5, 5]}}}]
+            RITA,
+            task.id,
+            [
+                {
+                    **mask,
+                    "data": {
+                        "mask": {"rows": 96, "columns": 80, "rle": {"size": [96, 80], "counts": [5, 5]}}
+                    },
+                }
+            ],
         )
     with pytest.raises(BadRequest, match=r"labels\[0\].data.mask sets no pixel"):
         service.submit_labels(
-            RITA, task.id, [{**mask, "data": {"mask": {"rows": 96, "columns": 80, "rle": [pixels]}}}]
+            RITA,
+            task.id,
+            [
+                {
+                    **mask,
+                    "data": {
+                        "mask": {"rows": 96, "columns": 80, "rle": {"size": [96, 80], "counts": [pixels]}}
+                    },
+                }
+            ],
         )
     assert service.labels_of(RITA, task.id).revision == 1  # the refusals changed nothing
 

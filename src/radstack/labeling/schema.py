@@ -16,9 +16,10 @@ geometry, in pixel-edge coordinates (``(0, 0)`` is the first pixel's outer corne
 * ``{"box": [x0, y0, x1, y1]}`` with ``x0 < x1`` and ``y0 < y1``;
 * ``{"point": [x, y]}``;
 * ``{"line": [x0, y0, x1, y1]}`` (two distinct ends);
-* ``{"mask": {"rows", "columns", "rle"}}``: the image's size, and ``rle`` the run lengths of its
-  pixels in row-major order, alternately unset and set, starting with unset (so ``[5, 2, 3]`` sets
-  the 6th and 7th of 10 pixels);
+* ``{"mask": {"rows", "columns", "rle"}}``: the image's size, and ``rle`` COCO's uncompressed
+  run-length encoding ``{"size": [rows, columns], "counts": [...]}`` (:func:`radstack.labeling.labels.mask_rle`,
+  the form masks read from a SEG take): the pixels in column-major order, alternately unset and set,
+  starting with unset (so counts ``[5, 2, 3]`` set the 6th and 7th of 10 pixels);
 * ``{}`` for an image-level ``class`` (which alone may carry a ``value``).
 
 Every refusal is a :class:`~radstack.errors.BadRequest` naming the field (``labels[2].geometry``,
@@ -329,18 +330,28 @@ def _geometry_data(geometry: Geometry, data: Any, where: str) -> JsonDict:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise BadRequest(f"{where}.data.mask.{side} {size!r} is not a positive integer")
     rle = mask["rle"]
-    if not isinstance(rle, list) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rle
+    counts = rle.get("counts") if isinstance(rle, dict) else None
+    if not isinstance(counts, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts
     ):
-        raise BadRequest(f"{where}.data.mask.rle must be a list of run lengths (integers, 0 or more)")
-    pixels = mask["rows"] * mask["columns"]
-    if sum(rle) != pixels:
         raise BadRequest(
-            f"{where}.data.mask.rle covers {sum(rle)} pixels; a {mask['rows']} × {mask['columns']} mask "
+            f"{where}.data.mask.rle must be COCO's uncompressed RLE {{'size': [rows, columns], "
+            "'counts': [run lengths, integers, 0 or more]}"
+        )
+    if rle.get("size") != [mask["rows"], mask["columns"]]:
+        raise BadRequest(
+            f"{where}.data.mask.rle.size {rle.get('size')!r} is not [rows, columns] "
+            f"[{mask['rows']}, {mask['columns']}]"
+        )
+    pixels = mask["rows"] * mask["columns"]
+    if sum(counts) != pixels:
+        raise BadRequest(
+            f"{where}.data.mask.rle covers {sum(counts)} pixels; a {mask['rows']} × {mask['columns']} mask "
             f"has {pixels}"
         )
-    if not any(rle[1::2]):
+    if not any(counts[1::2]):
         raise BadRequest(f"{where}.data.mask sets no pixel")
+    rle = {"size": [mask["rows"], mask["columns"]], "counts": counts}
     return {"mask": {"rows": mask["rows"], "columns": mask["columns"], "rle": rle}}
 
 
