@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -37,7 +36,6 @@ from typing import Any, TypeVar
 from xml.sax.saxutils import escape, quoteattr
 
 from sqlalchemy import ColumnElement, Engine, and_, case, func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from radstack.ai.models import AiFindingReviewRow, AiResultRow
@@ -45,6 +43,7 @@ from radstack.errors import BadRequest, Conflict, NotFound
 from radstack.security.audit import AuditActionValues, AuditEntry, audited
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.security.views import View
+from radstack.store.index import write_transaction
 from radstack.store.models import StudyRow
 from radstack.store.worklist import HIGH_PRIORITY, URGENT_PRIORITY, priority_band
 
@@ -412,30 +411,10 @@ class AiResults:
         self.engine = engine
         self.policy = policy
         self._audit = audit
-        self._sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time anyway; queueing this process's threads here spares them
-        # the busy handler (other processes wait on it, and a busy database is retried).
-        self._lock = threading.Lock()
 
     def _write(self, work: Callable[[Session], _T]) -> _T:
-        """Run ``work`` in one write transaction, again after a busy database or a unique-key race.
-
-        Raises
-        ------
-        sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError
-            When the fifth attempt still fails so.
-        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
-        for attempt in range(5):
-            try:
-                if self._sqlite:
-                    with self._lock, Session(self.engine) as session, session.begin():
-                        return work(session)
-                with Session(self.engine) as session, session.begin():
-                    return work(session)
-            except (IntegrityError, OperationalError):
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        """Run ``work`` in one write transaction (:func:`radstack.store.index.write_transaction`)."""
+        return write_transaction(self.engine, work)
 
     # ------------------------------------------------------------------ results
     def record(

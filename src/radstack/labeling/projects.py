@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -53,7 +52,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import Engine, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from radstack.dicom.uids import check_uid
@@ -73,6 +71,7 @@ from radstack.labeling.schema import (
 )
 from radstack.security.audit import AuditActionValues, AuditEntry, audited
 from radstack.security.policy import ActionValues, Policy, Principal
+from radstack.store.index import write_transaction
 from radstack.store.matching import QueryLevelValues, parse_query
 from radstack.store.models import InstanceRow, StudyRow
 from radstack.store.search import search_studies
@@ -452,29 +451,10 @@ class ProjectService:
         self.engine: Engine = store.engine
         self.policy = policy
         self._audit = audit
-        self._sqlite = self.engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time anyway; queueing this process's threads spares them the busy handler.
-        self._lock = threading.Lock()
 
     def _write(self, work: Callable[[Session], _T]) -> _T:
-        """Run ``work`` in one write transaction, again after a busy database or a unique-key race.
-
-        Raises
-        ------
-        sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError
-            When the fifth attempt still fails so.
-        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
-        for attempt in range(5):
-            try:
-                if self._sqlite:
-                    with self._lock, Session(self.engine) as session, session.begin():
-                        return work(session)
-                with Session(self.engine) as session, session.begin():
-                    return work(session)
-            except (IntegrityError, OperationalError):
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        """Run ``work`` in one write transaction (:func:`radstack.store.index.write_transaction`)."""
+        return write_transaction(self.engine, work)
 
     # ------------------------------------------------------------------ membership: the one check
     def _members(self, principal: Principal, row: ProjectRow) -> tuple[Member, ...]:

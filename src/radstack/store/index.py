@@ -1,16 +1,28 @@
-"""The SQL index: engine creation (SQLite in WAL mode, or PostgreSQL) and Alembic migrations."""
+"""The SQL index: engine creation (SQLite in WAL mode, or PostgreSQL), Alembic migrations, and the one
+way every package writes to it (:func:`write_transaction`)."""
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
-__all__ = ["create_index_engine", "migrate"]
+__all__ = ["create_index_engine", "migrate", "write_transaction"]
+
+T = TypeVar("T")
+#: Attempts of a write transaction before a busy database or a unique-key race is the caller's.
+WRITE_ATTEMPTS = 5
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_writers_guard = threading.Lock()
 
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -72,3 +84,43 @@ def migrate(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         command.upgrade(alembic_config(connection), "head")
+
+
+def write_transaction(engine: Engine, work: Callable[[Session], T], *, expire_on_commit: bool = True) -> T:
+    """Run ``work`` in one write transaction on ``engine``; again after a busy database or a unique-key
+    race (another writer inserted the same key first: the retry reads it).
+
+    On SQLite, which has one writer at a time anyway, this process's writers (the store, AI results,
+    labeling, every package) queue on one lock per engine, which spares them the busy handler and
+    SQLite's lock-upgrade deadlocks; other processes wait in the busy handler.
+
+    Raises
+    ------
+    sqlalchemy.exc.IntegrityError
+        When the last attempt still breaks a unique key.
+    sqlalchemy.exc.OperationalError
+        When the last attempt still finds the database busy or unreachable.
+    """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
+    lock = _sqlite_writer(engine)
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            if lock is not None:
+                with lock, Session(engine, expire_on_commit=expire_on_commit) as session, session.begin():
+                    return work(session)
+            with Session(engine, expire_on_commit=expire_on_commit) as session, session.begin():
+                return work(session)
+        except (IntegrityError, OperationalError):
+            if attempt == WRITE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _sqlite_writer(engine: Engine) -> threading.RLock | None:
+    """The lock this process's writers of a SQLite ``engine`` share (re-entrant: a write may call one)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with _writers_guard:
+        lock = _sqlite_writers.get(engine)
+        if lock is None:
+            lock = _sqlite_writers[engine] = threading.RLock()
+        return lock

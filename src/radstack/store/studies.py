@@ -18,12 +18,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Table, bindparam, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from radstack.errors import NotFound
 from radstack.store._writes import IndexWriter
 from radstack.store.blobs import BlobStore
+from radstack.store.index import write_transaction
 from radstack.store.metadata import MetadataDocuments
 from radstack.store.models import InstanceRow, SeriesRow, StudyRow, StudyVersionRow
 from radstack.store.records import Batch, BatchReason, CommitOutcome, InstanceRecord, StoreOutcomeValues
@@ -66,8 +66,6 @@ class StudyStore:
         #: The de-identified view's UID for a real one (set by the platform); stored with each row.
         self.pseudonym: Callable[[str], str] | None = None
         self._sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer; serialising writers in-process avoids lock-upgrade deadlocks.
-        self._write_lock = threading.Lock()
         self._committer = threading.Lock()
         self._group_guard = threading.Lock()
         self._group: list[_PendingCommit] = []
@@ -85,26 +83,8 @@ class StudyStore:
             yield session
 
     def _write(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one write transaction, retrying on a unique-key race or a busy database.
-
-        Raises
-        ------
-        sqlalchemy.exc.IntegrityError
-            When the fifth attempt still breaks a unique key.
-        sqlalchemy.exc.OperationalError
-            When the fifth attempt still finds the database busy or unreachable.
-        """  # noqa: DOC501 (its AssertionError marks the end of the retry loop as unreachable)
-        for attempt in range(5):
-            try:
-                if self._sqlite:
-                    with self._write_lock, self._session() as session, session.begin():
-                        return work(session)
-                with self._session() as session, session.begin():
-                    return work(session)
-            except (IntegrityError, OperationalError):
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        """Run ``work`` in one write transaction (:func:`radstack.store.index.write_transaction`)."""
+        return write_transaction(self.engine, work, expire_on_commit=False)
 
     @contextmanager
     def batch(self, reason: BatchReason, detail: str = "") -> Iterator[Batch]:
