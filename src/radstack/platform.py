@@ -40,6 +40,7 @@ from radstack.jobs.routing import (
     StableStudyRunner,
 )
 from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor, deliver_webhook
+from radstack.labeling.blinding import Blinding
 from radstack.labeling.projects import ProjectService
 from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
@@ -47,7 +48,7 @@ from radstack.security.authn import Accounts, OidcVerifier
 from radstack.security.crypto import KeyConfig, open_encrypted_blob_store
 from radstack.security.index_key import open_index_engine
 from radstack.security.keyfile import load_secret
-from radstack.security.policy import Policy, RoleDef, load_roles
+from radstack.security.policy import Policy, Principal, RoleDef, load_roles
 from radstack.security.views import View
 from radstack.store.index import migrate
 from radstack.store.studies import InstanceRecord, StudyStore
@@ -227,9 +228,17 @@ class Platform:
         """Training jobs: submitted here, run by a worker of the ``training`` queue."""
         return TrainingService(self.jobs, self.datasets, self.policy, self.audit.submit)
 
-    def view(self, role: RoleDef) -> View:
-        """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""
-        return View(role, self.store, self.deidentifier)
+    @cached_property
+    def blinding(self) -> Blinding:
+        """What labeling's blinding hides from each principal: other readers' label objects, and AI
+        results from blinded readers (their SR series from :meth:`AiResults.sr_series`)."""
+        return Blinding(self.store, self.policy, self.ai_results.sr_series)
+
+    def view(self, role: RoleDef, principal: Principal | None = None) -> View:
+        """How ``role`` sees headers and, for ``principal``, which objects blinding hides from it (a new
+        one per request or association: it caches patient keys and what is hidden)."""
+        hidden = self.blinding.lookup(principal) if principal is not None else None
+        return View(role, self.store, self.deidentifier, hidden)
 
     def dimse_server(self) -> DimseServer | None:
         """The DICOM service on the services of this platform; ``None`` when no DICOM port is set."""

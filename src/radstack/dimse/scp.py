@@ -256,7 +256,8 @@ class DimseServer:
     policy
         What each role may do, and which studies it sees.
     views
-        How a role sees headers (a new :class:`~radstack.security.views.View` per association).
+        How a role sees headers, and what blinding hides from a principal (a new
+        :class:`~radstack.security.views.View` per request).
     audit
         Where each association's reads, queries and writes are recorded.
     ingest_options
@@ -276,7 +277,7 @@ class DimseServer:
         peers: PeerRegistry,
         accounts: Accounts,
         policy: Policy,
-        views: Callable[[RoleDef], View],
+        views: Callable[[RoleDef, Principal], View],
         audit: AuditWriter,
         ingest_options: IngestOptions,
         analyser: Analyser | None = None,
@@ -488,8 +489,9 @@ class DimseServer:
         return principal
 
     def _view(self, principal: Principal) -> View:
-        """How the calling AE's role sees headers (identifiers and the data sets it is sent)."""
-        return self.views(self.policy.role(principal))
+        """How the calling AE's role sees headers (identifiers and the data sets it is sent), and what
+        labeling's blinding hides from its service account."""
+        return self.views(self.policy.role(principal), principal)
 
     def _audit(
         self, event: Event, action: AuditActionValues, resource: dict[str, Any], failure: str | None = None
@@ -586,7 +588,7 @@ class DimseServer:
             )
             pending = _PENDING_WARNING if request.unsupported else _PENDING
             scope = self.policy.study_condition(principal)
-            for found in _query.find(self.store, request, self.config.ae_title, scope):
+            for found in _query.find(self.store, request, self.config.ae_title, scope, blind=view.blind):
                 identifier = view.dataset(found) if view.shapes else found
                 _wait_until_sent(event.assoc)
                 if event.is_cancelled:
@@ -621,11 +623,14 @@ class DimseServer:
             self._require(event, ActionValues.READ_METADATA)
             principal = self._require(event, ActionValues.READ_PIXELS)
             view = self._view(principal)
-            records = _query.retrieve_records(
-                self.store,
-                view.identifier(_identifier(event)),
-                str(event.request.AffectedSOPClassUID),
-                self.policy.study_condition(principal),
+            # Instances blinding hides from the caller are not sent (nor counted).
+            records = view.visible(
+                _query.retrieve_records(
+                    self.store,
+                    view.identifier(_identifier(event)),
+                    str(event.request.AffectedSOPClassUID),
+                    self.policy.study_condition(principal),
+                )
             )
         except Exception as exc:
             self._audit(event, AuditActionValues.READ, {"operation": operation}, _as_radstack(exc).message)

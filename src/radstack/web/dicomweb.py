@@ -108,10 +108,13 @@ def _retrieve(
     guard(request, ActionValues.READ_METADATA, study, series, instance)
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
     platform = platform_of(request)
-    records = platform.store.current_instances(study, series, instance)
+    view = view_of(request)
+    # Instances hidden from the caller (labeling's blinding) are left out; a named one was refused above.
+    records = view.visible(platform.store.current_instances(study, series, instance))
+    if not records:
+        raise NotFound(f"{'series ' + series if series else 'study ' + study} holds no instances")
     syntax = wado.instance_syntax(parse_accept(request.headers.get("accept")), records)
     store = platform.store
-    view = view_of(request)
 
     def parts() -> Iterator[tuple[str, bytes]]:
         for record in records:
@@ -271,7 +274,9 @@ def _rendered(
 ) -> Response:
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
     params = _render_params(request, thumbnail=thumbnail)
-    image = wado.rendered_resource(platform_of(request).store, study, series, instance, frame, params)
+    image = wado.rendered_resource(
+        platform_of(request).store, study, series, instance, frame, params, visible=view_of(request).visible
+    )
     return Response(image, media_type=params.media_type)
 
 
