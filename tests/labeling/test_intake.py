@@ -70,7 +70,10 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    settings: Settings = server_settings(tmp_path / "data")
+    yield from _world(server_settings(tmp_path / "data"))
+
+
+def _world(settings: Settings) -> Iterator[World]:
     for server in start_server(settings):
         accounts = server.platform.accounts
         accounts.create_user("rita", "annotator", ae_title=RITA_AE)
@@ -566,3 +569,25 @@ def test_a_reader_in_two_projects_labels_the_task_whose_schema_fits(world: World
         _stow(world, "rita", both), 0xC000, "fits labeling tasks of rita in 2 projects ('wrists', 'elbows')"
     )
     assert not _in_qido(world, both)
+
+
+def test_the_intake_on_each_backend(backend_settings: Settings) -> None:
+    """SQLite and PostgreSQL: the labels commit in the instance's transaction (a group commit of
+    several parts of one request too), a refusal rolls back nothing else of the request."""
+    for world in _world(backend_settings.model_copy(update={"starter_model": False})):
+        image = world.studies[0]
+        sr = ohif_sr(image, [("fracture", (10, 20, 40, 50))])
+        mask = seg(image, _mask(image), "LABELMAP")
+        refused = ohif_sr(image, [("effusion", (10, 20, 40, 50))])
+        response = _stow(world, "rita", sr, refused, mask)
+        assert response.status_code == 202, response.text
+        assert [item["00081155"]["Value"][0] for item in response.json()["00081198"]["Value"]] == [
+            refused.SOPInstanceUID
+        ]
+        labels = _labels(world, "rita", 0, history=True)
+        assert sorted(lb["source"] for lb in labels["labels"] if lb["superseded_at"] is None) == ["seg", "sr"]
+        assert labels["revision"] == 2
+        assert _stow(world, "rita", sr, mask).status_code == 200
+        assert _labels(world, "rita", 0, history=True) == labels
+        assert sorted(row[0] for row in _objects(world)) == sorted([sr.SOPInstanceUID, mask.SOPInstanceUID])
+        assert not _in_qido(world, refused)
