@@ -41,6 +41,7 @@ from radstack.jobs.routing import (
 )
 from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor, deliver_webhook
 from radstack.labeling.blinding import Blinding
+from radstack.labeling.intake import LabelIntake
 from radstack.labeling.projects import ProjectService
 from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
@@ -224,6 +225,11 @@ class Platform:
         return ProjectService(self.store, self.policy, self.audit.submit)
 
     @cached_property
+    def label_intake(self) -> LabelIntake:
+        """Readers' SR and SEG stored by STOW-RS or C-STORE, screened and turned into their tasks' labels."""
+        return LabelIntake(self.labeling)
+
+    @cached_property
     def training(self) -> TrainingService:
         """Training jobs: submitted here, run by a worker of the ``training`` queue."""
         return TrainingService(self.jobs, self.datasets, self.policy, self.audit.submit)
@@ -256,6 +262,7 @@ class Platform:
             ingest_options=self.ingest_options,
             analyser=self.analyser,
             on_arrival=self.arrivals,
+            screen_for=self.label_intake.screen,
         )
 
     def forward(self, ae_title: str, records: list[InstanceRecord]) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scu import VERIFICATION, choose_syntax, offered_syntaxes, propose_contexts
 from radstack.errors import CannotUnderstand, Forbidden, ProcessingFailure, RadstackError
 from radstack.ingest.options import IngestOptions
-from radstack.ingest.pipeline import Analyser, ingest_file
+from radstack.ingest.pipeline import Analyser, Screen, ingest_file
 from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues, AuditWriter
 from radstack.security.authn import Accounts
 from radstack.security.policy import ActionValues, Policy, Principal, RoleDef
@@ -267,6 +267,10 @@ class DimseServer:
     on_arrival
         Called with the studies an association stored into, once it ends (the routing rules whose
         trigger is ``arrival``).
+    screen_for
+        The :class:`~radstack.ingest.pipeline.Screen` of what a calling AE's principal stores (the
+        labeling intake: a reader's SR or SEG becomes their task's labels). Without it, storing
+        takes the ``ingest`` action.
     """
 
     def __init__(
@@ -282,9 +286,11 @@ class DimseServer:
         ingest_options: IngestOptions,
         analyser: Analyser | None = None,
         on_arrival: Callable[[set[str]], None] | None = None,
+        screen_for: Callable[[Principal], Screen] | None = None,
     ) -> None:
         self.config = config
         self.on_arrival = on_arrival
+        self.screen_for = screen_for
         self.store = store
         self.peers = peers
         self.accounts = accounts
@@ -536,7 +542,15 @@ class DimseServer:
         inbound = self._batch_of(event)
         sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
         try:
-            self._require(event, ActionValues.INGEST)
+            principal = self._principal(event)
+            if self.screen_for is None:
+                self.policy.require(principal, ActionValues.INGEST)
+                screen = None
+            else:
+                # ``ingest`` stores anything; ``label`` alone a reader's SR or SEG, which the screen
+                # tells apart (the policy decides: Policy.require_store).
+                self.policy.require_store(principal)
+                screen = self.screen_for(principal)
         except RadstackError as error:
             return self._store_failed(event, inbound, sop_uid, error)
         try:
@@ -550,6 +564,7 @@ class DimseServer:
                 inbound.batch,
                 encode=self.ingest_options.encode,
                 analyser=self.analyser,
+                screen=screen,
             )
         except Exception as exc:  # ingest_file never raises; a bug still gets a status of ours
             return self._store_failed(event, inbound, sop_uid, _as_radstack(exc))

@@ -24,13 +24,13 @@ from radstack.security.views import View
 from radstack.store import retrieve, versions
 from radstack.web.deps import (
     DICOM_JSON,
-    authorize,
     base_url,
     dicom_json,
     guard,
     gzip_json,
     note,
     platform_of,
+    principal_of,
     view_of,
     warning_header,
 )
@@ -45,7 +45,11 @@ async def _stow(request: Request, study: str | None) -> Response:
     settings = platform.settings
     if study is not None:
         check_uid(study, "StudyInstanceUID", in_request=True)
-    authorize(request, ActionValues.INGEST, url_study=study)
+    # Who may store what is the policy's: ``ingest`` anything, ``label`` alone a reader's SR or SEG,
+    # which the labeling intake's screen tells apart instance by instance.
+    note(request, AuditActionValues.WRITE, url_study=study)
+    principal = principal_of(request)
+    platform.policy.require_store(principal)
     boundary = stow.check_request(
         request.headers.get("content-type"), request.headers.get("content-length"), settings.max_request_bytes
     )
@@ -58,6 +62,7 @@ async def _stow(request: Request, study: str | None) -> Response:
         expected_study=study,
         encode=platform.ingest_options.encode,
         analyser=platform.analyser,
+        screen=platform.label_intake.screen(principal),
     )
     note(
         request,
