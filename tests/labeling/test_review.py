@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,16 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from radstack.config import Settings
 from radstack.errors import BadRequest
 from radstack.labeling.labels import labels_of_seg, labels_of_sr, mask_from_rle, mask_rle
-from radstack.labeling.projects import Label, LabelSource
+from radstack.labeling.projects import Label, LabelSource, TaskKind
 from radstack.labeling.proposal import ConsensusRules, DisagreementKind, Read, agreement_of, propose
 from radstack.labeling.review import consensus_labels
 from radstack.labeling.schema import Geometry
+from radstack.platform import Platform
 from radstack.security.policy import Principal
-from tests.ai.results import radiograph, record
+from tests.ai.results import ingest, radiograph, record
 from tests.conftest import RunningServer, require_binary
 from tests.helpers import dicom_body, stow
 
@@ -518,6 +521,53 @@ def test_ai_reviews_count_as_the_radiologists_labels(
     assert plain["revision"] == 0
     review(1, "accepted")
     assert raj.ok(raj.get(labels))["revision"] == 4
+
+
+def test_two_reads_finished_at_once_open_one_review_on_each_backend(backend_settings: Settings) -> None:
+    """Both readers submit at the same moment (PostgreSQL: two transactions, each waiting on the item's
+    row lock): exactly one review task; its acceptance stores the consensus on either backend."""
+    platform = Platform.open(backend_settings)
+    try:
+        ds = radiograph(51)
+        ingest(platform.store, ds)
+        service = platform.labeling
+        project = service.create(
+            ADMIN,
+            "wrists",
+            schema=SCHEMA,
+            cohort=[str(ds.StudyInstanceUID)],
+            readers=["rita", "raj"],
+            reviewers=["reva", "vic"],
+            readers_per_item=2,
+        )
+        readers = {"rita": Principal("rita", "annotator", "t"), "raj": Principal("raj", "radiologist", "t")}
+        tasks = {t.reader: t.id for t in service.tasks_of(ADMIN, "wrists")}
+        for name, box in (("rita", [10, 20, 30, 40]), ("raj", [12, 22, 32, 42])):
+            service.submit_labels(readers[name], tasks[name], [_label(ds, "box", {"box": box})])
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def submit(name: str) -> None:
+            try:
+                barrier.wait()
+                service.submit(readers[name], tasks[name])
+            except BaseException as error:  # reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=submit, args=(name,)) for name in readers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        reviews = [t for t in service.tasks_of(ADMIN, "wrists") if t.kind is not TaskKind.READ]
+        assert [(t.kind, t.reader) for t in reviews] == [(TaskKind.REVIEW, "reva")]
+        decided = platform.review.accept(Principal("reva", "radiologist", "t"), reviews[0].id)
+        assert [label.data for label in decided.consensus.labels] == [{"box": [11.0, 21.0, 31.0, 41.0]}]
+        [item] = consensus_labels(platform.store.engine, project.id).values()
+        assert item.final and item.labels == decided.consensus.labels
+    finally:
+        platform.close()
 
 
 # ----------------------------------------------------------------------------- the rules, by hand
