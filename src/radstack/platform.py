@@ -11,7 +11,7 @@ from typing import Any
 
 from radstack.ai.datasets import DATASET, DatasetRunner, DatasetService
 from radstack.ai.engine import ModelCache
-from radstack.ai.findings import AiResults
+from radstack.ai.findings import AiResults, ResultRecord, Review, ReviewDecision
 from radstack.ai.inference import INFER, INFER_BATCH, BatchInferRunner, InferAction, Inference, InferRunner
 from radstack.ai.registry import ModelRegistry, ModelVersion
 from radstack.ai.starter import install_starter
@@ -43,6 +43,7 @@ from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor,
 from radstack.labeling.blinding import Blinding
 from radstack.labeling.intake import LabelIntake
 from radstack.labeling.projects import ProjectService
+from radstack.labeling.review import ReviewService, open_review
 from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
 from radstack.security.authn import Accounts, OidcVerifier
@@ -221,8 +222,30 @@ class Platform:
 
     @cached_property
     def labeling(self) -> ProjectService:
-        """Labeling projects, their reader tasks and the labels readers send."""
-        return ProjectService(self.store, self.policy, self.audit.submit)
+        """Labeling projects, their reader tasks and the labels readers send; an item whose reads are
+        all done gets its review task."""
+        service = ProjectService(self.store, self.policy, self.audit.submit)
+        service.finished.append(open_review)
+        return service
+
+    @cached_property
+    def review(self) -> ReviewService:
+        """Reviews, consensus and adjudication of labeling items."""
+        return ReviewService(self.labeling, self.audit.submit)
+
+    def label_ai_review(self, principal: Principal, result: ResultRecord, review: Review) -> None:
+        """A decision on an AI finding as the reviewer's label in the labeling projects that show AI
+        proposals (:meth:`ReviewService.ai_reviewed`): labeling does not know the AI's records."""
+        finding = next(f for f in result.findings if f.index == review.index)
+        self.review.ai_reviewed(
+            principal,
+            study_uid=result.study_uid,
+            sop_uid=finding.sop_uid,
+            label=finding.label,
+            box=finding.box,
+            accepted=review.decision is ReviewDecision.ACCEPTED,
+            finding_uid=finding.tracking_uid,
+        )
 
     @cached_property
     def label_intake(self) -> LabelIntake:

@@ -64,6 +64,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from radstack.dicom.sr import LANGUAGE, image_library, with_type_2
+
 __all__ = [
     "ABSENT",
     "CERTAINTY_OF_FINDING",
@@ -94,24 +96,7 @@ PRESENT: Code = codes.SCT.Present
 ABSENT: Code = codes.SCT.Absent
 
 _PERCENT: Code = codes.UCUM.Percent
-_PIXELS = hd.sr.CodedConcept(value="{pixels}", meaning="Pixels", scheme_designator="UCUM")
 _PROCEDURE: Code = codes.cid100.XRUnspecifiedBodyRegion
-_LANGUAGE = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
-_SOURCE = Code("260753009", "SCT", "Source")
-_MODALITIES: dict[str, Code] = {code.value: code for code in codes.cid29.concepts.values()}
-#: Patient and study attributes (type 2 in their modules) the SR copies from the first source; a
-#: header without one gets it empty rather than failing.
-_TYPE_2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "StudyID",
-    "ReferringPhysicianName",
-)
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _LO_MAX = 64
 
@@ -252,7 +237,7 @@ def fracture_report(
     ]
     report = _measurement_report(model, version, sources, groups, probability, algorithm)
     return hd.sr.Comprehensive3DSR(
-        evidence=[_with_type_2(sources[0]), *sources[1:]],
+        evidence=[with_type_2(sources[0]), *sources[1:]],
         content=report,
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -378,7 +363,7 @@ def _measurement_report(
         name=codes.DCM.ImagingMeasurementReport, template_id="1500", is_content_continuous=False
     )
     root.ContentSequence = hd.sr.ContentSequence()
-    root.ContentSequence.extend(hd.sr.LanguageOfContentItemAndDescendants(_LANGUAGE))
+    root.ContentSequence.extend(hd.sr.LanguageOfContentItemAndDescendants(LANGUAGE))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # The same model version is the same device, in every report it makes.
         uid=generate_uid(prefix=None, entropy_srcs=["radstack", "model", model, str(version)]),
@@ -400,7 +385,7 @@ def _measurement_report(
             relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
         )
     )
-    root.ContentSequence.append(_image_library(sources))
+    root.ContentSequence.append(image_library(sources))
     if groups:
         measurements = hd.sr.ContainerContentItem(
             name=codes.DCM.ImagingMeasurements, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -439,105 +424,6 @@ def _study_result(
     )
     container.ContentSequence = hd.sr.ContentSequence([verdict])
     return container
-
-
-def _image_library(sources: Sequence[pydicom.Dataset]) -> hd.sr.ContainerContentItem:
-    """TID 1600 Image Library: one group, one entry per source image with the TID 1602/1603
-    descriptors its header has (highdicom's :class:`~highdicom.sr.ImageLibrary` requires Patient
-    Orientation and Imager Pixel Spacing of every radiograph, which a CR such as RG3 may lack)."""
-    group = hd.sr.ContainerContentItem(
-        name=codes.DCM.ImageLibraryGroup,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        is_content_continuous=False,
-    )
-    group.ContentSequence = hd.sr.ContentSequence()
-    for image in sources:
-        entry = hd.sr.ImageContentItem(
-            name=_SOURCE,
-            referenced_sop_class_uid=image.SOPClassUID,
-            referenced_sop_instance_uid=image.SOPInstanceUID,
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        )
-        entry.ContentSequence = hd.sr.ContentSequence(_descriptors(image))
-        group.ContentSequence.append(entry)
-    library = hd.sr.ContainerContentItem(
-        name=codes.DCM.ImageLibrary,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        is_content_continuous=False,
-    )
-    library.ContentSequence = hd.sr.ContentSequence([group])
-    return library
-
-
-def _descriptors(image: pydicom.Dataset) -> list[hd.sr.ContentItem]:
-    """TID 1602 (modality, frame of reference, matrix size) and TID 1603 (orientation, spacing)."""
-    context = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
-    items: list[hd.sr.ContentItem] = []
-    modality = str(image.get("Modality") or "")
-    if modality:
-        code = _MODALITIES.get(modality, Code(modality, "DCM", modality))
-        items.append(hd.sr.CodeContentItem(name=codes.DCM.Modality, value=code, relationship_type=context))
-    if image.get("FrameOfReferenceUID"):
-        items.append(
-            hd.sr.UIDRefContentItem(
-                name=codes.DCM.FrameOfReferenceUID, value=image.FrameOfReferenceUID, relationship_type=context
-            )
-        )
-    items.append(
-        hd.sr.NumContentItem(
-            name=codes.DCM.PixelDataRows, value=int(image.Rows), unit=_PIXELS, relationship_type=context
-        )
-    )
-    items.append(
-        hd.sr.NumContentItem(
-            name=codes.DCM.PixelDataColumns, value=int(image.Columns), unit=_PIXELS, relationship_type=context
-        )
-    )
-    orientation = [str(v) for v in (image.get("PatientOrientation") or [])]
-    if len(orientation) == 2 and all(orientation):
-        items.append(
-            hd.sr.TextContentItem(
-                name=codes.DCM.PatientOrientationRow, value=orientation[0], relationship_type=context
-            )
-        )
-        items.append(
-            hd.sr.TextContentItem(
-                name=codes.DCM.PatientOrientationColumn, value=orientation[1], relationship_type=context
-            )
-        )
-    spacing = image.get("ImagerPixelSpacing") or image.get("PixelSpacing")
-    if spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
-        row_spacing, column_spacing = (float(v) for v in spacing)
-        items.append(
-            hd.sr.NumContentItem(
-                name=codes.DCM.HorizontalPixelSpacing,
-                value=column_spacing,
-                unit=codes.UCUM.Millimeter,
-                relationship_type=context,
-            )
-        )
-        items.append(
-            hd.sr.NumContentItem(
-                name=codes.DCM.VerticalPixelSpacing,
-                value=row_spacing,
-                unit=codes.UCUM.Millimeter,
-                relationship_type=context,
-            )
-        )
-    return items
-
-
-def _with_type_2(first: pydicom.Dataset) -> pydicom.Dataset:
-    """A copy of ``first`` (sharing its elements) with absent type-2 patient and study
-    attributes present and empty: highdicom reads them from the first piece of evidence."""
-    missing = [keyword for keyword in _TYPE_2 if keyword not in first]
-    if not missing:
-        return first
-    completed = pydicom.Dataset()
-    completed.update(first)  # pydicom.Dataset(first) would share, and change, first's elements
-    for keyword in missing:
-        setattr(completed, keyword, None)
-    return completed
 
 
 def _percent(probability: float) -> float:

@@ -6,7 +6,9 @@ the order readers get them. Each item has one ``read`` task per assigned reader 
 What readers draw or send becomes rows of ``labeling_labels``: a new submission for a task supersedes
 that task's current labels (``superseded_at`` set, ``revision`` one higher), so the history stays.
 ``labeling_objects`` names the DICOM objects (SR, SEG) readers stored for a project, so that reads
-can be blinded to other readers' objects.
+can be blinded to other readers' objects. ``labeling_decisions`` records what reviewers and
+adjudicators decided on an item (accept, edit) and on readers' labels (reject, restore); a project's
+``consensus`` column holds its consensus rules (:mod:`radstack.labeling.proposal`).
 
 Every JSON column holds compact JSON text; :mod:`radstack.labeling.projects` is the one place that
 reads and writes these rows.
@@ -21,7 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from radstack.store.models import UID, Base
 
-__all__ = ["ItemRow", "LabelObjectRow", "LabelRow", "ProjectRow", "TaskRow"]
+__all__ = ["DecisionRow", "ItemRow", "LabelObjectRow", "LabelRow", "ProjectRow", "TaskRow"]
 
 #: A subject (user name, OIDC subject) as the security package stores it.
 SUBJECT = String(256)
@@ -55,6 +57,8 @@ class ProjectRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: JSON: the consensus rules (:class:`radstack.labeling.proposal.ConsensusRules`); null: the defaults.
+    consensus: Mapped[str | None] = mapped_column(Text)
 
 
 class ItemRow(Base):
@@ -155,4 +159,31 @@ class LabelObjectRow(Base):
     study_uid: Mapped[str] = mapped_column(UID)
     project_id: Mapped[int] = mapped_column(ForeignKey("labeling_projects.id", ondelete="CASCADE"))
     reader: Mapped[str] = mapped_column(SUBJECT)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DecisionRow(Base):
+    """One decision of a reviewer or adjudicator: on an item (``accept``, ``edit``: its consensus) or on
+    one reader's label (``reject``, ``restore``). A label is rejected while its newest decision is
+    ``reject``; the label itself is never changed."""
+
+    __tablename__ = "labeling_decisions"
+    __table_args__ = (
+        Index("ix_labeling_decisions_item", "item_id"),
+        Index("ix_labeling_decisions_label", "label_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("labeling_projects.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("labeling_items.id", ondelete="CASCADE"))
+    #: The review or adjudication task it was made in.
+    task_id: Mapped[int] = mapped_column(ForeignKey("labeling_tasks.id", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(SUBJECT)
+    #: ``accept``, ``edit``, ``reject`` or ``restore`` (:class:`radstack.labeling.review.Decision`).
+    decision: Mapped[str] = mapped_column(String(16))
+    #: The reader's label a ``reject`` or ``restore`` is about (null for ``accept`` and ``edit``).
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labeling_labels.id", ondelete="CASCADE"))
+    #: The revision of the task's consensus labels an ``accept`` or ``edit`` made.
+    revision: Mapped[int | None] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

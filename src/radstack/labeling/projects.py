@@ -184,7 +184,8 @@ def _dumps(document: Any) -> str:
 # ---------------------------------------------------------------------------------------------- records
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """How far a project is: its items, and its tasks by state (every state present)."""
+    """How far a project is: its items, and its read tasks by state (every state present); reviews
+    and adjudications are not counted (:mod:`radstack.labeling.review` lists them)."""
 
     items: int
     tasks: dict[str, int]
@@ -404,6 +405,22 @@ def _choice(enum: type[_E], value: Any, what: str) -> _E:
         raise BadRequest(f"{what} {value!r} is not one of {choices(enum)}") from None
 
 
+def _read_only(task: TaskRow, done: str) -> None:
+    """Refuse a review or adjudication task where only a read task may be ``done`` (its decisions go
+    through :class:`radstack.labeling.review.ReviewService`).
+
+    Raises
+    ------
+    Conflict
+        ``task`` is not a read task.
+    """
+    if task.kind != TaskKind.READ.value:
+        raise Conflict(
+            f"labeling task {task.id} is a {task.kind} task: it is decided by accepting, editing or "
+            f"rejecting labels (/api/v1/labeling/tasks/{task.id}/review), not {done} as a read task"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- assignment
 def uncertainty_order(studies: Sequence[str], priorities: Mapping[str, int | None]) -> list[str]:
     """``studies`` with those whose AI priority is nearest 50 (the *suspicious* band's boundary) first,
@@ -467,6 +484,9 @@ class ProjectService:
         self.engine: Engine = store.engine
         self.policy = policy
         self._audit = audit
+        #: Called with the session and the task's id in the transaction that submits or skips a read
+        #: task (:func:`radstack.labeling.review.open_review` opens the item's review).
+        self.finished: builtins.list[Callable[[Session, int], object]] = []
 
     def _write(self, work: Callable[[Session], _T]) -> _T:
         """Run ``work`` in one write transaction (:func:`radstack.store.index.write_transaction`)."""
@@ -785,7 +805,9 @@ class ProjectService:
             )
         }
         tasks: dict[int, dict[str, int]] = {i: _no_tasks() for i in ids}
-        query = select(TaskRow.project_id, TaskRow.state, func.count()).where(TaskRow.project_id.in_(ids))
+        query = select(TaskRow.project_id, TaskRow.state, func.count()).where(
+            TaskRow.project_id.in_(ids), TaskRow.kind == TaskKind.READ.value
+        )
         if reader is not None:
             query = query.where(TaskRow.reader == reader)
         for project_id, state, n in session.execute(query.group_by(TaskRow.project_id, TaskRow.state)):
@@ -1047,10 +1069,16 @@ class ProjectService:
             "event": "submit" if state is TaskState.SUBMITTED else "skip",
         }
         with audited(self._audit, principal, AuditActionValues.WRITE, resource):
-            _task, item, project = self._acting(principal, task_id)
+            task, item, project = self._acting(principal, task_id)
             resource.update(labeling_project=project.name, study=item.study_uid)
-            self._write(partial(self._set_state, task_id, state))
+            _read_only(task, "submitted or skipped")
+            self._write(partial(self._finished, task_id, state))
         return self.task(principal, task_id)
+
+    def _finished(self, task_id: int, state: TaskState, session: Session) -> None:
+        self._set_state(task_id, state, session)
+        for hook in self.finished:
+            hook(session, task_id)
 
     @staticmethod
     def _set_state(task_id: int, state: TaskState, session: Session) -> None:
@@ -1097,24 +1125,38 @@ class ProjectService:
                 raise BadRequest("labels must be a list of label objects")
             if len(labels) > LABELS_MAX:
                 raise BadRequest(f"{len(labels)} labels in one submission; at most {LABELS_MAX}")
+            _read_only(task, "given labels")
             if task.state != TaskState.ASSIGNED.value:
                 raise Conflict(f"labeling task {task_id} is {task.state}; labels go to an assigned task")
             schema = LabelSchema.from_json(json.loads(project.schema))
-            checked = [check_label(schema, raw, i) for i, raw in enumerate(labels)]
-            images = self._images(item.study_uid, {c.sop_uid for c in checked})
-            for c in checked:
-                image = images.get(c.sop_uid)
-                if image is None:
-                    raise BadRequest(
-                        f"labels[{c.index}].sop_uid {c.sop_uid} is not an image of study {item.study_uid} "
-                        f"(task {task_id})"
-                    )
-                check_on_image(c, image)
+            checked = self.check_labels(schema, item.study_uid, labels, task_id)
             result = self._write(
                 partial(self._replace_labels, task_id, principal.subject, checked, LabelSource.API, None)
             )
             resource.update(labels=len(result.labels), revision=result.revision)
         return result
+
+    def check_labels(
+        self, schema: LabelSchema, study_uid: str, labels: Sequence[Any], task_id: int
+    ) -> builtins.list[CheckedLabel]:
+        """``labels`` (JSON objects) checked against the schema and the images of the study.
+
+        Raises
+        ------
+        BadRequest
+            As :meth:`submit_labels` says.
+        """
+        checked = [check_label(schema, raw, i) for i, raw in enumerate(labels)]
+        images = self._images(study_uid, {c.sop_uid for c in checked})
+        for c in checked:
+            image = images.get(c.sop_uid)
+            if image is None:
+                raise BadRequest(
+                    f"labels[{c.index}].sop_uid {c.sop_uid} is not an image of study {study_uid} "
+                    f"(task {task_id})"
+                )
+            check_on_image(c, image)
+        return checked
 
     def _images(self, study_uid: str, sop_uids: Iterable[str]) -> dict[str, ImageSize]:
         """The current images of the study among ``sop_uids`` (instances with pixels), by SOP Instance UID."""

@@ -135,6 +135,8 @@ class BatchReason(StrEnum):
     REVERT = "revert"
     #: A model's result (an SR) stored into the study, replacing the model's previous one.
     AI = "ai"
+    #: A labeling project's consensus (SR, SEG) stored into the study, replacing its previous one.
+    LABELING = "labeling"
 
 
 @dataclass

@@ -23,7 +23,19 @@ from radstack.errors import RadstackError
 from radstack.jobs.records import JobStore
 from radstack.platform import Platform
 from radstack.security.policy import ActionValues
-from radstack.web import accounts, api_v1, auth, datasets, dicomweb, dicomweb_qido, jobs, peers, ui, workflows
+from radstack.web import (
+    accounts,
+    api_v1,
+    auth,
+    datasets,
+    dicomweb,
+    dicomweb_qido,
+    jobs,
+    labeling_review,
+    peers,
+    ui,
+    workflows,
+)
 from radstack.web import findings as ai_findings
 from radstack.web import inference as inference_api
 from radstack.web import labeling as labeling_projects
@@ -207,6 +219,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(inference_api.router, prefix="/api/v1")
     app.include_router(labeling_projects.router, prefix="/api/v1")
     app.include_router(labeling_projects.pages)
+    app.include_router(labeling_review.router, prefix="/api/v1")
+    app.include_router(labeling_review.pages)
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)

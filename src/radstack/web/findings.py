@@ -6,7 +6,8 @@ Routes are thin over :class:`radstack.ai.findings.AiResults`:
   current review (``read-metadata`` on the study);
 * ``POST /api/v1/ai-results/{id}/findings/{index}/review`` with ``{"decision": "accepted"|"rejected",
   "comment": ""}`` (``label`` on the study; 404 for an unknown result or finding, 409 for a superseded
-  result, 400 for another decision);
+  result, 400 for another decision); in a labeling project that shows AI proposals, the decision is
+  also the reviewer's label on their open task of the study (:meth:`Platform.label_ai_review`);
 * ``GET /api/v1/ai-labels?model=&decision=&since=``: reviewed findings as labels (``label`` or
   ``read-datasets``);
 * ``GET /api/v1/models/{name}/score-distribution?days=``: the scores per version per day (``read-models``).
@@ -210,7 +211,9 @@ def _review(
     authorize(request, ActionValues.LABEL, study=result.study_uid, ai_result=result_id, finding=index)
     if view_of(request).ai_hidden([result.study_uid]):
         raise NotFound(f"AI result {result_id} not found")
-    return result, results.review(result_id, index, decision, by=principal_of(request), comment=comment)
+    review = results.review(result_id, index, decision, by=principal_of(request), comment=comment)
+    platform_of(request).label_ai_review(principal_of(request), result, review)
+    return result, review
 
 
 @router.get(
