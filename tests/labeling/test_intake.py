@@ -591,3 +591,24 @@ def test_the_intake_on_each_backend(backend_settings: Settings) -> None:
         assert _labels(world, "rita", 0, history=True) == labels
         assert sorted(row[0] for row in _objects(world)) == sorted([sr.SOPInstanceUID, mask.SOPInstanceUID])
         assert not _in_qido(world, refused)
+
+
+def test_a_reviewers_sr_into_a_blinded_cohort_is_refused(world: World) -> None:
+    """Stored as a clinical object it would be shown to the blinded readers: the reviewer is sent to the
+    review page instead, and nothing is stored."""
+    created = authed.post(
+        f"{world.server.url}/api/v1/labeling/projects",
+        json={
+            "name": "second-look",
+            "schema": SCHEMA,
+            "cohort": [str(world.studies[0].StudyInstanceUID)],
+            "readers": ["raj"],
+            "reviewers": ["cleo"],
+            "readers_per_item": 1,
+            "blinded": True,
+        },
+    )
+    assert created.status_code == 201, created.text
+    sr = ohif_sr(world.studies[0], [("fracture", (10, 20, 40, 50))])
+    _refused(_stow(world, "cleo", sr), 0x0124, "reviews the blinded labeling project 'second-look'")
+    assert not _in_qido(world, sr)

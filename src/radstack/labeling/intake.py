@@ -215,6 +215,8 @@ class LabelIntake:
         parts = self._parts(principal, record.study_uid) if source is not None else []
         if source is None or not parts:
             self.policy.require_store(principal, label_object=False)
+            if source is not None:
+                self._refuse_reviewer(principal, record.study_uid)
             return None
         resource: JsonDict = {
             "event": "labels",
@@ -236,6 +238,34 @@ class LabelIntake:
             raise
         resource.update(labeling_project=fit.part.name, labeling_task=fit.task.id, labels=len(fit.labels))
         return _Admission(self, principal, record, fit, source, resource)
+
+    def _refuse_reviewer(self, principal: Principal, study_uid: str) -> None:
+        """Refuse an SR or SEG of a reviewer into a study of an open blinded project they review: stored
+        as a clinical object it would be shown to the project's blinded readers. A reviewer decides on
+        the review page (accept, reject, edit), which writes the consensus SR and SEG itself.
+
+        Raises
+        ------
+        Forbidden
+            The principal reviews an open blinded project whose cohort holds the study.
+        """
+        query = (
+            select(ProjectRow)
+            .join(ItemRow, ItemRow.project_id == ProjectRow.id)
+            .where(
+                ItemRow.study_uid == study_uid,
+                ProjectRow.state == ProjectState.OPEN.value,
+                ProjectRow.blinded.is_(True),
+            )
+        )
+        with Session(self.projects.engine) as session:
+            for project in session.scalars(query):
+                if principal.subject in json.loads(project.reviewers):
+                    raise Forbidden(
+                        f"{principal.subject} reviews the blinded labeling project {project.name!r}, whose "
+                        f"cohort holds study {study_uid}: an SR or SEG stored there would be shown to its "
+                        "readers; decide on the review page, which stores the consensus SR and SEG"
+                    )
 
     def _parts(self, principal: Principal, study_uid: str) -> list[_Part]:
         """The open projects whose cohort holds the study and where the principal has a part whose
