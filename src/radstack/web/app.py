@@ -27,6 +27,7 @@ from radstack.web import accounts, api_v1, auth, datasets, dicomweb, dicomweb_qi
 from radstack.web import findings as ai_findings
 from radstack.web import inference as inference_api
 from radstack.web import labeling as labeling_projects
+from radstack.web import labeling_data as labeling_figures
 from radstack.web import models as model_registry
 from radstack.web import training as training_jobs
 from radstack.web.apidocs import router as apidocs_router
@@ -207,6 +208,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(inference_api.router, prefix="/api/v1")
     app.include_router(labeling_projects.router, prefix="/api/v1")
     app.include_router(labeling_projects.pages)
+    app.include_router(labeling_figures.router, prefix="/api/v1")
+    app.include_router(labeling_figures.pages)
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)
