@@ -91,7 +91,7 @@ from radstack.errors import BadRequest, Conflict, NotFound
 from radstack.jobs.kinds import DEFAULT_QUEUE, JobParams, Submitter, declare
 from radstack.jobs.queue import JobContext, JobQueue
 from radstack.jobs.records import Job, JobState
-from radstack.labeling._reads import ImageKey, ProjectLabels, load, present
+from radstack.labeling._reads import ProjectLabels, image_key, load, present
 from radstack.labeling.consensus import majority_class, majority_mask, quorum_boxes
 from radstack.labeling.labels import mask_from_rle, mask_rle
 from radstack.labeling.models import LabelObjectRow
@@ -183,10 +183,6 @@ class FinalLabel:
             label.site,
         )
 
-    @property
-    def image(self) -> ImageKey:
-        return self.sop_uid, self.frame or 1
-
 
 @dataclass(frozen=True, slots=True)
 class ExportItem:
@@ -266,12 +262,9 @@ def majority_labels(
     decided: list[FinalLabel] = []
     for definition in schema.labels:
         key = definition.key
-        images = sorted({(lb.sop_uid, lb.frame or 1) for read in reads for lb in read if lb.label == key})
+        images = sorted({image_key(lb) for read in reads for lb in read if lb.label == key})
         for image in images:
-            on_image = [
-                [lb for lb in read if lb.label == key and (lb.sop_uid, lb.frame or 1) == image]
-                for read in reads
-            ]
+            on_image = [[lb for lb in read if lb.label == key and image_key(lb) == image] for read in reads]
             vote = majority_class([present(labels, key) for labels in on_image])
             if vote.needs_adjudication:
                 return (), f"the readers are split on a label ({vote.outcome.value}): it needs adjudication"
