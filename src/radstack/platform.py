@@ -41,7 +41,9 @@ from radstack.jobs.routing import (
     StableStudyRunner,
 )
 from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor, deliver_webhook
+from radstack.labeling.blinding import Blinding
 from radstack.labeling.export import LABEL_EXPORT, LabelExportRunner, LabelExports
+from radstack.labeling.intake import LabelIntake
 from radstack.labeling.projects import ProjectService
 from radstack.labeling.report import AgreementService
 from radstack.security.atna import AtnaSender
@@ -50,7 +52,7 @@ from radstack.security.authn import Accounts, OidcVerifier
 from radstack.security.crypto import KeyConfig, open_encrypted_blob_store
 from radstack.security.index_key import open_index_engine
 from radstack.security.keyfile import load_secret
-from radstack.security.policy import Policy, RoleDef, load_roles
+from radstack.security.policy import Policy, Principal, RoleDef, load_roles
 from radstack.security.views import View
 from radstack.store.index import migrate
 from radstack.store.studies import InstanceRecord, StudyStore
@@ -227,6 +229,11 @@ class Platform:
         return ProjectService(self.store, self.policy, self.audit.submit)
 
     @cached_property
+    def label_intake(self) -> LabelIntake:
+        """Readers' SR and SEG stored by STOW-RS or C-STORE, screened and turned into their tasks' labels."""
+        return LabelIntake(self.labeling)
+
+    @cached_property
     def labeling_agreement(self) -> AgreementService:
         """Agreement figures of labeling projects, for their owners and reviewers."""
         return AgreementService(self.labeling)
@@ -249,9 +256,17 @@ class Platform:
         """Training jobs: submitted here, run by a worker of the ``training`` queue."""
         return TrainingService(self.jobs, self.datasets, self.policy, self.audit.submit)
 
-    def view(self, role: RoleDef) -> View:
-        """How ``role`` sees headers (a new one per request or association: it caches patient keys)."""
-        return View(role, self.store, self.deidentifier)
+    @cached_property
+    def blinding(self) -> Blinding:
+        """What labeling's blinding hides from each principal: other readers' label objects, and AI
+        results from blinded readers (their SR series from :meth:`AiResults.sr_series`)."""
+        return Blinding(self.store, self.policy, self.ai_results.sr_series)
+
+    def view(self, role: RoleDef, principal: Principal | None = None) -> View:
+        """How ``role`` sees headers and, for ``principal``, which objects blinding hides from it (a new
+        one per request or association: it caches patient keys and what is hidden)."""
+        hidden = self.blinding.lookup(principal) if principal is not None else None
+        return View(role, self.store, self.deidentifier, hidden)
 
     def dimse_server(self) -> DimseServer | None:
         """The DICOM service on the services of this platform; ``None`` when no DICOM port is set."""
@@ -269,6 +284,7 @@ class Platform:
             ingest_options=self.ingest_options,
             analyser=self.analyser,
             on_arrival=self.arrivals,
+            screen_for=self.label_intake.screen,
         )
 
     def forward(self, ae_title: str, records: list[InstanceRecord]) -> dict[str, Any]:

@@ -121,6 +121,15 @@ def test_role_by_endpoint(
         assert "may not" in response.json()["detail"]
 
 
+def _stow_status(actions: frozenset[ActionValues]) -> int:
+    """A CT image STOWed: 200 with ``ingest``; with ``label`` alone the instance is refused (409, its
+    Failure Reason 0x0124: such a role stores only a reader's SR or SEG for their labeling task);
+    otherwise the whole request (403)."""
+    if ActionValues.INGEST in actions:
+        return 200
+    return 409 if ActionValues.LABEL in actions else 403
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_role_writes(stored: Stored, role: str) -> None:
     """STOW, attribute update and delete, each on a study of its own that the referrer refers."""
@@ -135,7 +144,7 @@ def test_role_writes(stored: Stored, role: str) -> None:
         content=dicom_body(ds),
         headers={"Content-Type": DICOM_MULTIPART},
     )
-    assert stow.status_code == (200 if ActionValues.INGEST in actions else 403), stow.text
+    assert stow.status_code == _stow_status(actions), stow.text
     if stow.status_code != 200:
         admin = httpx.post(
             f"{stored.server.dicomweb}/studies",
@@ -325,7 +334,7 @@ def test_role_through_the_login_page(stored: Stored, role: str) -> None:
             content=dicom_body(ds),
             headers={"Content-Type": DICOM_MULTIPART, "Origin": stored.server.url},
         )
-        assert stow.status_code == (200 if ActionValues.INGEST in actions else 403), stow.text
+        assert stow.status_code == _stow_status(actions), stow.text
 
 
 # ----------------------------------------------------------------------------- operations endpoints

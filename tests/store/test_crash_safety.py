@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from radstack.store.studies import Batch, CommitOutcome, InstanceRecord, StudyStore
+from radstack.store.studies import AlsoCommit, Batch, CommitOutcome, InstanceRecord, StudyStore
 from tests import authed
 from tests.conftest import RunningServer
 from tests.helpers import (
@@ -49,9 +49,11 @@ class CommitCrash:
     attempted: list[InstanceRecord] = field(default_factory=list)
     active: bool = True
 
-    def commit_instance(self, new: InstanceRecord, batch: Batch) -> CommitOutcome:
+    def commit_instance(
+        self, new: InstanceRecord, batch: Batch, also: AlsoCommit | None = None
+    ) -> CommitOutcome:
         if not self.active:
-            return StudyStore.commit_instance(self.store, new, batch)
+            return StudyStore.commit_instance(self.store, new, batch, also)
         self.attempted.append(new)
         for key in [*new.frames, new.header_key, new.json_key]:
             assert self.store.blobs.exists(key), f"blob {key} is written before the commit"

@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from radstack.ai.samples import Prediction
+from radstack.measures import box_iou, wilson_interval
 
 __all__ = [
     "FROC_RATES",
@@ -45,7 +46,6 @@ __all__ = [
     "Truth",
     "auroc",
     "bootstrap_auroc_ci",
-    "box_iou",
     "calibration",
     "choose_operating_points",
     "evaluate",
@@ -154,14 +154,9 @@ def roc_curve(
     return fpr, tpr, np.r_[np.inf, s_sorted[last_of_group]]
 
 
-def _wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def _wilson(successes: int, n: int) -> tuple[float, float]:
     """Wilson score 95% interval of a proportion (``(nan, nan)`` for ``n == 0``)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (math.nan, math.nan) if n == 0 else wilson_interval(successes, n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,22 +208,6 @@ def choose_operating_points(
     allowed = math.floor((1.0 - specificity_target) * neg.size + 1e-9)
     definite = float(np.nextafter(neg[allowed], np.inf)) if allowed < neg.size else float(s.min())
     return OperatingPoints(suspicious, definite, sensitivity_target, specificity_target)
-
-
-def box_iou(a: NDArray[Any], b: NDArray[Any]) -> NDArray[np.float64]:
-    """IoU matrix ``(len(a), len(b))`` of ``[x0, y0, x1, y1]`` boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
 
 
 def _match(prediction: Prediction, truth: Truth, iou_threshold: float) -> NDArray[np.bool_]:

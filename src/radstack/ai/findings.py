@@ -540,6 +540,23 @@ class AiResults:
             ).all()
             return self._with_reviews(session, rows)
 
+    def sr_series(self, study_uids: Sequence[str]) -> dict[str, set[str]]:
+        """The SR series every run (current or superseded) wrote into each of ``study_uids``: what
+        labeling's blinding hides from a blinded reader (studies without a result are absent)."""
+        found: dict[str, set[str]] = {}
+        studies = list(study_uids)
+        with Session(self.engine) as session:
+            for start in range(0, len(studies), 500):
+                for study, series in session.execute(
+                    select(AiResultRow.study_uid, AiResultRow.sr_series_uid).where(
+                        AiResultRow.study_uid.in_(studies[start : start + 500]),
+                        AiResultRow.sr_series_uid.is_not(None),
+                    )
+                ):
+                    if series is not None:
+                        found.setdefault(study, set()).add(series)
+        return found
+
     def latest(self, study_uid: str, model: str) -> ResultRecord | None:
         """The current result of ``model`` on the study; None when it never ran there."""
         with Session(self.engine) as session:

@@ -16,7 +16,7 @@ from anyio import Semaphore, create_task_group, to_thread
 
 from radstack.dicomweb.multipart import Part, iter_multipart, parse_media_type
 from radstack.errors import BadRequest, CannotUnderstand, PayloadTooLarge, RadstackError, UnsupportedMediaType
-from radstack.ingest.pipeline import Analyser, IngestResult, ingest_file
+from radstack.ingest.pipeline import Analyser, IngestResult, Screen, ingest_file
 from radstack.store.studies import BatchReason, StudyStore
 
 __all__ = ["StowResponse", "store_instances"]
@@ -89,11 +89,14 @@ async def store_instances(
     expected_study: str | None = None,
     encode: bool = True,
     analyser: Analyser | None = None,
+    screen: Screen | None = None,
 ) -> StowResponse:
     """Store every part of a STOW-RS request body and build the response (PS3.18 §10.5.3).
 
-    An instance that cannot be stored is a FailedSOPSequence item of the response, not an error;
-    only a body that cannot be read as a whole is.
+    An instance that cannot be stored is a FailedSOPSequence item of the response (its Failure
+    Reason, and its reason's text in the Warning header), not an error; only a body that cannot be
+    read as a whole is. ``screen`` sees each instance before it commits (the sender's right to store
+    it, a reader's labels: :mod:`radstack.labeling.intake`).
 
     Raises
     ------
@@ -120,6 +123,7 @@ async def store_instances(
                     encode=encode,
                     analyser=analyser,
                     transfer_syntax=part.media_type_params.get("transfer-syntax"),
+                    screen=screen,
                 )
             )
         finally:

@@ -491,16 +491,25 @@ async def retrieve_frames(
     return RetrievedFrames(parts, syntax, multipart)
 
 
-def representative_instance(store: StudyStore, study: str, series: str | None = None) -> InstanceRecord:
+def representative_instance(
+    store: StudyStore,
+    study: str,
+    series: str | None = None,
+    visible: Callable[[list[InstanceRecord]], list[InstanceRecord]] | None = None,
+) -> InstanceRecord:
     """The image that represents a study or series in a rendered or thumbnail response (PS3.18
-    §10.4.1.1.3): the middle image of its first series with pixels.
+    §10.4.1.1.3): the middle image of its first series with pixels (of those ``visible`` keeps: the
+    caller's view leaves out what blinding hides).
 
     Raises
     ------
     NotFound
         The study or series is not stored, or holds no image.
     """
-    candidates = [r for r in store.current_instances(study, series) if r.pixel is not None]
+    records = store.current_instances(study, series)
+    if visible is not None:
+        records = visible(records)
+    candidates = [r for r in records if r.pixel is not None]
     if not candidates:
         raise NotFound(f"{'series ' + series if series else 'study ' + study} has no image to render")
     first_series = [r for r in candidates if r.series_uid == candidates[0].series_uid]
@@ -514,9 +523,11 @@ def rendered_resource(
     instance: str | None,
     number: int,
     params: RenderParams,
+    visible: Callable[[list[InstanceRecord]], list[InstanceRecord]] | None = None,
 ) -> bytes:
     """A study, series, instance or frame rendered for display (PS3.18 §10.4.1.1.3, thumbnails
-    §10.4.1.1.4); a study or series is shown by its :func:`representative_instance`.
+    §10.4.1.1.4); a study or series is shown by its :func:`representative_instance` (among the
+    instances ``visible`` keeps).
 
     Parameters
     ----------
@@ -528,6 +539,8 @@ def rendered_resource(
         The 1-based frame (1 for a study, series or instance).
     params
         Media type, quality, window and viewport.
+    visible
+        The instances a study or series may be shown by (None: all).
 
     Returns
     -------
@@ -544,7 +557,7 @@ def rendered_resource(
         The frame cannot be decoded.
     """
     if instance is None:
-        record = representative_instance(store, study, series)
+        record = representative_instance(store, study, series, visible)
     else:
         record = store.get_instance(study, series, instance)
     return render(store, record, number, params)

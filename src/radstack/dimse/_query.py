@@ -13,7 +13,7 @@ above may be left out. The PATIENT level is derived from the study rows, grouped
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -222,8 +222,15 @@ def parse_find(identifier: Dataset, sop_class_uid: str) -> FindRequest:
 
 
 # ----------------------------------------------------------------------------- C-FIND
-def _search_all(store: StudyStore, query: Query, scope: ColumnElement[bool] | None) -> Iterator[JsonDict]:
-    """Every match of ``query``, page by page (C-FIND has no paging of its own)."""
+#: What a caller may see of a page of matches of a level (:meth:`radstack.security.views.View.blind`).
+Blind = Callable[[Sequence[JsonDict], QueryLevelValues], list[JsonDict]]
+
+
+def _search_all(
+    store: StudyStore, query: Query, scope: ColumnElement[bool] | None, blind: Blind | None = None
+) -> Iterator[JsonDict]:
+    """Every match of ``query``, page by page (C-FIND has no paging of its own), less what ``blind``
+    takes out of each page."""
     searches: dict[QueryLevelValues, Callable[..., search.SearchResult]] = {
         QueryLevelValues.STUDY: search.search_studies,
         QueryLevelValues.SERIES: search.search_series,
@@ -235,7 +242,7 @@ def _search_all(store: StudyStore, query: Query, scope: ColumnElement[bool] | No
         page = run(
             store, replace(query, offset=offset, limit=None), base_url="", max_limit=_PAGE, scope=scope
         )
-        yield from page.matches
+        yield from blind(page.matches, query.level) if blind is not None else page.matches
         if not page.truncated:
             return
         offset += len(page.matches)
@@ -273,15 +280,21 @@ def _patients(matches: Iterable[JsonDict]) -> Iterator[JsonDict]:
 
 
 def find(
-    store: StudyStore, request: FindRequest, ae_title: str, scope: ColumnElement[bool] | None = None
+    store: StudyStore,
+    request: FindRequest,
+    ae_title: str,
+    scope: ColumnElement[bool] | None = None,
+    *,
+    blind: Blind | None = None,
 ) -> Iterator[Dataset]:
     """The response identifiers of a C-FIND (PS3.4 §C.4.1.1.3.2), one per match within ``scope``
-    (a condition on the study row; None: every study).
+    (a condition on the study row; None: every study), without the series and instances ``blind``
+    hides from the caller (and with their counts less them).
 
     Each carries every key of the request (zero length when there is no value), the unique keys
     of its level and the levels above, and the Query/Retrieve Level.
     """
-    matches = _search_all(store, request.query, scope)
+    matches = _search_all(store, request.query, scope, blind)
     if request.level == "PATIENT":
         matches = _patients(matches)
     levels = request.model.levels

@@ -48,7 +48,7 @@ from radstack.dimse.peers import PeerRegistry
 from radstack.dimse.scu import VERIFICATION, choose_syntax, offered_syntaxes, propose_contexts
 from radstack.errors import CannotUnderstand, Forbidden, ProcessingFailure, RadstackError
 from radstack.ingest.options import IngestOptions
-from radstack.ingest.pipeline import Analyser, ingest_file
+from radstack.ingest.pipeline import Analyser, Screen, ingest_file
 from radstack.security.audit import AuditActionValues, AuditEntry, AuditOutcomeValues, AuditWriter
 from radstack.security.authn import Accounts
 from radstack.security.policy import ActionValues, Policy, Principal, RoleDef
@@ -256,7 +256,8 @@ class DimseServer:
     policy
         What each role may do, and which studies it sees.
     views
-        How a role sees headers (a new :class:`~radstack.security.views.View` per association).
+        How a role sees headers, and what blinding hides from a principal (a new
+        :class:`~radstack.security.views.View` per request).
     audit
         Where each association's reads, queries and writes are recorded.
     ingest_options
@@ -266,6 +267,10 @@ class DimseServer:
     on_arrival
         Called with the studies an association stored into, once it ends (the routing rules whose
         trigger is ``arrival``).
+    screen_for
+        The :class:`~radstack.ingest.pipeline.Screen` of what a calling AE's principal stores (the
+        labeling intake: a reader's SR or SEG becomes their task's labels). Without it, storing
+        takes the ``ingest`` action.
     """
 
     def __init__(
@@ -276,14 +281,16 @@ class DimseServer:
         peers: PeerRegistry,
         accounts: Accounts,
         policy: Policy,
-        views: Callable[[RoleDef], View],
+        views: Callable[[RoleDef, Principal], View],
         audit: AuditWriter,
         ingest_options: IngestOptions,
         analyser: Analyser | None = None,
         on_arrival: Callable[[set[str]], None] | None = None,
+        screen_for: Callable[[Principal], Screen] | None = None,
     ) -> None:
         self.config = config
         self.on_arrival = on_arrival
+        self.screen_for = screen_for
         self.store = store
         self.peers = peers
         self.accounts = accounts
@@ -488,8 +495,9 @@ class DimseServer:
         return principal
 
     def _view(self, principal: Principal) -> View:
-        """How the calling AE's role sees headers (identifiers and the data sets it is sent)."""
-        return self.views(self.policy.role(principal))
+        """How the calling AE's role sees headers (identifiers and the data sets it is sent), and what
+        labeling's blinding hides from its service account."""
+        return self.views(self.policy.role(principal), principal)
 
     def _audit(
         self, event: Event, action: AuditActionValues, resource: dict[str, Any], failure: str | None = None
@@ -534,7 +542,15 @@ class DimseServer:
         inbound = self._batch_of(event)
         sop_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
         try:
-            self._require(event, ActionValues.INGEST)
+            principal = self._principal(event)
+            if self.screen_for is None:
+                self.policy.require(principal, ActionValues.INGEST)
+                screen = None
+            else:
+                # ``ingest`` stores anything; ``label`` alone a reader's SR or SEG, which the screen
+                # tells apart (the policy decides: Policy.require_store).
+                self.policy.require_store(principal)
+                screen = self.screen_for(principal)
         except RadstackError as error:
             return self._store_failed(event, inbound, sop_uid, error)
         try:
@@ -548,6 +564,7 @@ class DimseServer:
                 inbound.batch,
                 encode=self.ingest_options.encode,
                 analyser=self.analyser,
+                screen=screen,
             )
         except Exception as exc:  # ingest_file never raises; a bug still gets a status of ours
             return self._store_failed(event, inbound, sop_uid, _as_radstack(exc))
@@ -586,7 +603,7 @@ class DimseServer:
             )
             pending = _PENDING_WARNING if request.unsupported else _PENDING
             scope = self.policy.study_condition(principal)
-            for found in _query.find(self.store, request, self.config.ae_title, scope):
+            for found in _query.find(self.store, request, self.config.ae_title, scope, blind=view.blind):
                 identifier = view.dataset(found) if view.shapes else found
                 _wait_until_sent(event.assoc)
                 if event.is_cancelled:
@@ -621,11 +638,14 @@ class DimseServer:
             self._require(event, ActionValues.READ_METADATA)
             principal = self._require(event, ActionValues.READ_PIXELS)
             view = self._view(principal)
-            records = _query.retrieve_records(
-                self.store,
-                view.identifier(_identifier(event)),
-                str(event.request.AffectedSOPClassUID),
-                self.policy.study_condition(principal),
+            # Instances blinding hides from the caller are not sent (nor counted).
+            records = view.visible(
+                _query.retrieve_records(
+                    self.store,
+                    view.identifier(_identifier(event)),
+                    str(event.request.AffectedSOPClassUID),
+                    self.policy.study_condition(principal),
+                )
             )
         except Exception as exc:
             self._audit(event, AuditActionValues.READ, {"operation": operation}, _as_radstack(exc).message)

@@ -2,6 +2,11 @@
 
 parse → validate → split frames → encode → write blobs → commit the index row last (or find a duplicate).
 
+A way in that knows who sends (STOW-RS, C-STORE) may pass a :class:`Screen`: it sees each analysed
+instance before its row commits and may refuse it (nothing is stored: the blobs written so far are
+content-addressed orphans, collected later) or hand back an :class:`Admission`, whose rows commit in
+the same transaction as the instance's (the labeling intake's labels from a reader's SR or SEG).
+
 Frames of native or lossless input are re-encoded as HTJ2K lossless RPCL (PS3.5 §8.2.14); lossy
 frames are kept byte for byte; a CRC32 of each frame's decoded samples is stored with the instance.
 """
@@ -26,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from sqlalchemy.orm import Session
 
 from radstack.dicom.codecs import (
     HTJ2K_PHOTOMETRIC,
@@ -50,13 +56,15 @@ from radstack.errors import (
     TransferSyntaxNotSupported,
 )
 from radstack.store.blobs import BlobStore, content_key
-from radstack.store.records import Batch, InstanceRecord, StoreOutcomeValues
+from radstack.store.records import Batch, CommitOutcome, InstanceRecord, StoreOutcomeValues
 from radstack.store.studies import StudyStore
 
 __all__ = [
+    "Admission",
     "Analyser",
     "IngestResult",
     "Prepared",
+    "Screen",
     "analyse_file",
     "ingest_dataset",
     "ingest_file",
@@ -110,6 +118,30 @@ class Analyser(Protocol):
     ) -> tuple[IngestResult, InstanceRecord | None]: ...
 
 
+class Admission(Protocol):
+    """What a :class:`Screen` let in: rows to commit with the instance's, and word of how it ended."""
+
+    def commit(self, session: Session, outcome: CommitOutcome) -> None:
+        """Write in the transaction that commits the instance's row (``outcome``: stored, duplicate,
+        replaced); raise a :class:`RadstackError` to refuse the instance after all. May run more
+        than once (a rolled-back group commit, a retry), each time in a new transaction."""
+
+    def settled(self, error: RadstackError | None) -> None:
+        """The commit is over: it happened (``error`` None) or the instance was refused."""
+
+
+class Screen(Protocol):
+    """Looks at an analysed instance before its index row commits (one sender's STOW-RS request or
+    C-STORE association).
+
+    ``dataset`` parses the instance (a pydicom data set with its pixel data) when called. Raises a
+    :class:`RadstackError` to refuse the instance; returns an :class:`Admission` to commit rows with
+    it, or None.
+    """
+
+    def __call__(self, record: InstanceRecord, dataset: Callable[[], Dataset]) -> Admission | None: ...
+
+
 def ingest_file(
     store: StudyStore,
     source: BinaryIO | Path | bytes,
@@ -119,6 +151,7 @@ def ingest_file(
     encode: bool = True,
     analyser: Analyser | None = None,
     transfer_syntax: str | None = None,
+    screen: Screen | None = None,
 ) -> IngestResult:
     """Ingest one DICOM object (PS3.10 §7). Never raises.
 
@@ -126,7 +159,7 @@ def ingest_file(
     data set in ``transfer_syntax`` (the syntax its sender stated); it is stored as a Part-10 file
     (:func:`radstack.dicom.part10.as_part10`). The CPU-bound part and the blob writes (parse,
     validate, decode, encode, write) run in ``analyser`` (an ingest process pool in the server);
-    the index row is committed here.
+    ``screen`` sees the analysed instance and the index row is committed here.
     """
     try:
         data = as_part10(_read_bytes(source), transfer_syntax)
@@ -143,8 +176,33 @@ def ingest_file(
         log.exception("analysis of an object failed")
         return IngestResult(error=ProcessingFailure(f"internal error while analysing: {type(exc).__name__}"))
     if record is not None:
-        _commit(store, record, batch, result)
+        _screen_and_commit(store, record, batch, result, screen, partial(_read_part10, data))
     return result
+
+
+def _screen_and_commit(
+    store: StudyStore,
+    record: InstanceRecord,
+    batch: Batch,
+    result: IngestResult,
+    screen: Screen | None,
+    dataset: Callable[[], Dataset],
+) -> None:
+    """Let ``screen`` see the instance, then commit its row (with what the screen admitted)."""
+    admission = None
+    if screen is not None:
+        try:
+            admission = screen(record, dataset)
+        except RadstackError as exc:
+            result.error = exc
+            return
+        except Exception as exc:  # a bug: refuse the instance, keep serving
+            log.exception("screening SOP instance %s failed", record.sop_uid)
+            result.error = ProcessingFailure(f"internal error while screening: {type(exc).__name__}")
+            return
+    _commit(store, record, batch, result, admission.commit if admission is not None else None)
+    if admission is not None:
+        admission.settled(result.error)
 
 
 def ingest_dataset(
@@ -240,13 +298,19 @@ def _write_blobs(blobs: BlobStore, prepared: Prepared | None, result: IngestResu
     return record
 
 
-def _commit(store: StudyStore, record: InstanceRecord, batch: Batch, result: IngestResult) -> None:
+def _commit(
+    store: StudyStore,
+    record: InstanceRecord,
+    batch: Batch,
+    result: IngestResult,
+    also: Callable[[Session, CommitOutcome], None] | None = None,
+) -> None:
     """Commit the index row of staged blobs: the last step, which makes the instance visible.
 
-    The same content as the current instance is a duplicate and changes nothing.
+    The same content as the current instance is a duplicate and changes nothing (but ``also``).
     """
     try:
-        result.outcome = store.commit_instance(record, batch).outcome
+        result.outcome = store.commit_instance(record, batch, also).outcome
         if result.outcome is StoreOutcomeValues.REPLACED:
             result.warnings.append(
                 f"SOPInstanceUID {record.sop_uid} was stored before with other content; the new content is "

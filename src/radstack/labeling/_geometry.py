@@ -59,19 +59,6 @@ def check_iou_threshold(iou_threshold: float) -> None:
         raise ValueError(f"iou_threshold {iou_threshold} must be in (0, 1]")
 
 
-def box_iou(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    """IoU matrix ``(len(a), len(b))`` of validated boxes (areas are positive, so no division by 0)."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    result: NDArray[np.float64] = inter / (area_a[:, None] + area_b[None, :] - inter)
-    return result
-
-
 def min_cost_assignment(cost: NDArray[np.float64]) -> list[tuple[int, int]]:
     """An exact minimum-cost one-to-one assignment of rows to columns (``min(n, m)`` pairs).
 

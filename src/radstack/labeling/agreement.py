@@ -24,7 +24,6 @@ Every function checks its input and raises ``ValueError`` naming the problem.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,11 +36,11 @@ from radstack.labeling._geometry import (
     BoxesLike,
     as_boxes,
     as_masks,
-    box_iou,
     check_iou_threshold,
     is_missing,
     min_cost_assignment,
 )
+from radstack.measures import box_iou, wilson_interval
 
 __all__ = [
     "BoxAgreement",
@@ -59,9 +58,6 @@ __all__ = [
     "reader_sensitivity",
     "wilson_interval",
 ]
-
-#: z of a two-sided 95% interval.
-Z95 = 1.959963984540054
 
 Level = Literal["nominal", "ordinal", "interval", "ratio"]
 #: An image key (a SOP Instance UID, a task id, ...).
@@ -374,27 +370,6 @@ def dice(mask_a: Any, mask_b: Any) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int((both[0] & both[1]).sum()) / total
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``successes / n`` (95% by default).
-
-    ``(p̂ + z²/2n ± z √(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n)`` (Wilson 1927, "Probable inference, the law
-    of succession, and statistical inference", JASA 22:209-212); it stays inside ``[0, 1]`` and keeps
-    its coverage at 0 and n successes, unlike the Wald interval (Newcombe 1998, Stat. Med. 17:857-872).
-
-    Raises
-    ------
-    ValueError
-        ``n < 1`` or ``successes`` outside ``[0, n]``.
-    """
-    if n < 1 or not (0 <= successes <= n):
-        raise ValueError(f"wilson_interval: {successes} successes of {n}; need n ≥ 1 and 0 ≤ successes ≤ n")
-    p = successes / n
-    denominator = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True, slots=True)

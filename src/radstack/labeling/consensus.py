@@ -33,11 +33,11 @@ from radstack.labeling._geometry import (
     BoxesLike,
     as_boxes,
     as_masks,
-    box_iou,
     check_iou_threshold,
     is_missing,
 )
 from radstack.labeling.agreement import match_boxes
+from radstack.measures import box_iou
 
 __all__ = [
     "FusedBox",

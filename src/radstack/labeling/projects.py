@@ -93,6 +93,7 @@ __all__ = [
     "TaskState",
     "assign_readers",
     "check_project_name",
+    "members_of",
     "uncertainty_order",
 ]
 
@@ -353,6 +354,21 @@ def _label(row: LabelRow) -> Label:
     )
 
 
+def members_of(
+    policy: Policy, principal: Principal, owner: str, readers: str, reviewers: str
+) -> tuple[Member, ...]:
+    """The principal's parts in a project of ``owner`` and the JSON lists ``readers`` and
+    ``reviewers`` (as its row holds them); an administrator (``manage-system``) counts as its owner."""
+    found = []
+    if owner == principal.subject or policy.allows(principal, ActionValues.MANAGE_SYSTEM):
+        found.append(Member.OWNER)
+    if principal.subject in json.loads(reviewers):
+        found.append(Member.REVIEWER)
+    if principal.subject in json.loads(readers):
+        found.append(Member.READER)
+    return tuple(found)
+
+
 # ---------------------------------------------------------------------------------------------- checks
 def check_project_name(name: Any) -> str:
     """``name`` itself when it is a valid project name.
@@ -458,14 +474,7 @@ class ProjectService:
 
     # ------------------------------------------------------------------ membership: the one check
     def _members(self, principal: Principal, row: ProjectRow) -> tuple[Member, ...]:
-        found = []
-        if row.owner == principal.subject or self.policy.allows(principal, ActionValues.MANAGE_SYSTEM):
-            found.append(Member.OWNER)
-        if principal.subject in json.loads(row.reviewers):
-            found.append(Member.REVIEWER)
-        if principal.subject in json.loads(row.readers):
-            found.append(Member.READER)
-        return tuple(found)
+        return members_of(self.policy, principal, row.owner, row.readers, row.reviewers)
 
     def _access(self, principal: Principal, row: ProjectRow, *allowed: Member) -> tuple[Member, ...]:
         """The caller's parts in the project, once allowed as one of ``allowed`` (all, when none named).

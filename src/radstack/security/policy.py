@@ -10,6 +10,9 @@ Every HTTP route, the DICOM service (calling AE title → service account) and t
 
 A study outside the principal's scope is reported as not found (404, never 403), so its existence
 leaks nothing; an action the role lacks on a visible study is refused with 403.
+
+Storing instances (STOW-RS, C-STORE) is :meth:`Policy.require_store`: ``ingest`` stores anything,
+``label`` alone only a reader's SR or SEG for their labeling task.
 """
 
 from __future__ import annotations
@@ -258,6 +261,41 @@ class Policy:
         if action not in role.actions:
             raise Forbidden(f"the {role.name} role may not {action.value.replace('-', ' ')}")
         return role
+
+    def require_store(
+        self, principal: Principal, study: str | None = None, *, label_object: bool | None = None
+    ) -> RoleDef:
+        """Allow ``principal`` to store instances (STOW-RS, C-STORE), or raise.
+
+        A role with ``ingest`` stores anything. A role with ``label`` but not ``ingest`` (the
+        ``annotator``) stores only *label objects*: an SR or SEG for one of its own labeling tasks,
+        which the labeling intake (:mod:`radstack.labeling.intake`) recognises and says so with
+        ``label_object``.
+
+        Parameters
+        ----------
+        study
+            The study an instance is stored into (checked against the principal's scope).
+        label_object
+            None: the request as a whole, before any instance is read; True: a label object of the
+            principal's task; False: anything else.
+
+        Raises
+        ------
+        NotFound
+            ``study`` is outside the principal's scope.
+        Forbidden
+            The role has neither ``ingest`` nor ``label``; or only ``label`` and the instance is not
+            a label object of its tasks.
+        """
+        role = self.role(principal)
+        if ActionValues.INGEST in role.actions or ActionValues.LABEL not in role.actions:
+            return self.require(principal, ActionValues.INGEST, study)
+        if label_object is False:
+            raise Forbidden(
+                f"the {role.name} role may store only label objects (SR, SEG) for its labeling tasks"
+            )
+        return self.require(principal, ActionValues.LABEL, study)
 
     def _in_scope(self, principal: Principal, role: RoleDef, study: str) -> bool:
         found = self._study_scope(study)

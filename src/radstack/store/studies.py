@@ -29,6 +29,7 @@ from radstack.store.models import InstanceRow, SeriesRow, StudyRow, StudyVersion
 from radstack.store.records import Batch, BatchReason, CommitOutcome, InstanceRecord, StoreOutcomeValues
 
 __all__ = [
+    "AlsoCommit",
     "Batch",
     "BatchReason",
     "CommitOutcome",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+#: Work that commits with an instance's row, in its transaction (see :meth:`StudyStore.commit_instance`).
+AlsoCommit = Callable[[Session, CommitOutcome], None]
 _INSTANCES: Table = InstanceRow.__table__  # type: ignore[assignment]
 _CURRENT_INSTANCE = select(_INSTANCES).where(
     _INSTANCES.c.sop_uid == bindparam("sop"),
@@ -53,6 +56,7 @@ class _PendingCommit:
 
     record: InstanceRecord
     batch: Batch
+    also: AlsoCommit | None = None
     outcome: CommitOutcome | None = None
     error: Exception | None = None
 
@@ -105,12 +109,19 @@ class StudyStore:
             self.schedule_documents(batch.touched)
 
     # ------------------------------------------------------------------ writes
-    def commit_instance(self, record: InstanceRecord, batch: Batch) -> CommitOutcome:
+    def commit_instance(
+        self, record: InstanceRecord, batch: Batch, also: AlsoCommit | None = None
+    ) -> CommitOutcome:
         """Make ``record`` visible: the last step of ingest, one transaction.
 
         Same SOP instance and content as the current one: nothing changes (DUPLICATE). Same SOP
         Instance UID with other content: the new content becomes current in a new study version and
         the old content stays readable in the earlier versions (REPLACED).
+
+        ``also`` runs in the same transaction once the row is written, with its outcome (the rows
+        another package keeps about the instance, such as a reader's labels from an SR): both
+        commit, or neither. What it raises refuses the instance as the store's own refusals do. It
+        may run more than once (a group rolled back, a retry), each time in a new transaction.
 
         Group commit: instances committed by several threads at once share one transaction (the
         caller that finds the committer free commits everything waiting), which halves the index
@@ -123,7 +134,7 @@ class StudyStore:
             When the instance or its series is stored in another study, or the study belongs to
             another patient.
         """
-        pending = _PendingCommit(record, batch)
+        pending = _PendingCommit(record, batch, also)
         with self._group_guard:
             self._group.append(pending)
         with self._committer:
@@ -138,16 +149,20 @@ class StudyStore:
             batch.touched.add(record.study_uid)
         return pending.outcome
 
+    def _commit_one(self, session: Session, item: _PendingCommit) -> CommitOutcome:
+        outcome = self._writer.commit(session, item.record, item.batch)
+        if item.also is not None:
+            item.also(session, outcome)
+        return outcome
+
     def _commit_group(self, group: list[_PendingCommit]) -> None:
-        commit = self._writer.commit
+        commit = self._commit_one
         if len(group) > 1:
             # Rows lock in study order on PostgreSQL, so two nodes' groups never deadlock.
             group.sort(key=lambda item: item.record.study_uid)
             versions = {id(item.batch): dict(item.batch.versions) for item in group}
             try:
-                outcomes = self._write(
-                    lambda session: [commit(session, item.record, item.batch) for item in group]
-                )
+                outcomes = self._write(lambda session: [commit(session, item) for item in group])
             except Exception:
                 for item in group:  # the versions the rolled-back transaction handed out are void
                     item.batch.versions = dict(versions[id(item.batch)])
@@ -156,9 +171,12 @@ class StudyStore:
                     item.outcome = outcome
                 return
         for item in group:
+            handed_out = dict(item.batch.versions)
             try:
-                item.outcome = self._write(partial(commit, record=item.record, batch=item.batch))
+                item.outcome = self._write(partial(commit, item=item))
             except Exception as exc:
+                # A refusal after the row was written (``also``) rolled back a version it handed out.
+                item.batch.versions = handed_out
                 item.error = exc
 
     def replace_instances(

@@ -8,13 +8,15 @@ AI priority first (highest first, unscored last), then newest study; the "AI pos
 studies whose AI priority is ``high`` or ``urgent``. Every match passes through the
 caller's :class:`~radstack.security.views.View`, so a de-identified role sees pseudonyms and
 shifted dates, never the stored PHI. The rows' AI priority and reading status are read from the
-study index in the same request.
+study index in the same request. The view also takes out what labeling's blinding hides from the
+caller: the counts and modalities of hidden series and instances, and the AI columns of a study whose
+AI results a blinded reader may not see.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,6 +87,14 @@ class RoleView(Protocol):
 
     def json(self, ds: JsonDict, study_uid: str | None = None) -> JsonDict:
         """``ds`` as the role sees it."""
+        ...
+
+    def blind(self, matches: Sequence[JsonDict], level: QueryLevelValues) -> list[JsonDict]:
+        """Study matches with their counts and modalities less what labeling's blinding hides."""
+        ...
+
+    def ai_hidden(self, study_uids: Iterable[str]) -> set[str]:
+        """The studies whose AI results blinding hides from the caller."""
         ...
 
 
@@ -247,6 +257,14 @@ def _row(ds: JsonDict, priority: int | None, findings: int | None, status: str |
     )
 
 
+def _extra(
+    found: dict[str, tuple[int | None, int | None, str | None]], uid: str, ai_hidden: bool
+) -> tuple[int | None, int | None, str | None]:
+    """A row's AI priority, AI findings and status; no AI columns for a reader blinded to the AI."""
+    priority, findings, status = found.get(uid, (None, None, None))
+    return (None, None, status) if ai_hidden else (priority, findings, status)
+
+
 def worklist_page(
     store: StudyStore,
     view: RoleView,
@@ -288,7 +306,10 @@ def worklist_page(
     result = search.search_studies(
         store, query, base_url="", max_limit=limit, scope=where, order=worklist_order()
     )
-    uids = [str(_first(match, "0020000D")) for match in result.matches]
+    # Counts and modalities without what blinding hides (a study match is never dropped).
+    matches = view.blind(result.matches, QueryLevelValues.STUDY)
+    uids = [str(_first(match, "0020000D")) for match in matches]
+    ai_hidden = view.ai_hidden(uids)
     with Session(store.engine) as session:
         extra = {
             uid: (priority, findings, status)
@@ -299,8 +320,8 @@ def worklist_page(
             )
         }
     rows = tuple(
-        _row(view.json(match, uid) if view.shapes else match, *extra.get(uid, (None, None, None)))
-        for uid, match in zip(uids, result.matches, strict=True)
+        _row(view.json(match, uid) if view.shapes else match, *_extra(extra, uid, uid in ai_hidden))
+        for uid, match in zip(uids, matches, strict=True)
     )
     total = search.count_studies(store, query, cap=COUNT_CAP, scope=where)
     return WorklistPage(rows, offset, limit, total, total >= COUNT_CAP, result.truncated)

@@ -87,7 +87,8 @@ def view_of(request: Request) -> View:
     view: View | None = getattr(request.state, "view", None)
     if view is None:
         platform = platform_of(request)
-        view = request.state.view = platform.view(platform.policy.role(principal_of(request)))
+        principal = principal_of(request)
+        view = request.state.view = platform.view(platform.policy.role(principal), principal)
     return view
 
 
@@ -158,17 +159,21 @@ def guard(
     series: str | None = None,
     instance: str | None = None,
 ) -> RoleDef:
-    """Check the path's UIDs, then that the caller may do ``action`` to them (404 outside its scope).
+    """Check the path's UIDs, then that the caller may do ``action`` to them (404 outside its scope,
+    or for a series or instance hidden from the caller by labeling's blinding).
 
     Raises
     ------
     BadRequest
         A malformed UID.
     NotFound, Forbidden
-        As :func:`authorize`.
+        As :func:`authorize`; NotFound for a hidden series or instance.
     """
     check_path_uids(study, series, instance)
-    return authorize(request, action, study=study, series=series, instance=instance)
+    role = authorize(request, action, study=study, series=series, instance=instance)
+    if study is not None:
+        view_of(request).require_visible(study, series, instance)
+    return role
 
 
 # ----------------------------------------------------------------------------- responses
@@ -207,9 +212,9 @@ def warning_header(texts: list[str]) -> dict[str, str]:
 
 def gzip_json(request: Request, document: bytes, study: str) -> Response:
     """Send a precomputed gzipped JSON document as is when the client accepts gzip (and its role
-    sees headers as stored)."""
+    sees headers as stored, and nothing of the study is hidden from the caller)."""
     view = view_of(request)
-    if view.shapes:
+    if view.shapes or view.hidden(study):
         return Response(view.document(document, study), media_type=DICOM_JSON)
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(

@@ -24,13 +24,13 @@ from radstack.security.views import View
 from radstack.store import retrieve, versions
 from radstack.web.deps import (
     DICOM_JSON,
-    authorize,
     base_url,
     dicom_json,
     guard,
     gzip_json,
     note,
     platform_of,
+    principal_of,
     view_of,
     warning_header,
 )
@@ -45,7 +45,11 @@ async def _stow(request: Request, study: str | None) -> Response:
     settings = platform.settings
     if study is not None:
         check_uid(study, "StudyInstanceUID", in_request=True)
-    authorize(request, ActionValues.INGEST, url_study=study)
+    # Who may store what is the policy's: ``ingest`` anything, ``label`` alone a reader's SR or SEG,
+    # which the labeling intake's screen tells apart instance by instance.
+    note(request, AuditActionValues.WRITE, url_study=study)
+    principal = principal_of(request)
+    platform.policy.require_store(principal)
     boundary = stow.check_request(
         request.headers.get("content-type"), request.headers.get("content-length"), settings.max_request_bytes
     )
@@ -58,6 +62,7 @@ async def _stow(request: Request, study: str | None) -> Response:
         expected_study=study,
         encode=platform.ingest_options.encode,
         analyser=platform.analyser,
+        screen=platform.label_intake.screen(principal),
     )
     note(
         request,
@@ -108,10 +113,13 @@ def _retrieve(
     guard(request, ActionValues.READ_METADATA, study, series, instance)
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
     platform = platform_of(request)
-    records = platform.store.current_instances(study, series, instance)
+    view = view_of(request)
+    # Instances hidden from the caller (labeling's blinding) are left out; a named one was refused above.
+    records = view.visible(platform.store.current_instances(study, series, instance))
+    if not records:
+        raise NotFound(f"{'series ' + series if series else 'study ' + study} holds no instances")
     syntax = wado.instance_syntax(parse_accept(request.headers.get("accept")), records)
     store = platform.store
-    view = view_of(request)
 
     def parts() -> Iterator[tuple[str, bytes]]:
         for record in records:
@@ -271,7 +279,9 @@ def _rendered(
 ) -> Response:
     guard(request, ActionValues.READ_PIXELS, study, series, instance)
     params = _render_params(request, thumbnail=thumbnail)
-    image = wado.rendered_resource(platform_of(request).store, study, series, instance, frame, params)
+    image = wado.rendered_resource(
+        platform_of(request).store, study, series, instance, frame, params, visible=view_of(request).visible
+    )
     return Response(image, media_type=params.media_type)
 
 

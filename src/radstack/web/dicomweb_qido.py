@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, and_
 
 from radstack.dicomweb.accept import parse_accept
 from radstack.errors import NotAcceptable
@@ -12,6 +12,7 @@ from radstack.security.audit import AuditActionValues
 from radstack.security.policy import ActionValues
 from radstack.store import search as qido
 from radstack.store.matching import Query, QueryLevelValues, parse_query
+from radstack.store.models import InstanceRow, SeriesRow
 from radstack.web.deps import (
     authorize,
     base_url,
@@ -47,16 +48,38 @@ def _scope(request: Request, study: str | None, series: str | None = None) -> Co
     return platform.policy.study_condition(principal_of(request))
 
 
-def _respond(request: Request, result: qido.SearchResult, study: str | None = None) -> Response:
-    """The matches as the caller's role sees them (PS3.15 Annex E for a de-identified one)."""
+def _unhidden(
+    request: Request, scope: ColumnElement[bool] | None, study: str | None, level: QueryLevelValues
+) -> ColumnElement[bool] | None:
+    """``scope`` less the series or instances of ``study`` that blinding hides from the caller, so
+    that a page holds as many matches as asked for (:meth:`View.blind` removes them from the answer
+    in any case, also for searches across studies)."""
+    hidden = view_of(request).hidden(study) if study is not None else None
+    if not hidden:
+        return scope
+    excluded = (
+        SeriesRow.series_uid.not_in(hidden.series)
+        if level is QueryLevelValues.SERIES
+        else and_(InstanceRow.series_uid.not_in(hidden.series), InstanceRow.sop_uid.not_in(hidden.instances))
+    )
+    return excluded if scope is None else and_(scope, excluded)
+
+
+def _respond(
+    request: Request, result: qido.SearchResult, level: QueryLevelValues, study: str | None = None
+) -> Response:
+    """The matches as the caller sees them: without what blinding hides from it, and shaped by its
+    role (PS3.15 Annex E for a de-identified one)."""
+    view = view_of(request)
+    matches = view.blind(result.matches, level)
     note(
         request,
         AuditActionValues.QUERY,
-        matches=len(result.matches),
+        matches=len(matches),
         keys=sorted(request.query_params.keys()),
     )
-    view = view_of(request)
-    matches = [view.json(m, study) for m in result.matches] if view.shapes else list(result.matches)
+    if view.shapes:
+        matches = [view.json(m, study) for m in matches]
     return dicom_json(matches, 200, warning_header(list(result.warnings)))
 
 
@@ -74,6 +97,7 @@ def search_studies(request: Request) -> Response:
             max_limit=platform.settings.qido_max_limit,
             scope=scope,
         ),
+        QueryLevelValues.STUDY,
     )
 
 
@@ -89,8 +113,9 @@ def _series(request: Request, study: str | None) -> Response:
             study_uid=study,
             base_url=base_url(request),
             max_limit=platform.settings.qido_max_limit,
-            scope=scope,
+            scope=_unhidden(request, scope, study, QueryLevelValues.SERIES),
         ),
+        QueryLevelValues.SERIES,
         study,
     )
 
@@ -118,8 +143,9 @@ def _instances(request: Request, study: str | None, series: str | None) -> Respo
             series_uid=series,
             base_url=base_url(request),
             max_limit=platform.settings.qido_max_limit,
-            scope=scope,
+            scope=_unhidden(request, scope, study, QueryLevelValues.IMAGE),
         ),
+        QueryLevelValues.IMAGE,
         study,
     )
 

@@ -167,9 +167,16 @@ def _results(request: Request) -> AiResults:
     return platform_of(request).ai_results
 
 
+def _current(request: Request, study: str) -> list[ResultRecord]:
+    """The study's current results; none for a reader that labeling's blinding keeps from the AI."""
+    if view_of(request).ai_hidden([study]):
+        return []
+    return _results(request).current(study)
+
+
 def _shown_results(request: Request, study: str) -> list[ResultRecord]:
     view = view_of(request)
-    return [result.shown(view) for result in _results(request).current(study)]
+    return [result.shown(view) for result in _current(request, study)]
 
 
 # ----------------------------------------------------------------------------- API
@@ -201,6 +208,8 @@ def _review(
     results = _results(request)
     result = results.get(result_id)
     authorize(request, ActionValues.LABEL, study=result.study_uid, ai_result=result_id, finding=index)
+    if view_of(request).ai_hidden([result.study_uid]):
+        raise NotFound(f"AI result {result_id} not found")
     return result, results.review(result_id, index, decision, by=principal_of(request), comment=comment)
 
 
@@ -231,7 +240,8 @@ def ai_labels(
         limit=limit,
     )
     view = view_of(request)
-    return [LabelOut.of(label.shown(view)) for label in labels]
+    hidden = view.ai_hidden(label.study_uid for label in labels)
+    return [LabelOut.of(label.shown(view)) for label in labels if label.study_uid not in hidden]
 
 
 @router.get(
@@ -275,7 +285,7 @@ def study_page(request: Request, study: str, done: str = "") -> Response:
     def build() -> Response:
         guard(request, ActionValues.READ_METADATA, study)
         platform_of(request).store.require_study(study)
-        stored = _results(request).current(study)
+        stored = _current(request, study)
         sizes = _image_sizes(request, study, stored)
         view = view_of(request)
         shown = [result.shown(view) for result in stored]
