@@ -14,6 +14,7 @@ from radstack.ai.engine import ModelCache
 from radstack.ai.findings import AiResults, ResultRecord, Review, ReviewDecision
 from radstack.ai.inference import INFER, INFER_BATCH, BatchInferRunner, InferAction, Inference, InferRunner
 from radstack.ai.registry import ModelRegistry, ModelVersion
+from radstack.ai.splits import assign_splits
 from radstack.ai.starter import install_starter
 from radstack.ai.training import TRAINING, TrainingRunner, TrainingService
 from radstack.config import Settings
@@ -41,8 +42,10 @@ from radstack.jobs.routing import (
 )
 from radstack.jobs.workflows import STABLE, WEBHOOK, EventLog, StabilityMonitor, deliver_webhook
 from radstack.labeling.blinding import Blinding
+from radstack.labeling.export import LABEL_EXPORT, LabelExportRunner, LabelExports
 from radstack.labeling.intake import LabelIntake
 from radstack.labeling.projects import ProjectService
+from radstack.labeling.report import AgreementService
 from radstack.labeling.review import ReviewService, open_review
 from radstack.security.atna import AtnaSender
 from radstack.security.audit import AuditLog, AuditWriter, load_audit_key
@@ -171,6 +174,7 @@ class Platform:
         jobs.register(TRAINING, TrainingRunner(platform.datasets, platform.models, settings.data_dir))
         jobs.register(INFER, InferRunner(platform.inference))
         jobs.register(INFER_BATCH, BatchInferRunner(store, jobs))
+        jobs.register(LABEL_EXPORT, LabelExportRunner(platform.label_exports))
         for name in settings.plugins:
             _load_plugin(name, platform)
         return platform
@@ -251,6 +255,24 @@ class Platform:
     def label_intake(self) -> LabelIntake:
         """Readers' SR and SEG stored by STOW-RS or C-STORE, screened and turned into their tasks' labels."""
         return LabelIntake(self.labeling)
+
+    @cached_property
+    def labeling_agreement(self) -> AgreementService:
+        """Agreement figures of labeling projects, for their owners and reviewers."""
+        return AgreementService(self.labeling)
+
+    @cached_property
+    def label_exports(self) -> LabelExports:
+        """Exports of labeling projects: labeled instances for a data set, files written by a job; split
+        by patient as data sets are (:func:`radstack.ai.splits.assign_splits`)."""
+        return LabelExports(
+            self.labeling,
+            self.deidentifier,
+            assign_splits,
+            self.settings.data_dir,
+            self.jobs,
+            self.audit.submit,
+        )
 
     @cached_property
     def training(self) -> TrainingService:

@@ -31,6 +31,7 @@ from radstack.web import (
     dicomweb,
     dicomweb_qido,
     jobs,
+    labeling_data,
     labeling_review,
     peers,
     ui,
@@ -221,6 +222,8 @@ def create_app(settings: Settings, platform: Platform | None = None) -> FastAPI:
     app.include_router(labeling_projects.pages)
     app.include_router(labeling_review.router, prefix="/api/v1")
     app.include_router(labeling_review.pages)
+    app.include_router(labeling_data.router, prefix="/api/v1")
+    app.include_router(labeling_data.pages)
     app.include_router(viewer_router)
     app.include_router(apidocs_router)
     app.include_router(ui.router)
