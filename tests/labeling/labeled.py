@@ -1,24 +1,17 @@
 """Labeled projects for the tests of agreement figures and exports: projects made and read through
-:class:`ProjectService` as readers do, and consensus labels as a reviewer's decision leaves them (a
-submitted ``review`` task whose labels have source ``consensus``)."""
+:class:`ProjectService` as readers do, and decided by a reviewer through :class:`ReviewService`."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
 
 from radstack.labeling.labels import mask_rle
-from radstack.labeling.models import ItemRow, ProjectRow, TaskRow
-from radstack.labeling.projects import LabelSource, ProjectService, TaskKind, TaskState
-from radstack.labeling.schema import LabelSchema, check_label
+from radstack.labeling.projects import ProjectService, TaskKind, TaskState
+from radstack.labeling.review import ReviewService
 from radstack.security.policy import Principal
 
 OWNER = Principal("dana", "data-scientist", "token")
@@ -90,41 +83,22 @@ def skip(service: ProjectService, project: str, ds: Dataset, reader: str) -> Non
 
 
 def consensus(service: ProjectService, project: str, ds: Dataset, labels: Sequence[dict[str, Any]]) -> None:
-    """reva decides ``ds``: a ``review`` task of the item, submitted, with ``labels`` as consensus labels
-    (an empty list: the consensus is that there is nothing)."""
-    with Session(service.engine) as session, session.begin():
-        row = session.scalar(select(ProjectRow).where(ProjectRow.name == project))
-        assert row is not None
-        item = session.scalar(
-            select(ItemRow.id).where(ItemRow.project_id == row.id, ItemRow.study_uid == ds.StudyInstanceUID)
+    """reva decides ``ds`` on her review task (an edit: ``labels`` become the consensus, an empty list
+    that there is nothing), and, when the readers disagreed, on the adjudication it opens too."""
+    reviews = ReviewService(service, service._audit)
+    for _ in range(3):  # the review, its adjudication, then nothing left
+        task = next(
+            (
+                t.id
+                for t in service.tasks_of(REVIEWER, project, TaskState.ASSIGNED)
+                if t.study_uid == ds.StudyInstanceUID and t.kind is not TaskKind.READ
+            ),
+            None,
         )
-        schema = LabelSchema.from_json(json.loads(row.schema))
-        now = datetime.now(UTC)
-        task_id = session.execute(
-            insert(TaskRow)
-            .values(
-                project_id=row.id,
-                item_id=item,
-                reader="reva",
-                kind=TaskKind.REVIEW.value,
-                state=TaskState.ASSIGNED.value,
-                due_at=None,
-                assigned_at=now,
-                submitted_at=None,
-                revision=0,
-            )
-            .returning(TaskRow.id)
-        ).scalar_one()
-    checked = [check_label(schema, label, i) for i, label in enumerate(labels)]
-    service._write(
-        partial(ProjectService._replace_labels, task_id, "reva", checked, LabelSource.CONSENSUS, None)
-    )
-    with Session(service.engine) as session, session.begin():
-        session.execute(
-            update(TaskRow)
-            .where(TaskRow.id == task_id)
-            .values(state=TaskState.SUBMITTED.value, submitted_at=datetime.now(UTC))
-        )
+        if task is None:
+            return
+        reviews.edit(REVIEWER, task, list(labels))
+    raise AssertionError(f"{ds.StudyInstanceUID} in {project} is still undecided")
 
 
 # ----------------------------------------------------------------------------- labels as JSON

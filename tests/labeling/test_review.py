@@ -474,7 +474,8 @@ def test_ai_reviews_count_as_the_radiologists_labels(
     raj = people["raj"]
     ds = studies[0]
     _make_project(people, studies[:1], readers=[raj.name], readers_per_item=1, show_ai=True)
-    _make_project(people, studies[:1], name="plain", readers=[raj.name], readers_per_item=1)
+    # Not blinded: a blinded project without AI proposals would hide the AI from its readers (blinding).
+    _make_project(people, studies[:1], name="plain", readers=[raj.name], readers_per_item=1, blinded=False)
     result = record(server.platform.ai_results, ds, [0.9, 0.8])
     task = _task(raj, ds)["id"]
     labels = f"/api/v1/labeling/tasks/{task}/labels"

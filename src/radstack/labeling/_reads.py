@@ -4,13 +4,15 @@ A **read** is a reader's ``read`` task that is *submitted*, with its current lab
 and consensus labels are not part of it; none means the reader found nothing). An assigned task is
 not a read yet (its labels may be half done) and a skipped one never is.
 
-An item **has a consensus** when a reviewer decided it: a ``review`` or ``adjudicate`` task of it is
-submitted, or it carries current labels of source ``consensus``. Its consensus is those labels (none:
-the consensus is that there is nothing).
+An item **has a consensus** when it was decided for good (:func:`radstack.labeling.review.consensus_labels`,
+``final``): its review was submitted and no adjudication is pending, or its adjudication was
+submitted. Its consensus is those labels (none: the consensus is that there is nothing). A review's
+preliminary consensus, while an adjudication is open, is no consensus yet.
 
 A label is **present** on an item (or an image) when a label of that key is there, in any geometry,
-except a ``class`` label whose value says absence (:data:`ABSENT_VALUES`, case-insensitive): a reader
-who ticks "fracture: absent" has not found one.
+except one whose value says absence (:data:`ABSENT_VALUES`, case-insensitive): a reader who ticks
+"fracture: absent" has not found one. A negative box (an AI finding the reader rejected,
+:data:`radstack.labeling.proposal.NEGATIVE`) says where there is none: it is no read label at all.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from radstack.labeling.models import ItemRow, LabelRow, ProjectRow, TaskRow
@@ -35,6 +37,8 @@ from radstack.labeling.projects import (
     TaskState,
     _label,
 )
+from radstack.labeling.proposal import is_negative
+from radstack.labeling.review import consensus_labels
 from radstack.labeling.schema import Geometry, LabelSchema
 from radstack.security.policy import Principal
 
@@ -100,9 +104,7 @@ def image_key(label: Label) -> ImageKey:
 def present(labels: Iterable[LabelLike], key: str) -> bool:
     """Whether ``labels`` say the label ``key`` is present (see the module docstring)."""
     return any(
-        label.label == key
-        and not (label.geometry is Geometry.CLASS and (label.value or "").strip().lower() in ABSENT_VALUES)
-        for label in labels
+        label.label == key and (label.value or "").strip().lower() not in ABSENT_VALUES for label in labels
     )
 
 
@@ -124,10 +126,10 @@ def load(
         # The package's one membership check (ProjectService's, through the policy).
         row = service._row(session, name)
         members = service._access(principal, row, *allowed)
-        return _read(session, row), members
+        return _read(session, row, service.engine), members
 
 
-def _read(session: Session, row: ProjectRow) -> ProjectLabels:
+def _read(session: Session, row: ProjectRow, engine: Engine) -> ProjectLabels:
     items = tuple(
         Item(item.id, item.position, item.study_uid)
         for item in session.scalars(
@@ -144,27 +146,28 @@ def _read(session: Session, row: ProjectRow) -> ProjectLabels:
         for task_id, item_id, reader, kind, state in tasks
         if kind == TaskKind.READ.value and state == TaskState.SUBMITTED.value
     }
-    decided = {
-        item_id
-        for _task_id, item_id, _reader, kind, state in tasks
-        if kind != TaskKind.READ.value and state == TaskState.SUBMITTED.value
-    }
     reads: dict[int, dict[str, list[Label]]] = defaultdict(dict)
     for item_id, reader in read_tasks.values():
         reads[item_id][reader] = []
-    consensus: dict[int, list[Label]] = {item_id: [] for item_id in decided}
     labels = session.scalars(
         select(LabelRow)
-        .where(LabelRow.project_id == row.id, LabelRow.superseded_at.is_(None))
+        .where(
+            LabelRow.task_id.in_(list(read_tasks)),
+            LabelRow.superseded_at.is_(None),
+            LabelRow.source != LabelSource.CONSENSUS.value,
+        )
         .order_by(LabelRow.item_id, LabelRow.id)
     )
     for stored in labels:
         label = _label(stored)
-        if label.source is LabelSource.CONSENSUS:
-            consensus.setdefault(stored.item_id, []).append(label)
-        elif stored.task_id in read_tasks:
+        if stored.task_id is not None and not is_negative(label):
             item_id, reader = read_tasks[stored.task_id]
             reads[item_id][reader].append(label)
+    consensus = {
+        item_id: decided.labels
+        for item_id, decided in consensus_labels(engine, row.id).items()
+        if decided.final
+    }
     return ProjectLabels(
         name=row.name,
         schema=LabelSchema.from_json(json.loads(row.schema)),
@@ -172,5 +175,5 @@ def _read(session: Session, row: ProjectRow) -> ProjectLabels:
         readers_per_item=row.readers_per_item,
         items=items,
         reads={item: {r: tuple(ls) for r, ls in by_reader.items()} for item, by_reader in reads.items()},
-        consensus={item: tuple(ls) for item, ls in consensus.items()},
+        consensus=consensus,
     )
