@@ -7,7 +7,9 @@ a disagreement that goes to adjudication; who may see and decide; AI reviews as 
 
 from __future__ import annotations
 
+import html
 import io
+import re
 import subprocess
 import threading
 from datetime import UTC, datetime
@@ -371,6 +373,15 @@ def test_two_readers_a_review_and_a_consensus_sr_and_seg_in_the_study(
     assert page.status_code == 200
     assert rita.name in page.text and raj.name in page.text and "Accept the proposed consensus" in page.text
     assert f"StudyInstanceUIDs={ds.StudyInstanceUID}" in page.text
+    # The image, with the readers' boxes in their colours and the proposed consensus dashed over it.
+    assert "<title>proposed consensus: fracture</title>" in page.text
+    assert (
+        f"<title>{rita.name}: fracture</title>" in page.text
+        or f"<title>{raj.name}: fracture</title>" in page.text
+    )
+    [image] = re.findall(r'<image href="([^"]+)"', page.text)
+    rendered = reva.get(html.unescape(image))
+    assert rendered.status_code == 200 and rendered.headers["content-type"].startswith("image/")
     form = reva.post(
         f"/labeling/review/{review['id']}/accept", data={"comment": ""}, headers={"Accept": "text/html"}
     )

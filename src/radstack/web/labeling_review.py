@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 from contextlib import suppress
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from itertools import cycle
 from typing import Any
 from urllib.parse import urlencode
 
@@ -352,6 +353,81 @@ def _back(task_id: int, message: str) -> RedirectResponse:
     return RedirectResponse(f"/labeling/review/{task_id}?{urlencode({'done': message})}", status_code=303)
 
 
+#: Each reader's colour on the review page's images (Okabe–Ito, told apart with colour-blindness).
+_READER_COLOURS = (
+    "#E69F00",
+    "#56B4E9",
+    "#009E73",
+    "#F0E442",
+    "#0072B2",
+    "#D55E00",
+    "#CC79A7",
+    "#999999",
+    "#FFFFFF",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    colour: str
+    title: str
+    proposal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Figure:
+    """One image of the item, rendered, with the boxes on it (readers' and the proposal's)."""
+
+    url: str
+    columns: int
+    rows: int
+    boxes: tuple[_Box, ...]
+
+
+def _corners(data: dict[str, Any]) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(c) for c in data["box"])
+    return x0, y0, x1, y1
+
+
+def _figures(request: Request, review: ItemReview) -> tuple[list[_Figure], dict[str, str]]:
+    """The images the readers' boxes (rejected ones left out) and the proposal's lie on, each with its
+    boxes, and each reader's colour. ``review`` has the stored UIDs; the image URLs the caller's."""
+    colours = dict(zip((r.reader for r in review.reads), cycle(_READER_COLOURS), strict=False))
+    on_image: dict[str, list[_Box]] = {}
+    for read in review.reads:
+        for label in read.labels:
+            if "box" in label.data and label.id not in read.rejected:
+                on_image.setdefault(label.sop_uid, []).append(
+                    _Box(*_corners(label.data), colours[read.reader], f"{read.reader}: {label.label}")
+                )
+    for proposed in review.proposal.labels:
+        if "box" in proposed.data:
+            on_image.setdefault(proposed.sop_uid, []).append(
+                _Box(*_corners(proposed.data), "#FF0000", f"proposed consensus: {proposed.label}", True)
+            )
+    view, store = view_of(request), platform_of(request).store
+    uid = view.deid.uid if view.deid is not None else str
+    study = review.task.study_uid
+    figures = []
+    for sop, boxes in on_image.items():
+        try:
+            record = store.get_instance(study, None, sop)
+        except NotFound:  # deleted since: the labels are still listed
+            continue
+        if record.pixel is None:
+            continue
+        url = (
+            f"/dicomweb/studies/{uid(study)}/series/{uid(record.series_uid)}/instances/{uid(sop)}"
+            "/rendered?viewport=512,512"
+        )
+        figures.append(_Figure(url, record.pixel.columns, record.pixel.rows, tuple(boxes)))
+    return figures, colours
+
+
 @pages.get("/labeling/review", response_class=HTMLResponse)
 def review_list_page(request: Request) -> Response:
     """The caller's review and adjudication tasks, open ones first."""
@@ -382,13 +458,17 @@ def review_page(request: Request, task_id: int, done: str = "") -> Response:
     def build() -> Response:
         note(request, AuditActionValues.READ, labeling_task=task_id, labeling="review-page")
         principal = principal_of(request)
-        review = _shown(view_of(request), _service(request).review(principal, task_id))
+        stored = _service(request).review(principal, task_id)
+        figures, colours = _figures(request, stored)
+        review = _shown(view_of(request), stored)
         proposal_json = json.dumps([p.to_json() for p in review.proposal.labels], indent=1)
         return signed_in_page(
             request,
             "labeling_review.html",
             path="/labeling",
             review=review,
+            figures=figures,
+            colours=colours,
             mine=review.task.reader == principal.subject,
             proposal_json=proposal_json,
             done=done,
