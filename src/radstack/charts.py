@@ -9,6 +9,7 @@ every layer may use it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -90,8 +91,9 @@ class Chart:
                 self.parts.append(
                     f'<text x="{x:.1f}" y="{_TOP + h + 16}" text-anchor="middle">{escape(shown)}</text>'
                 )
-        for i in range(6):
-            value = y_min + (y_max - y_min) * i / 5
+        step = _tick_step(y_max - y_min)
+        for i in range(math.floor((y_max - y_min) / step + 1e-9) + 1):
+            value = round(y_min + step * i, 10)
             _, y = self.point(0, value)
             self.parts.append(
                 f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_LEFT + w}" y2="{y:.1f}" stroke="{_GRID}"/>'
@@ -148,11 +150,13 @@ class Chart:
             return
         _, top = self.point(x0, value)
         y, height = min(top, base_y), abs(base_y - top)
-        text_y = top - 4 if value >= base else top + 12
+        text_y, fill = (top - 4, "") if value >= base else (top + 12, "")
+        if text_y < _TOP + 2:  # above the frame it would run into the legend: inside the bar's top
+            text_y, fill = top + 12, ' fill="#fff"'
         self.parts.append(
             f'<rect x="{left:.1f}" y="{y:.1f}" width="{right - left:.1f}" height="{height:.1f}" '
             f'fill="{colour}"><title>{escape(label)}</title></rect>'
-            f'<text x="{middle:.1f}" y="{text_y:.1f}" text-anchor="middle">{escape(label)}</text>'
+            f'<text x="{middle:.1f}" y="{text_y:.1f}" text-anchor="middle"{fill}>{escape(label)}</text>'
         )
 
     def whisker(self, x: float, low: float, high: float, colour: str = "#222") -> None:
@@ -201,3 +205,11 @@ class Chart:
             f'viewBox="0 0 {self.width} {_HEIGHT}" font-family="sans-serif" font-size="11"{accessible}>'
             f"{body}</svg>\n"
         )
+
+
+def _tick_step(span: float) -> float:
+    """A round step (1, 2, 2.5 or 5 times a power of ten) giving at most 6 intervals over ``span``."""
+    if span <= 0:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(span / 6))
+    return next(power * m for m in (1, 2, 2.5, 5, 10) if span / (power * m) <= 6 + 1e-9)
