@@ -26,7 +26,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from radstack.ai.results import Finding, fracture_report
-from radstack.labeling.labels import DrawnLabel, labels_of_sr
+from radstack.labeling.labels import DrawnLabel, labels_of_seg, labels_of_sr
 from radstack.labeling.schema import LabelSchema
 from radstack.security.policy import Principal
 from tests.browser.conftest import IMAGE_SHOWN, log_in
@@ -38,6 +38,8 @@ pytestmark = pytest.mark.timeout(300)
 PASSWORD = "the reader's own password"
 READER = "rita"
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
 VIEWPORT = "[data-cy=viewport-pane]"
 #: What Cornerstone draws of an annotation (a box, its handles, its text) over the viewport.
 DRAWN = f"{VIEWPORT} svg [data-id]"
@@ -67,7 +69,7 @@ AI_BOX = (700.0, 800.0, 1000.0, 1100.0)
 class Site:
     server: RunningServer
     #: Project name → its study's radiograph (project "legs": no AI result; "legs-ai": an AI result,
-    #: proposals shown; "legs-blind": an AI result, not shown).
+    #: proposals shown; "legs-blind": an AI result, not shown; "legs-labelmap", "legs-bitmap": masks).
     images: dict[str, pydicom.Dataset] = field(default_factory=dict)
     ai_series: dict[str, str] = field(default_factory=dict)
 
@@ -96,6 +98,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ("legs", False, False),
             ("legs-ai", True, True),
             ("legs-blind", False, True),
+            ("legs-labelmap", False, False),
+            ("legs-bitmap", False, False),
         ):
             image = rg3()
             datasets = [image]
@@ -210,15 +214,22 @@ def create_sr(page: Page, name: str) -> None:
     assert stowed.value.status == 200, stowed.value.text()
 
 
-def stored_report(site: Site, study: str, series_description: str) -> pydicom.Dataset:
-    """The one SR of ``study`` named ``series_description``: found by QIDO, retrieved by WADO-RS."""
+def stored_report(
+    site: Site, study: str, series_description: str | None, modality: str = "SR"
+) -> pydicom.Dataset:
+    """The one SR (or ``modality``) of ``study`` named ``series_description`` (None: the one of that
+    modality): found by QIDO, retrieved by WADO-RS."""
     server = site.server
     found = httpx.get(
         f"{server.dicomweb}/studies/{study}/instances",
-        params={"Modality": "SR", "includefield": "0008103E"},
+        params={"Modality": modality, "includefield": "0008103E"},
         headers=server.auth,
     ).json()
-    named = [m for m in found if m.get("0008103E", {}).get("Value") == [series_description]]
+    named = [
+        m
+        for m in found
+        if series_description is None or m.get("0008103E", {}).get("Value") == [series_description]
+    ]
     assert len(named) == 1, found
     series, sop = named[0]["0020000E"]["Value"][0], named[0]["00080018"]["Value"][0]
     response = httpx.get(
@@ -315,4 +326,61 @@ def test_without_ai_proposals_nothing_of_the_ai_is_shown(page: Page, site: Site,
     assert page.get_by_text("AI fracture v3").count() == 0  # not listed
     assert page.locator(DRAWN).count() == 0  # nothing drawn
     assert measurements_panel(page, []) == []
+    assert errors == [], errors
+
+
+@pytest.mark.parametrize(
+    ("project", "customization", "sop_class"),
+    [
+        ("legs-labelmap", "", LABEL_MAP_SEGMENTATION),  # OHIF's default: Label Map, RLE
+        # Bitmap, as OHIF's own URL customizations make it; uncompressed, because OHIF 3.13.2 writes a
+        # 1-bit RLE that nothing decodes (this server refuses it: docs/viewer.md).
+        ("legs-bitmap", ",segmentation/binary,segmentation/uncompressed", SEGMENTATION),
+    ],
+)
+def test_a_mask_painted_on_the_radiograph_is_stored_as_a_seg(
+    page: Page, site: Site, tmp_path: Path, project: str, customization: str, sop_class: str
+) -> None:
+    """OHIF's segmentation mode on a single-frame CR (OHIF issue 5406 doubted it): the reader adds a
+    segmentation, paints with the brush, names the segment after a label of the project, and
+    "Export > DICOM SEG > Save" stores a SEG of that image here, which labels_of_seg reads as a mask."""
+    task = task_of(site, project)
+    url = task["viewer_url"].replace("/viewer/viewer?", "/viewer/segmentation?") + customization
+    errors = open_in_ohif(page, site, url)
+    page.click("[data-cy=addSegmentation]")
+    page.click("[data-cy=Brush]")
+    box = page.locator(VIEWPORT).bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.4
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(30):
+        page.mouse.move(x + 3 * step, y + 2 * step)
+    page.mouse.up()
+    segment = page.locator("[data-cy=data-row]").first
+    segment.hover()
+    segment.locator("[data-cy=actionsMenuTrigger]").click()
+    page.locator("[role=menuitem]", has_text="Rename").first.click()
+    page.fill("[role=dialog] input", "Fracture of bone")
+    page.locator("[role=dialog] button", has_text="Save").first.click()
+    page.screenshot(path=str(tmp_path / "painted.png"))
+    page.click("[data-cy=segmentation-collapsed-more-btn-Labelmap]")
+    page.locator("[role=menuitem]", has_text="Export").first.hover()
+    page.locator("[role=menuitem]", has_text="DICOM SEG").first.click()
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and "/dicomweb/studies" in r.url, timeout=60_000
+    ) as stowed:
+        page.locator("[role=dialog] button", has_text="Save").first.click()
+    assert stowed.value.status == 200, stowed.value.text()
+    page.screenshot(path=str(tmp_path / "stored.png"))
+
+    image = site.images[project]
+    seg = stored_report(site, str(image.StudyInstanceUID), None, modality="SEG")
+    assert seg.SOPClassUID == sop_class
+    [mask] = labels_of_seg(seg)
+    assert mask.geometry == "mask" and mask.sop_uid == image.SOPInstanceUID and (mask.frame or 1) == 1
+    assert schema_keys([mask]) == ["fracture"]
+    rle = mask.data["mask"]["rle"]
+    assert rle["size"] == [image.Rows, image.Columns]
+    assert sum(rle["counts"][1::2]) > 1000  # the painted stroke
     assert errors == [], errors

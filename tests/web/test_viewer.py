@@ -419,7 +419,10 @@ def test_a_labeling_task_gives_ohif_its_label_list_and_shows_ai_as_the_project_s
     stranger = {"Authorization": f"Bearer {server.token_for('radiologist')}"}
     assert httpx.get(f"{server.url}/viewer/tasks/1.jsonc", headers=stranger).status_code == 404
     assert httpx.get(f"{server.url}/viewer/tasks/1.jsonc").status_code == 401
-    assert app_config("http://x/dicomweb")["customizationUrlPrefixes"] == {"/task/": "./tasks/"}
+    assert app_config("http://x/dicomweb")["customizationUrlPrefixes"] == {
+        "default": "./customizations/",
+        "/task/": "./tasks/",
+    }
 
     shown = _run_app_config(tmp_path, customizations[True])
     assert shown["isAIProposal"] == {"found": True, "nothing": False, "own": False, "image": False}

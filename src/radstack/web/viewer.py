@@ -122,8 +122,12 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
         "customizationService": {"global": {"ohif.tours": []}},
         "investigationalUseDialog": {"option": "never"},
         # `?customization=/task/<id>` (a labeling task's viewer URL) loads /viewer/tasks/<id>.jsonc,
-        # the task's label list (task_customization); no other `customization` value is accepted.
-        "customizationUrlPrefixes": {VIEWER_TASK_PREFIX: f"./{TASK_CUSTOMIZATIONS}"},
+        # the task's label list (task_customization); `?customization=<name>` one of the build's own
+        # customizations/<name>.jsonc (segmentation/binary: SEG saved as bitmap). Nothing else.
+        "customizationUrlPrefixes": {
+            "default": "./customizations/",
+            VIEWER_TASK_PREFIX: f"./{TASK_CUSTOMIZATIONS}",
+        },
         "showStudyList": True,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,
