@@ -11,7 +11,12 @@ STOW on so OHIF saves measurements as SR, and an Accept header for frames that p
 store holds (OHIF decodes it with OpenJPH) and falls back to the stored transfer syntax. After the
 configuration's JSON comes :data:`AI_RESULTS_SCRIPT` (``viewer_ai.js``): the few lines of JavaScript
 that make OHIF open a study on its AI result, the radiograph with the AI's boxes and their text
-(:mod:`radstack.ai.results`), without a prompt to answer.
+(:mod:`radstack.ai.results`), without a prompt to answer; then :data:`LABELING_SCRIPT`
+(``viewer_labeling.js``).
+
+A labeling task's viewer URL (:attr:`radstack.labeling.projects.Task.viewer_url`) names
+``/viewer/tasks/<id>.jsonc`` as OHIF's ``customization``: :func:`task_customization`, the project's
+labels as OHIF's forced-choice list and how AI results are shown (docs/viewer.md, "Labeling tasks").
 """
 
 from __future__ import annotations
@@ -111,6 +116,10 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
     customization, which the viewer layout hands to ``Onboarding``, set to no tours in the
     ``global`` phase of the customizations; a plain value replaces the mode's default).
     :data:`AI_RESULTS_SCRIPT` adds to this, in JavaScript, an extension and a ``mode`` phase block.
+
+    ``customizationUrlPrefixes`` lets a viewer URL's ``customization`` load a labeling task's module
+    (``/task/<id>``) or one of the build's own ``customizations/<name>.jsonc``; OHIF refuses to start
+    on any other value.
     """
     return {
         "name": "radstack",
