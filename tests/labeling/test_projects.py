@@ -192,7 +192,7 @@ def test_a_project_freezes_its_cohort_and_assigns_every_item(
     assert tasks[0].sop_uid == studies[0].SOPInstanceUID
     assert tasks[0].viewer_url == (
         f"/viewer/viewer?StudyInstanceUIDs={studies[0].StudyInstanceUID}"
-        f"&initialSOPInstanceUID={studies[0].SOPInstanceUID}"
+        f"&initialSOPInstanceUID={studies[0].SOPInstanceUID}&customization=/task/{tasks[0].id}"
     )
     # A study stored later is not in the frozen cohort.
     ingest(platform.store, radiograph(9))

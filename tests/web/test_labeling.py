@@ -188,10 +188,11 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
     first = rita.get("/api/v1/labeling/tasks/next").json()
     assert first["position"] == 0 and first["state"] == "assigned"
     ds = studies[0]
+    task = first["id"]
     assert first["viewer_url"] == (
         f"/viewer/viewer?StudyInstanceUIDs={ds.StudyInstanceUID}&initialSOPInstanceUID={ds.SOPInstanceUID}"
+        f"&customization=/task/{task}"
     )
-    task = first["id"]
     raj_task = raj.get("/api/v1/labeling/tasks/next").json()["id"]
 
     # ------------------------------------------------------------------ labels
@@ -259,7 +260,8 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
     done = rita.post(f"/api/v1/labeling/tasks/{task}/submit")
     assert done.status_code == 200 and done.json()["state"] == "submitted" and done.json()["revision"] == 2
     assert "labels go to an assigned task" in _problem(rita.post(labels, json={"labels": []}), 409)
-    assert rita.get("/api/v1/labeling/tasks/next").json()["position"] == 2
+    upcoming = rita.get("/api/v1/labeling/tasks/next").json()
+    assert upcoming["position"] == 2
     progress = owner.get("/api/v1/labeling/projects/wrists").json()["progress"]
     assert progress["tasks"] == {"assigned": 3, "submitted": 1, "skipped": 0} and progress["done"] == 1
 
@@ -269,7 +271,7 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
     second = studies[2]
     assert (
         f'<a class="next-case" href="/viewer/viewer?StudyInstanceUIDs={second.StudyInstanceUID}'
-        f'&amp;initialSOPInstanceUID={second.SOPInstanceUID}">Next case</a>'
+        f'&amp;initialSOPInstanceUID={second.SOPInstanceUID}&amp;customization=/task/{upcoming["id"]}">Next case</a>'
     ) in page.text
     assert f"<code>{second.StudyInstanceUID}</code>" in page.text
     assert f"<code>{ds.StudyInstanceUID}</code>" not in page.text  # submitted: no longer open

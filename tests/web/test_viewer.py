@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -18,7 +19,7 @@ from radstack.ai.results import Finding, fracture_report
 from radstack.ai.synthetic import Options, generate, to_dataset
 from radstack.cli import main
 from radstack.config import Settings
-from radstack.security.policy import ActionValues, RoleDef
+from radstack.security.policy import ActionValues, Principal, RoleDef
 from radstack.web.ohif import (
     OHIF_INTEGRITY,
     STAMP,
@@ -29,10 +30,12 @@ from radstack.web.ohif import (
     integrity_of,
     viewer_dir,
 )
-from radstack.web.viewer import FRAME_ACCEPT, app_config_js
+from radstack.web.viewer import FRAME_ACCEPT, app_config, app_config_js
 from tests import authed
+from tests.ai.results import radiograph
 from tests.conftest import IN_CI, RunningServer, require_binary, server_settings, start_server
 from tests.helpers import dicom_body, instance_url, response_parts, stow, synthetic_ct
+from tests.web.test_labeling import SCHEMA
 
 
 def _unavailable(error: ViewerFetchError) -> None:
@@ -185,13 +188,15 @@ def naturalized(ds: pydicom.Dataset) -> dict[str, object]:
     return out
 
 
-#: Runs the generated app-config.js in node with stand-ins for OHIF's services and reports what the
-#: AI results extension does with the display sets given on the command line.
+#: Runs the generated app-config.js in node with stand-ins for OHIF's services and reports what its
+#: extensions and customizations do with the display sets given on the command line, on a page whose
+#: customizations (a labeling task's ``global`` values, or none) are given too.
 _HARNESS = """
 global.window = {};
 require(process.argv[2]);
 const config = window.config;
 const displaySets = require(process.argv[3]);
+const customizations = require(process.argv[4]);
 const extension = config.extensions.find(e => e.id === '@radstack/extension-ai-results');
 const attributes = {};
 const ohifDefault = {
@@ -203,6 +208,8 @@ const ohifDefault = {
   stages: [{name: 'default', viewports: [{displaySets: [{id: 'defaultDisplaySetId'}]}]}],
 };
 let listener = null;
+const deleted = [];
+const measurements = {m1: {uid: 'm1', referenceSeriesUID: '1.9', label: ''}};
 const services = {
   hangingProtocolService: {
     addCustomAttribute: (id, name, callback) => { attributes[id] = callback; },
@@ -212,32 +219,67 @@ const services = {
     EVENTS: {DISPLAY_SETS_ADDED: 'added'},
     subscribe: (event, callback) => { listener = callback; return {unsubscribe: () => {}}; },
     getDisplaySetByUID: uid => displaySets[uid],
+    deleteDisplaySet: uid => deleted.push(uid),
+  },
+  customizationService: {getCustomization: id => customizations[id]},
+  measurementService: {
+    getMeasurement: uid => measurements[uid],
+    update: (uid, measurement) => { measurements[uid] = measurement; },
   },
 };
+const commands = [];
+const commandsManager = {runCommand: (name, props, context) => {
+  commands.push([name, props, context]);
+  return {StudyInstanceUID: '1.8', SeriesInstanceUIDs: ['1.9']};
+}};
+const context = {servicesManager: {services}, commandsManager};
 extension.preRegistration({servicesManager: {services}});
 const protocols = extension.getHangingProtocolModule({servicesManager: {services}});
-const isAIResult = Object.fromEntries(Object.entries(displaySets).map(([k, ds]) => [k, attributes.radstackAIResult(ds)]));
+const attribute = name => Object.fromEntries(Object.entries(displaySets).map(([k, ds]) => [k, attributes[name](ds)]));
+const isAIResult = attribute('radstackAIResult');
+const isAIProposal = attribute('radstackAIProposals');
 extension.onModeEnter({servicesManager: {services}});
 listener({displaySetsAdded: Object.values(displaySets)});
 const drawn = Object.fromEntries(Object.entries(displaySets).map(([k, ds]) => [k, ds.isImagingMeasurementReport]));
-const asked = [];
-const original = (context, machineContext, event) => { asked.push(event.displaySetInstanceUID); return Promise.resolve({userResponse: 5}); };
 const everyMode = config.customizationService.mode['*'];
-const prompt = everyMode['measurement.promptHydrateStructuredReport'].$apply(original);
-Promise.all(Object.keys(displaySets).map(uid => prompt({servicesManager: {services}}, {}, {displaySetInstanceUID: uid, viewportId: 'default'})))
-  .then(answers => console.log(JSON.stringify({
+// OHIF's SR hydration as it reads a box of the AI report (a Proxy array of codes as the finding).
+const hydrated = everyMode.onBeforeSRHydration.$apply(undefined).value({
+  storedMeasurementByAnnotationType: {RectangleROI: [{
+    predecessorImageId: 'wadors:report', finding: [{CodeMeaning: 'fracture of bone'}], annotation: {data: {}},
+  }]},
+  displaySet: displaySets.found,
+}).RectangleROI[0];
+const asked = [];
+const ask = name => (context, machineContext, event) => {
+  asked.push([name, event.displaySetInstanceUID || null]);
+  if (name === 'label') { measurements.m1 = {...'Fracture of bone'}; }  // what OHIF 3.13.2 does
+  return Promise.resolve({userResponse: 'asked'});
+};
+const prompt = everyMode['measurement.promptHydrateStructuredReport'].$apply(ask('hydrate'));
+const begin = everyMode['measurement.promptBeginTracking'].$apply(ask('begin'));
+const newSeries = everyMode['measurement.promptTrackNewSeries'].$apply(ask('new series'));
+const label = everyMode['measurement.promptLabelAnnotation'].$apply(ask('label'));
+const tracking = {data: {StudyInstanceUID: '1.8', SeriesInstanceUID: '1.9', viewportId: 'default'}};
+Promise.all([
+  ...Object.keys(displaySets).map(uid => prompt(context, {}, {displaySetInstanceUID: uid, viewportId: 'default'})),
+  begin(context, {}, tracking),
+  newSeries(context, {}, tracking),
+  label(context, {}, {measurementId: 'm1', viewportId: 'default'}),
+]).then(answers => console.log(JSON.stringify({
     protocols: protocols.map(p => ({name: p.name, rules: p.protocol.displaySetSelectors.defaultDisplaySetId.seriesMatchingRules})),
     unchangedDefault: ohifDefault.displaySetSelectors.defaultDisplaySetId.seriesMatchingRules.length,
-    isAIResult, drawn, asked, answers: answers.map(a => a.userResponse),
+    isAIResult, isAIProposal, drawn, deleted, asked, commands,
+    answers: answers.map(a => a.userResponse),
+    hydrated: {label: hydrated.annotation.data.label ?? null, predecessorImageId: hydrated.predecessorImageId || null},
+    measurement: measurements.m1,
     global: config.customizationService.global,
   })));
 """
 
 
-def test_app_config_js_hangs_ai_results_first_and_loads_them_without_asking(tmp_path: Path) -> None:
-    """The extension in app-config.js, run in node against stand-ins for OHIF's services: an AI
-    result with a box is what the default hanging protocol prefers and is not asked about; one that
-    found nothing is shown as text; a radiologist's own report (no algorithm) is treated as before."""
+def _display_sets() -> dict[str, dict[str, object]]:
+    """OHIF's display sets of a radiograph's study: an AI result with a box ("found"), one that found
+    nothing, a radiologist's own report of the same box (no Algorithm Name) and the image."""
     image = to_dataset(generate(3, 0, Options(scale=0.1, fracture_rate=1.0, rg3_rate=0.0)), 3)
     del image.PixelData
     box = Finding("fracture", 0.7, (2, 3, 20, 30), image.SOPInstanceUID, generate_uid())
@@ -259,14 +301,25 @@ def test_app_config_js_hangs_ai_results_first_and_loads_them_without_asking(tmp_
             for group in item["ContentSequence"]:
                 group["ContentSequence"] = [i for i in group["ContentSequence"] if "Algorithm" not in str(i)]
     report = {"Modality": "SR", "isImagingMeasurementReport": True}
-    display_sets = {
+    display_sets: dict[str, dict[str, object]] = {
         "found": {**report, "SeriesInstanceUID": "1.1", "instance": naturalized(found)},
         "nothing": {**report, "SeriesInstanceUID": "1.2", "instance": naturalized(nothing)},
         "own": {**report, "SeriesInstanceUID": "1.3", "instance": own},
         "image": {"Modality": "DX", "numImageFrames": 1},
     }
-    files = {"harness.js": _HARNESS, "app-config.js": app_config_js("http://127.0.0.1/dicomweb")}
-    files["display-sets.json"] = json.dumps(display_sets)
+    for uid, display_set in display_sets.items():
+        display_set["displaySetInstanceUID"] = uid
+    return display_sets
+
+
+def _run_app_config(tmp_path: Path, customizations: dict[str, object]) -> dict[str, Any]:
+    """What app-config.js does (``_HARNESS``) on a page with ``customizations``."""
+    files = {
+        "harness.js": _HARNESS,
+        "app-config.js": app_config_js("http://127.0.0.1/dicomweb"),
+        "display-sets.json": json.dumps(_display_sets()),
+        "customizations.json": json.dumps(customizations),
+    }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     done = subprocess.run(
@@ -276,16 +329,118 @@ def test_app_config_js_hangs_ai_results_first_and_loads_them_without_asking(tmp_
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_app_config_js_hangs_ai_results_first_and_loads_them_without_asking(tmp_path: Path) -> None:
+    """The extension in app-config.js, run in node against stand-ins for OHIF's services: an AI
+    result with a box is what the default hanging protocol prefers and is not asked about; one that
+    found nothing is shown as text; a radiologist's own report (no algorithm) is treated as before.
+    Outside a labeling task, OHIF's tracking and label prompts are asked as OHIF asks them."""
+    result = _run_app_config(tmp_path, {})
     [protocol] = result["protocols"]
     assert protocol["name"] == "default"  # replaces OHIF's default, which stays as it was
     weights = {rule["attribute"]: rule["weight"] for rule in protocol["rules"]}
-    assert weights == {"numImageFrames": 10, "isDisplaySetFromUrl": 40, "radstackAIResult": 30}
+    assert weights == {
+        "numImageFrames": 10,
+        "isDisplaySetFromUrl": 40,
+        "radstackAIResult": 30,
+        "radstackAIProposals": 50,
+    }
     assert result["unchangedDefault"] == 2
     assert result["isAIResult"] == {"found": True, "nothing": False, "own": False, "image": False}
+    assert not any(result["isAIProposal"].values())
     assert result["drawn"] == {"found": True, "nothing": False, "own": True}  # (the image has none)
-    assert result["asked"] == ["nothing", "own", "image"] and result["answers"] == [0, 5, 5, 5]
+    assert result["deleted"] == [] and result["commands"] == []
+    assert result["asked"] == [
+        ["hydrate", "nothing"],
+        ["hydrate", "own"],
+        ["hydrate", "image"],
+        ["begin", None],
+        ["new series", None],
+        ["label", None],
+    ]
+    assert result["answers"] == [0, "asked", "asked", "asked", "asked", "asked", "asked"]
+    # OHIF 3.13.2 leaves the labelled measurement as {0: 'F', 1: 'r', …}: it is put back, labelled.
+    assert result["measurement"] == {"uid": "m1", "referenceSeriesUID": "1.9", "label": "Fracture of bone"}
+    # Outside a task, an AI report is never hydrated, so its boxes keep their report.
+    assert result["hydrated"] == {"label": None, "predecessorImageId": "wadors:report"}
     assert result["global"] == {"ohif.tours": []}
+
+
+def test_a_labeling_task_gives_ohif_its_label_list_and_shows_ai_as_the_project_says(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A task's viewer URL names its customization (/viewer/tasks/<id>.jsonc, allowed by the app
+    config's only URL prefix): the project's labels as OHIF's forced-choice list, and AI results as
+    editable proposals or hidden. Run in node, app-config.js then hydrates an AI result without asking
+    (labelled from the list, in a series of the reader's own when saved) or removes it, and tracks the
+    reader's measurements without asking."""
+    ds = radiograph(41)
+    assert stow(server, dicom_body(ds)).status_code == 200
+    reader = {"Authorization": f"Bearer {server.token_for('radiologist')}"}
+    name = httpx.get(f"{server.url}/api/v1/me", headers=reader).json()["user"]
+    owner = Principal("admin", "admin", "password")
+    customizations: dict[bool, dict[str, Any]] = {}
+    for show_ai in (True, False):
+        server.platform.labeling.create(
+            owner,
+            f"legs-{str(show_ai).lower()}",
+            schema=SCHEMA,
+            cohort=[str(ds.StudyInstanceUID)],
+            readers=[name],
+            show_ai=show_ai,
+        )
+        task = httpx.get(f"{server.url}/api/v1/labeling/tasks/next", headers=reader).json()
+        assert task["viewer_url"].endswith(f"&customization=/task/{task['id']}")
+        response = httpx.get(f"{server.url}/viewer/tasks/{task['id']}.jsonc", headers=reader)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        module = response.json()
+        assert set(module) == {"global"}
+        customizations[show_ai] = {key: value["$set"] for key, value in module["global"].items()}
+        assert customizations[show_ai]["radstack.labelingTask"]["id"] == task["id"]
+        # Done with it (submitted), so the next task is the other project's.
+        assert httpx.post(
+            f"{server.url}/api/v1/labeling/tasks/{task['id']}/submit", headers=reader
+        ).is_success
+    assert customizations[True]["measurementLabels"] == {
+        "labelOnMeasure": True,
+        "exclusive": True,
+        "items": [
+            {"value": "Fracture of bone", "label": "Fracture of bone"},
+            {"value": "Dislocation of joint", "label": "Dislocation of joint"},
+        ],
+    }
+    assert customizations[True]["radstack.aiResults"] == "proposals"
+    assert customizations[False]["radstack.aiResults"] == "hidden"
+    # Only the task's reader (or a reviewer, the owner) gets it; others are told it does not exist.
+    stranger = {"Authorization": f"Bearer {server.token_for('radiologist')}"}
+    assert httpx.get(f"{server.url}/viewer/tasks/1.jsonc", headers=stranger).status_code == 404
+    assert httpx.get(f"{server.url}/viewer/tasks/1.jsonc").status_code == 401
+    assert app_config("http://x/dicomweb")["customizationUrlPrefixes"] == {
+        "default": "./customizations/",
+        "/task/": "./tasks/",
+    }
+
+    shown = _run_app_config(tmp_path, customizations[True])
+    assert shown["isAIProposal"] == {"found": True, "nothing": False, "own": False, "image": False}
+    assert shown["deleted"] == []
+    # The AI result is hydrated at once (what OHIF's HYDRATE_SR runs), the other reports are asked about.
+    assert shown["commands"] == [
+        ["hydrateStructuredReport", {"displaySetInstanceUID": "found"}, "CORNERSTONE_STRUCTURED_REPORT"]
+    ]
+    assert [name for name, _uid in shown["asked"]] == ["hydrate", "hydrate", "hydrate", "label"]
+    assert shown["answers"] == [5, "asked", "asked", "asked", 3, 2, "asked"]
+    assert shown["hydrated"] == {"label": "Fracture of bone", "predecessorImageId": None}
+
+    hidden = _run_app_config(tmp_path, customizations[False])
+    assert not any(hidden["isAIResult"].values()) and not any(hidden["isAIProposal"].values())
+    assert hidden["deleted"] == ["found"]  # neither hung nor listed
+    assert hidden["commands"] == [] and hidden["answers"][0] == 0  # and never loaded
+    assert hidden["answers"][-3:-1] == [3, 2]
+    assert hidden["hydrated"] == {"label": None, "predecessorImageId": "wadors:report"}
 
 
 #: src=, href=, url( and @import of an HTML page; each must stay on this server.

@@ -79,6 +79,7 @@ from radstack.store.studies import StudyStore
 
 __all__ = [
     "COHORT_MAX",
+    "VIEWER_TASK_PREFIX",
     "Assignment",
     "Label",
     "LabelSet",
@@ -99,6 +100,9 @@ __all__ = [
 
 #: The most studies one cohort may hold.
 COHORT_MAX = 100_000
+#: A task's viewer URL names the task as OHIF's ``customization`` parameter, ``/task/<id>``: OHIF
+#: fetches it (``radstack.web.viewer``) and offers the project's labels on every measurement.
+VIEWER_TASK_PREFIX = "/task/"
 #: The most readers (or reviewers) of one project, and labels in one submission.
 PEOPLE_MAX = 100
 LABELS_MAX = 1000
@@ -254,11 +258,12 @@ class Task:
 
     @property
     def viewer_url(self) -> str:
-        """Where OHIF opens the task's study (on its image, when it has one)."""
+        """Where OHIF opens the task's study (on its image, when it has one), with the project's labels."""
         params = {"StudyInstanceUIDs": self.study_uid}
         if self.sop_uid is not None:
             params["initialSOPInstanceUID"] = self.sop_uid
-        return "/viewer/viewer?" + urlencode(params)
+        params["customization"] = f"{VIEWER_TASK_PREFIX}{self.id}"
+        return "/viewer/viewer?" + urlencode(params, safe="/")
 
     def shown(self, uid: Callable[[str], str]) -> Task:
         """This task with its UIDs as ``uid`` maps them (a de-identified view's pseudonyms)."""

@@ -11,7 +11,12 @@ STOW on so OHIF saves measurements as SR, and an Accept header for frames that p
 store holds (OHIF decodes it with OpenJPH) and falls back to the stored transfer syntax. After the
 configuration's JSON comes :data:`AI_RESULTS_SCRIPT` (``viewer_ai.js``): the few lines of JavaScript
 that make OHIF open a study on its AI result, the radiograph with the AI's boxes and their text
-(:mod:`radstack.ai.results`), without a prompt to answer.
+(:mod:`radstack.ai.results`), without a prompt to answer; then :data:`LABELING_SCRIPT`
+(``viewer_labeling.js``).
+
+A labeling task's viewer URL (:attr:`radstack.labeling.projects.Task.viewer_url`) names
+``/viewer/tasks/<id>.jsonc`` as OHIF's ``customization``: :func:`task_customization`, the project's
+labels as OHIF's forced-choice list and how AI results are shown (docs/viewer.md, "Labeling tasks").
 """
 
 from __future__ import annotations
@@ -25,11 +30,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from radstack.errors import NotFound, RadstackError
+from radstack.labeling.projects import VIEWER_TASK_PREFIX, Project, Task
 from radstack.security.policy import ActionValues
-from radstack.web.deps import authorize, base_url, platform_of
+from radstack.web.deps import authorize, base_url, platform_of, principal_of
 from radstack.web.ohif import OHIF_VERSION, VIEWER_PREFIX, installed, viewer_dir
 
-__all__ = ["AI_RESULTS_SCRIPT", "ViewerNotInstalled", "app_config", "app_config_js", "router"]
+__all__ = [
+    "AI_RESULTS_SCRIPT",
+    "LABELING_SCRIPT",
+    "ViewerNotInstalled",
+    "app_config",
+    "app_config_js",
+    "router",
+    "task_customization",
+]
 
 router = APIRouter(include_in_schema=False)
 
@@ -64,6 +78,10 @@ _MEDIA_TYPES = {
 #: Appended to ``window.config``: AI results hung first, shown without a hydration prompt (functions,
 #: which JSON cannot hold; the file's comment says what and why).
 AI_RESULTS_SCRIPT = Path(__file__).with_name("viewer_ai.js").read_text(encoding="utf-8")
+#: Appended after it: a labeling task's measurements are tracked without asking (``viewer_labeling.js``).
+LABELING_SCRIPT = Path(__file__).with_name("viewer_labeling.js").read_text(encoding="utf-8")
+#: Where OHIF fetches a task's customization (``<task id>.jsonc``), relative to the viewer's root.
+TASK_CUSTOMIZATIONS = "tasks/"
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"
 
@@ -98,6 +116,10 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
     customization, which the viewer layout hands to ``Onboarding``, set to no tours in the
     ``global`` phase of the customizations; a plain value replaces the mode's default).
     :data:`AI_RESULTS_SCRIPT` adds to this, in JavaScript, an extension and a ``mode`` phase block.
+
+    ``customizationUrlPrefixes`` lets a viewer URL's ``customization`` load a labeling task's module
+    (``/task/<id>``) or one of the build's own ``customizations/<name>.jsonc``; OHIF refuses to start
+    on any other value.
     """
     return {
         "name": "radstack",
@@ -108,6 +130,13 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
         # AI_RESULTS_SCRIPT adds a `mode` block.
         "customizationService": {"global": {"ohif.tours": []}},
         "investigationalUseDialog": {"option": "never"},
+        # `?customization=/task/<id>` (a labeling task's viewer URL) loads /viewer/tasks/<id>.jsonc,
+        # the task's label list (task_customization); `?customization=<name>` one of the build's own
+        # customizations/<name>.jsonc (segmentation/binary: SEG saved as bitmap). Nothing else.
+        "customizationUrlPrefixes": {
+            "default": "./customizations/",
+            VIEWER_TASK_PREFIX: f"./{TASK_CUSTOMIZATIONS}",
+        },
         "showStudyList": True,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,
@@ -149,11 +178,37 @@ def app_config(dicomweb_root: str) -> dict[str, Any]:
 
 def app_config_js(dicomweb_root: str) -> str:
     """The body of ``/viewer/app-config.js``: :func:`app_config` as ``window.config``, then
-    :data:`AI_RESULTS_SCRIPT`."""
+    :data:`AI_RESULTS_SCRIPT` and :data:`LABELING_SCRIPT`."""
     return (
         f"/** radstack: OHIF {OHIF_VERSION} */\nwindow.config = "
-        f"{json.dumps(app_config(dicomweb_root), indent=2)};\n\n{AI_RESULTS_SCRIPT}"
+        f"{json.dumps(app_config(dicomweb_root), indent=2)};\n\n{AI_RESULTS_SCRIPT}\n{LABELING_SCRIPT}"
     )
+
+
+def task_customization(project: Project, task: Task) -> dict[str, Any]:
+    """The OHIF customization module a labeling task's viewer URL loads (``/viewer/tasks/<id>.jsonc``).
+
+    Its ``global`` phase sets, for the whole page:
+
+    * ``measurementLabels``, OHIF's forced-choice label list: every new measurement asks for one of
+      the project's labels (``labelOnMeasure``), and only those (``exclusive``). Each item's value is
+      the label's code meaning, the text OHIF then writes into the SR as the measurement's label
+      (a TID 1500 Comment) and by which :func:`radstack.labeling.schema.LabelSchema.find` knows it;
+    * ``radstack.labelingTask``: the task (``viewer_labeling.js``: its measurements are tracked without
+      asking whether to);
+    * ``radstack.aiResults``: ``proposals`` when the project shows AI proposals (an AI result is loaded
+      as editable measurements, each labelled from the list by its finding), else ``hidden`` (AI results
+      are neither hung nor listed); ``viewer_ai.js`` reads it.
+    """
+    items = [{"value": label.code.meaning, "label": label.code.meaning} for label in project.schema.labels]
+    task_info = {"id": task.id, "project": project.name, "kind": task.kind.value}
+    return {
+        "global": {
+            "measurementLabels": {"$set": {"labelOnMeasure": True, "exclusive": True, "items": items}},
+            "radstack.labelingTask": {"$set": task_info},
+            "radstack.aiResults": {"$set": "proposals" if project.show_ai else "hidden"},
+        }
+    }
 
 
 @router.get("/viewer")
@@ -170,6 +225,21 @@ def viewer_app_config(request: Request) -> Response:
     return Response(
         app_config_js(base_url(request)),
         media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": _REVALIDATE},
+    )
+
+
+@router.get("/viewer/tasks/{task_id}.jsonc")
+def viewer_task_customization(request: Request, task_id: int) -> Response:
+    """The customization OHIF loads for a labeling task (its viewer URL's ``customization=/task/<id>``),
+    for whoever may see the task: its reader, a reviewer or the project's owner."""
+    authorize(request, ActionValues.READ_PIXELS, resource="viewer")
+    service, principal = platform_of(request).labeling, principal_of(request)
+    task = service.task(principal, task_id)
+    project = service.get(principal, task.project)
+    return Response(
+        json.dumps(task_customization(project, task), indent=2),
+        media_type="application/json",
         headers={"Cache-Control": _REVALIDATE},
     )
 
