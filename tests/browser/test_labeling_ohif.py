@@ -48,7 +48,7 @@ SCHEMA: dict[str, Any] = {
         {
             "key": "fracture",
             "code": {"value": "125605004", "scheme": "SCT", "meaning": "Fracture of bone"},
-            "geometry": ["box", "point", "class"],
+            "geometry": ["box", "point", "mask", "class"],
             "laterality": True,
             "site": True,
         },
@@ -91,8 +91,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     )
     for server in start_server(settings):
         platform = server.platform
-        # A radiologist: a reader who may also store (STOW) what they save in OHIF.
-        platform.accounts.create_user(READER, "radiologist", password=PASSWORD)
+        # An annotator: a reader who may store (STOW) only the label objects of her tasks.
+        platform.accounts.create_user(READER, "annotator", password=PASSWORD)
         built = Site(server)
         for project, show_ai, with_ai in (
             ("legs", False, False),
@@ -286,8 +286,10 @@ def test_a_reader_labels_a_box_from_the_list_and_saves_an_enhanced_sr(
     x0, y0, x1, y1 = drawn.data["box"]
     assert 0 <= x0 < x1 <= image.Columns and 0 <= y0 < y1 <= image.Rows and x1 - x0 > 100
     assert schema_keys([drawn]) == ["fracture"]
-    # The label on the task, once an arriving SR becomes the task's labels (the intake), goes here:
-    # assert [(lb["label"], lb["geometry"]) for lb in task_labels(site, task["id"])] == [("fracture", "box")]
+    # The SR became the labels of the reader's task (the intake), with the box where it was drawn.
+    [on_task] = task_labels(site, task["id"])
+    assert (on_task["label"], on_task["geometry"], on_task["source"]) == ("fracture", "box", "sr")
+    assert on_task["data"]["box"] == [x0, y0, x1, y1] and on_task["source_uid"] == report.SOPInstanceUID
     assert errors == [], errors
 
 
@@ -383,4 +385,8 @@ def test_a_mask_painted_on_the_radiograph_is_stored_as_a_seg(
     rle = mask.data["mask"]["rle"]
     assert rle["size"] == [image.Rows, image.Columns]
     assert sum(rle["counts"][1::2]) > 1000  # the painted stroke
+    # The SEG became the mask label of the reader's task (the intake).
+    [on_task] = task_labels(site, task["id"])
+    assert (on_task["label"], on_task["geometry"], on_task["source"]) == ("fracture", "mask", "seg")
+    assert on_task["data"]["mask"]["rle"] == rle
     assert errors == [], errors
