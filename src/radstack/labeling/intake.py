@@ -70,7 +70,7 @@ from radstack.ingest.pipeline import Admission, Screen
 from radstack.labeling.blinding import insert_object
 from radstack.labeling.labels import DrawnLabel, labels_of_seg, labels_of_sr
 from radstack.labeling.labels import Geometry as Drawn
-from radstack.labeling.models import ItemRow, LabelObjectRow, LabelRow, ProjectRow, TaskRow
+from radstack.labeling.models import ItemRow, LabelObjectRow, ProjectRow, TaskRow
 from radstack.labeling.projects import (
     LABELS_MAX,
     LabelSet,
@@ -116,24 +116,6 @@ _AS_SCHEMA = {
     Drawn.CLASS: Geometry.CLASS,
 }
 _EXTENT_OF = frozenset({Drawn.ELLIPSE, Drawn.POLYGON})
-#: The columns a label keeps when it is carried into a task's next revision.
-_CARRIED = (
-    "project_id",
-    "item_id",
-    "task_id",
-    "reader",
-    "label",
-    "geometry",
-    "data",
-    "value",
-    "sop_uid",
-    "frame",
-    "laterality",
-    "site",
-    "source",
-    "source_uid",
-    "created_at",
-)
 
 JsonDict = dict[str, Any]
 
@@ -487,26 +469,16 @@ class LabelIntake:
                 project_id=fit.part.project_id,
                 reader=principal.subject,
             )
-        result = ProjectService._replace_labels(
-            fit.task.id, principal.subject, fit.labels, source, record.sop_uid, session
-        )
         # Labels of the other sources (a SEG's masks beside an SR's boxes, JSON labels) stay current.
-        carried = session.scalars(
-            select(LabelRow)
-            .where(
-                LabelRow.task_id == fit.task.id,
-                LabelRow.revision == result.revision - 1,
-                LabelRow.source != source.value,
-            )
-            .order_by(LabelRow.id)
-        ).all()
-        session.add_all(_carried(row, result.revision) for row in carried)
-        return result
-
-
-def _carried(row: LabelRow, revision: int) -> LabelRow:
-    """A copy of a current label in the task's next revision (as it was: source, data, time)."""
-    return LabelRow(**{name: getattr(row, name) for name in _CARRIED}, revision=revision, superseded_at=None)
+        return ProjectService._replace_labels(
+            fit.task.id,
+            principal.subject,
+            fit.labels,
+            source,
+            record.sop_uid,
+            session,
+            keep=lambda row: row.source != source.value,
+        )
 
 
 @dataclass

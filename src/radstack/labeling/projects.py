@@ -159,6 +159,25 @@ class Member(StrEnum):
     READER = "reader"
 
 
+#: The columns a label keeps when it is carried into its task's next revision (its source and time too).
+_CARRIED = (
+    "project_id",
+    "item_id",
+    "task_id",
+    "reader",
+    "label",
+    "geometry",
+    "data",
+    "value",
+    "sop_uid",
+    "frame",
+    "laterality",
+    "site",
+    "source",
+    "source_uid",
+    "created_at",
+)
+
 #: The action each membership needs of the caller's role.
 _MEMBER_ACTION = {
     Member.OWNER: ActionValues.MANAGE_DATASETS,
@@ -1190,7 +1209,17 @@ class ProjectService:
         source: LabelSource,
         source_uid: str | None,
         session: Session,
+        *,
+        keep: Callable[[LabelRow], bool] | None = None,
     ) -> LabelSet:
+        """The task's next revision: ``checked`` (from ``source``), plus the current labels ``keep``
+        says to carry over as they were (none without it); every current label is superseded.
+
+        Raises
+        ------
+        Conflict
+            The task is no longer assigned, or its project was closed.
+        """
         # The write comes first: it takes the task's lock (and SQLite's write lock) before anything is
         # read, so two submissions for one task get consecutive revisions.
         open_projects = select(ProjectRow.id).where(ProjectRow.state == ProjectState.OPEN.value)
@@ -1208,12 +1237,26 @@ class ProjectService:
         task = session.get(TaskRow, task_id)
         assert task is not None
         now = _now()
+        current = session.scalars(
+            select(LabelRow)
+            .where(LabelRow.task_id == task_id, LabelRow.superseded_at.is_(None))
+            .order_by(LabelRow.id)
+        ).all()
+        carried = [
+            LabelRow(
+                **{name: getattr(row, name) for name in _CARRIED},
+                revision=task.revision,
+                superseded_at=None,
+            )
+            for row in current
+            if keep is not None and keep(row)
+        ]
         session.execute(
             update(LabelRow)
             .where(LabelRow.task_id == task_id, LabelRow.superseded_at.is_(None))
             .values(superseded_at=now)
         )
-        rows = [
+        rows = carried + [
             LabelRow(
                 project_id=task.project_id,
                 item_id=task.item_id,

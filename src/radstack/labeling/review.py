@@ -906,91 +906,40 @@ class ReviewService:
                 "decision": "accepted" if accepted else "rejected",
             }
             with audited(self._audit, principal, AuditActionValues.WRITE, resource):
-                values = {
-                    "label": definition.key,
-                    "geometry": Geometry.BOX.value,
-                    "data": json.dumps({"box": [x0, y0, x1, y1]}, separators=(",", ":")),
-                    "value": None if accepted else NEGATIVE,
-                    "sop_uid": sop_uid,
-                    "source_uid": finding_uid,
-                }
-                result = self.projects._write(partial(_with_ai_label, task.id, values))
-                if result is not None:
-                    resource["revision"] = result.revision
-                    results.append(result)
+                checked = CheckedLabel(
+                    index=0,
+                    label=definition,
+                    geometry=Geometry.BOX,
+                    data={"box": [x0, y0, x1, y1]},
+                    sop_uid=sop_uid,
+                    frame=None,
+                    laterality=None,
+                    site=None,
+                    value=None if accepted else NEGATIVE,
+                )
+                try:
+                    # The label an earlier decision on the same finding gave is replaced.
+                    result = self.projects._write(
+                        partial(
+                            ProjectService._replace_labels,
+                            task.id,
+                            task.reader,
+                            [checked],
+                            LabelSource.AI_REVIEW,
+                            finding_uid,
+                            keep=lambda row: (
+                                not (
+                                    row.source == LabelSource.AI_REVIEW.value
+                                    and row.source_uid == finding_uid
+                                )
+                            ),
+                        )
+                    )
+                except Conflict:  # the task was submitted or its project closed meanwhile
+                    continue
+                resource["revision"] = result.revision
+                results.append(result)
         return results
-
-
-def _with_ai_label(task_id: int, values: JsonDict, session: Session) -> LabelSet | None:
-    """The task's current labels as a new revision, the AI label (``values``) replacing the one an
-    earlier decision on the same finding gave; None when the task is no longer open."""
-    open_projects = select(ProjectRow.id).where(ProjectRow.state == ProjectState.OPEN.value)
-    bumped = session.execute(
-        update(TaskRow)
-        .where(
-            TaskRow.id == task_id,
-            TaskRow.state == TaskState.ASSIGNED.value,
-            TaskRow.project_id.in_(open_projects),
-        )
-        .values(revision=TaskRow.revision + 1)
-    )
-    if bumped.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    task = session.get(TaskRow, task_id)
-    assert task is not None
-    now = _now()
-    current = session.scalars(
-        select(LabelRow)
-        .where(LabelRow.task_id == task_id, LabelRow.superseded_at.is_(None))
-        .order_by(LabelRow.id)
-    ).all()
-    session.execute(
-        update(LabelRow)
-        .where(LabelRow.task_id == task_id, LabelRow.superseded_at.is_(None))
-        .values(superseded_at=now)
-    )
-    copied = (
-        "label",
-        "geometry",
-        "data",
-        "value",
-        "sop_uid",
-        "frame",
-        "laterality",
-        "site",
-        "source",
-        "source_uid",
-    )
-    kept = [
-        {name: getattr(row, name) for name in copied}
-        for row in current
-        if not (row.source == LabelSource.AI_REVIEW.value and row.source_uid == values["source_uid"])
-    ]
-    rows = [
-        LabelRow(
-            project_id=task.project_id,
-            item_id=task.item_id,
-            task_id=task_id,
-            reader=task.reader,
-            revision=task.revision,
-            superseded_at=None,
-            created_at=now,
-            **fields,
-        )
-        for fields in [
-            *kept,
-            {
-                **values,
-                "frame": None,
-                "laterality": None,
-                "site": None,
-                "source": LabelSource.AI_REVIEW.value,
-            },
-        ]
-    ]
-    session.add_all(rows)
-    session.flush()
-    return LabelSet(task_id=task_id, revision=task.revision, labels=tuple(_label(row) for row in rows))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
