@@ -43,6 +43,7 @@ from radstack.labeling.schema import Geometry
 from radstack.security.audit import AuditActionValues
 from radstack.security.views import View
 from radstack.web.deps import note, page_or_error, platform_of, principal_of, signed_in_page, view_of
+from radstack.web.labeling import LabelOut
 
 __all__ = ["pages", "router"]
 
@@ -73,28 +74,14 @@ class ReviewTaskOut(BaseModel):
         return cls.model_validate({name: getattr(task, name) for name in cls.model_fields})
 
 
-class ReviewLabelOut(BaseModel):
-    id: int
-    reader: str
-    label: str
-    geometry: Geometry
-    data: dict[str, Any]
-    value: str | None
-    sop_uid: str
-    frame: int | None
-    laterality: str | None
-    site: str | None
-    source: str
-    source_uid: str | None = Field(description="the SR or SEG it was read from (a consensus: written to)")
-    revision: int
+class ReviewLabelOut(LabelOut):
+    """A reader's (or the consensus') label as a reviewer sees it."""
+
     rejected: bool = Field(description="a reviewer rejected it: it is left out of the proposal")
 
     @classmethod
     def of(cls, label: Label, rejected: bool = False) -> ReviewLabelOut:
-        fields = {
-            name: getattr(label, name) for name in cls.model_fields if name not in ("source", "rejected")
-        }
-        return cls.model_validate({**fields, "source": label.source.value, "rejected": rejected})
+        return cls.model_validate({**LabelOut.of(label).model_dump(), "rejected": rejected})
 
 
 class ReaderOut(BaseModel):
