@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import io
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 import numpy as np
@@ -170,3 +170,42 @@ class FullDisk(LocalBlobStore):
     def _write(self, handle: BinaryIO, data: bytes) -> None:
         self.refused += 1
         raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class Caller:
+    """API calls as one new user of ``role`` (``name``: their user name, as the server knows it)."""
+
+    def __init__(self, server: RunningServer, role: str) -> None:
+        self.server = server
+        self.headers = {"Authorization": f"Bearer {server.token_for(role)}"}
+        self.name: str = self.get("/api/v1/me").json()["user"]
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send("PUT", path, **kwargs)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{self.server.url}{path}", headers=headers, timeout=60, **kwargs)
+
+    def page(self, path: str = "/labeling") -> httpx.Response:
+        """A page, as a browser asks for it."""
+        return self.get(path, headers={"Accept": "text/html"})
+
+    def ok(self, response: httpx.Response) -> Any:
+        """The JSON of a 200 or 201 answer."""
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+
+def problem_detail(response: httpx.Response, status: int) -> str:
+    """The detail of an RFC 9457 problem answer with ``status``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    detail: str = response.json()["detail"]
+    return detail

@@ -35,7 +35,7 @@ from radstack.platform import Platform
 from radstack.security.policy import Principal
 from tests.ai.results import ingest, radiograph, record
 from tests.conftest import RunningServer, require_binary
-from tests.helpers import dicom_body, stow
+from tests.helpers import Caller, dicom_body, problem_detail, stow
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,37 +56,6 @@ SCHEMA: dict[str, Any] = {
 }
 ROWS, COLUMNS = 96, 80  # tests.ai.results.radiograph (size=(96, 80): rows, columns)
 ADMIN = Principal("admin", "admin", "password")
-
-
-class Caller:
-    """API calls as one new user of ``role``."""
-
-    def __init__(self, server: RunningServer, role: str) -> None:
-        self.server = server
-        self.headers = {"Authorization": f"Bearer {server.token_for(role)}"}
-        self.name: str = self.get("/api/v1/me").json()["user"]
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return httpx.get(f"{self.server.url}{path}", headers=headers, timeout=60, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return httpx.post(f"{self.server.url}{path}", headers=headers, timeout=60, **kwargs)
-
-    def put(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return httpx.put(f"{self.server.url}{path}", headers=headers, timeout=60, **kwargs)
-
-    def ok(self, response: httpx.Response) -> Any:
-        assert response.status_code in (200, 201), response.text
-        return response.json()
-
-
-def _problem(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    detail: str = response.json()["detail"]
-    return detail
 
 
 @pytest.fixture
@@ -251,15 +220,17 @@ def test_two_readers_a_review_and_a_consensus_sr_and_seg_in_the_study(
     assert progress["tasks"] == {"assigned": 0, "submitted": 2, "skipped": 0}
 
     # ------------------------------------------------------------------ who may see and decide
-    assert "not found" in _problem(rita.get(url), 404)  # a reader: the review does not exist
-    assert "not found" in _problem(raj.post(f"{url}/accept"), 404)
+    assert "not found" in problem_detail(rita.get(url), 404)  # a reader: the review does not exist
+    assert "not found" in problem_detail(raj.post(f"{url}/accept"), 404)
     seen = vic.ok(vic.get(url))  # another reviewer may look, not decide
-    assert "only its reader may act on it" in _problem(vic.post(f"{url}/accept"), 403)
+    assert "only its reader may act on it" in problem_detail(vic.post(f"{url}/accept"), 403)
     assert owner.ok(owner.get(url))["task"]["id"] == review["id"]
     reading = _task(rita, ds)["id"]
-    assert "is a read task" in _problem(reva.get(f"/api/v1/labeling/tasks/{reading}/review"), 404)
+    assert "is a read task" in problem_detail(reva.get(f"/api/v1/labeling/tasks/{reading}/review"), 404)
     # A review task is decided by the review routes, not submitted as a read.
-    assert "is a review task" in _problem(reva.post(f"/api/v1/labeling/tasks/{review['id']}/submit"), 409)
+    assert "is a review task" in problem_detail(
+        reva.post(f"/api/v1/labeling/tasks/{review['id']}/submit"), 409
+    )
 
     # ------------------------------------------------------------------ side by side, the proposal
     shown = reva.ok(reva.get(url))
@@ -362,7 +333,7 @@ def test_two_readers_a_review_and_a_consensus_sr_and_seg_in_the_study(
     assert again != sr_uid
     assert _boxes_of_sr(_retrieve(server, ds, series["SR"], again))[0][1][0] == [11.0, 21.0]
     # An edit is checked as a reader's labels are.
-    assert "is outside image" in _problem(
+    assert "is outside image" in problem_detail(
         reva.post(f"{url}/edit", json={"labels": [_label(ds, "box", {"box": [0, 0, 200, 10]})]}), 400
     )
 
@@ -405,10 +376,10 @@ def test_a_disagreement_goes_to_another_reviewer_whose_decision_is_final(
     # The rules: the owner's; a bad one is refused naming the field; a reader may not set them.
     rules = "/api/v1/labeling/projects/wrists/consensus-rules"
     assert owner.ok(owner.get(rules)) == ConsensusRules().to_json()
-    assert "consensus.boxes 'mean' is not one of quorum, wbf" in _problem(
+    assert "consensus.boxes 'mean' is not one of quorum, wbf" in problem_detail(
         owner.put(rules, json={"boxes": "mean"}), 400
     )
-    assert "only the owner" in _problem(rita.put(rules, json={"boxes": "wbf"}), 403)
+    assert "only the owner" in problem_detail(rita.put(rules, json={"boxes": "wbf"}), 403)
     assert owner.ok(owner.put(rules, json={"boxes": "wbf"}))["boxes"] == "wbf"
 
     _read(
@@ -439,8 +410,8 @@ def test_a_disagreement_goes_to_another_reviewer_whose_decision_is_final(
     [sr_uid] = _instances(server, ds, _by_modality(server, ds)["SR"])
     assert _retrieve(server, ds, _by_modality(server, ds)["SR"], sr_uid).PreliminaryFlag == "PRELIMINARY"
     assert not next(iter(consensus_labels(server.platform.store.engine, _project_id(server)).values())).final
-    assert "went to adjudication" in _problem(reva.post(f"{url}/accept"), 409)
-    assert "only its reader may act on it" in _problem(
+    assert "went to adjudication" in problem_detail(reva.post(f"{url}/accept"), 409)
+    assert "only its reader may act on it" in problem_detail(
         reva.post(f"/api/v1/labeling/tasks/{adjudication}/review/accept"), 403
     )
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from radstack.security.policy import SYSTEM
 from tests.ai.results import DEFINITE, SUSPICIOUS, radiograph, record
 from tests.ai.tiny_models import CONTRACT, metrics, tiny_onnx
 from tests.conftest import RunningServer
-from tests.helpers import dicom_body, signed_in_browser, stow
+from tests.helpers import Caller, dicom_body, problem_detail, signed_in_browser, stow
 
 HTML = {"Accept": "text/html"}
 
@@ -36,29 +35,6 @@ def _stored(server: RunningServer, *seeds: int) -> list[Dataset]:
     studies = [radiograph(seed) for seed in seeds]
     assert stow(server, dicom_body(*studies)).status_code == 200
     return studies
-
-
-class Caller:
-    """API calls with one user's token."""
-
-    def __init__(self, server: RunningServer, role: str) -> None:
-        self.server = server
-        self.headers = {"Authorization": f"Bearer {server.token_for(role)}"}
-
-    def get(self, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
-        return httpx.get(
-            f"{self.server.url}{path}", headers={**self.headers, **(headers or {})}, timeout=30, **kwargs
-        )
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.server.url}{path}", headers=self.headers, timeout=30, **kwargs)
-
-
-def _problem(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    detail: str = response.json()["detail"]
-    return detail
 
 
 def _order(page: httpx.Response) -> list[str]:
@@ -159,21 +135,26 @@ def test_review_through_the_api(server: RunningServer) -> None:
     ]
 
     for role in ("technologist", "data-scientist"):
-        assert "may not label" in _problem(
+        assert "may not label" in problem_detail(
             Caller(server, role).post(review, json={"decision": "accepted"}), 403
         )
-    assert "has no finding 7; it has findings 0–1" in _problem(
+    assert "has no finding 7; it has findings 0–1" in problem_detail(
         rita.post(f"/api/v1/ai-results/{result.id}/findings/7/review", json={"decision": "accepted"}), 404
     )
-    assert "AI result 987654 not found" in _problem(
+    assert "AI result 987654 not found" in problem_detail(
         rita.post("/api/v1/ai-results/987654/findings/0/review", json={"decision": "accepted"}), 404
     )
-    assert "decision 'probably' is not one of accepted, rejected" in _problem(
+    assert "decision 'probably' is not one of accepted, rejected" in problem_detail(
         rita.post(review, json={"decision": "probably"}), 400
     )
     record(server.platform.ai_results, study, [0.8], version=2)
-    assert "was superseded by a newer run" in _problem(rita.post(review, json={"decision": "accepted"}), 409)
-    assert _problem(rita.get("/api/v1/studies/1.2.3.999/ai-results"), 404) == "study 1.2.3.999 is not stored"
+    assert "was superseded by a newer run" in problem_detail(
+        rita.post(review, json={"decision": "accepted"}), 409
+    )
+    assert (
+        problem_detail(rita.get("/api/v1/studies/1.2.3.999/ai-results"), 404)
+        == "study 1.2.3.999 is not stored"
+    )
 
 
 def test_labels_and_what_a_deidentified_role_sees(server: RunningServer) -> None:
@@ -206,10 +187,10 @@ def test_labels_and_what_a_deidentified_role_sees(server: RunningServer) -> None
     assert (first["model"], first["model_version"], first["label"]) == ("fracture", 1, "fracture")
     assert [x["index"] for x in rita.get("/api/v1/ai-labels", params={"decision": "rejected"}).json()] == [1]
     assert rita.get("/api/v1/ai-labels", params={"model": "other"}).json() == []
-    assert "decision 'x' is not one of accepted, rejected" in _problem(
+    assert "decision 'x' is not one of accepted, rejected" in problem_detail(
         rita.get("/api/v1/ai-labels", params={"decision": "x"}), 400
     )
-    assert "may not label" in _problem(tom.get("/api/v1/ai-labels"), 403)
+    assert "may not label" in problem_detail(tom.get("/api/v1/ai-labels"), 403)
 
     # A data scientist (read-datasets, de-identified): the same labels under pseudonymous UIDs, no comment.
     deid = server.platform.deidentifier
@@ -334,11 +315,11 @@ def test_scores_per_version_per_day_on_the_api_and_the_model_page(
         (1, 2, 2, [0, 1, 0, 0, 0, 0, 0, 0, 0, 1]),
     ]
     assert body["scores"][1]["mean"] == pytest.approx(0.55)
-    assert "may not read models" in _problem(
+    assert "may not read models" in problem_detail(
         Caller(server, "technologist").get("/api/v1/models/fracture/score-distribution"), 403
     )
-    assert _problem(rita.get("/api/v1/models/nothing/score-distribution"), 404)
-    assert "days 0 must be 1 to 366" in _problem(
+    assert problem_detail(rita.get("/api/v1/models/nothing/score-distribution"), 404)
+    assert "days 0 must be 1 to 366" in problem_detail(
         rita.get("/api/v1/models/fracture/score-distribution", params={"days": 0}), 400
     )
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from pydicom.dataset import Dataset
 
 from tests.ai.results import radiograph
 from tests.conftest import RunningServer
-from tests.helpers import dicom_body, stow
+from tests.helpers import Caller, dicom_body, problem_detail, stow
 
 SCHEMA: dict[str, Any] = {
     "labels": [
@@ -32,33 +31,6 @@ SCHEMA: dict[str, Any] = {
         },
     ]
 }
-
-
-class Caller:
-    """API calls as one new user of ``role`` (``name``: their user name, as the server knows it)."""
-
-    def __init__(self, server: RunningServer, role: str) -> None:
-        self.server = server
-        self.headers = {"Authorization": f"Bearer {server.token_for(role)}"}
-        self.name: str = self.get("/api/v1/me").json()["user"]
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return httpx.get(f"{self.server.url}{path}", headers=headers, timeout=30, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        return httpx.post(f"{self.server.url}{path}", headers=headers, timeout=30, **kwargs)
-
-    def page(self, path: str = "/labeling") -> httpx.Response:
-        return self.get(path, headers={"Accept": "text/html"})
-
-
-def _problem(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    detail: str = response.json()["detail"]
-    return detail
 
 
 @pytest.fixture
@@ -145,7 +117,7 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
         (rita, _project(people, real), 403, "the annotator role may not manage datasets"),
     ]
     for caller, body, status, message in refusals:
-        assert message in _problem(caller.post("/api/v1/labeling/projects", json=body), status)
+        assert message in problem_detail(caller.post("/api/v1/labeling/projects", json=body), status)
     assert owner.get("/api/v1/labeling/projects").json() == []
 
     made = owner.post("/api/v1/labeling/projects", json=_project(people, cohort))
@@ -162,7 +134,7 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
         "total": 4,
     }
     conflict = owner.post("/api/v1/labeling/projects", json=_project(people, cohort))
-    assert "a labeling project named 'wrists' exists" in _problem(conflict, 409)
+    assert "a labeling project named 'wrists' exists" in problem_detail(conflict, 409)
 
     # ------------------------------------------------------------------ who sees which tasks
     mine = rita.get("/api/v1/labeling/tasks").json()
@@ -178,10 +150,10 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
     assert len(reva.get("/api/v1/labeling/tasks", params={"project": "wrists"}).json()) == 4
     owners = owner.get("/api/v1/labeling/tasks", params={"project": "wrists"}).json()
     assert [t["study_uid"] for t in owners] == cohort  # the owner's view: pseudonyms, in cohort order
-    assert "labeling project 'wrists' not found" in _problem(
+    assert "labeling project 'wrists' not found" in problem_detail(
         otto.get("/api/v1/labeling/projects/wrists"), 404
     )
-    _problem(otto.get("/api/v1/labeling/tasks", params={"project": "wrists"}), 404)
+    problem_detail(otto.get("/api/v1/labeling/tasks", params={"project": "wrists"}), 404)
     assert otto.get("/api/v1/labeling/projects").json() == []
     assert [p["member"] for p in rita.get("/api/v1/labeling/projects").json()] == [["reader"]]
 
@@ -237,7 +209,7 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
         (otto, [_box(ds)], 404, f"labeling task {task} not found"),
     ]
     for caller, sent_labels, status, message in refused:
-        assert message in _problem(caller.post(labels, json={"labels": sent_labels}), status)
+        assert message in problem_detail(caller.post(labels, json={"labels": sent_labels}), status)
     assert rita.get(labels).json()["revision"] == 1  # none of that changed anything
 
     again = rita.post(labels, json={"labels": [_box(ds, data={"box": [12, 22, 32, 42]})]})
@@ -254,12 +226,12 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
     ]
     # Blinding: the reviewer sees rita's labels, the other reader does not (and rita not raj's).
     assert len(reva.get(labels, params={"all": "true"}).json()["labels"]) == 3
-    _problem(raj.get(labels), 404)
-    _problem(rita.get(f"/api/v1/labeling/tasks/{raj_task}/labels"), 404)
+    problem_detail(raj.get(labels), 404)
+    problem_detail(rita.get(f"/api/v1/labeling/tasks/{raj_task}/labels"), 404)
 
     done = rita.post(f"/api/v1/labeling/tasks/{task}/submit")
     assert done.status_code == 200 and done.json()["state"] == "submitted" and done.json()["revision"] == 2
-    assert "labels go to an assigned task" in _problem(rita.post(labels, json={"labels": []}), 409)
+    assert "labels go to an assigned task" in problem_detail(rita.post(labels, json={"labels": []}), 409)
     upcoming = rita.get("/api/v1/labeling/tasks/next").json()
     assert upcoming["position"] == 2
     progress = owner.get("/api/v1/labeling/projects/wrists").json()["progress"]
@@ -279,14 +251,14 @@ def test_a_project_with_two_readers_and_a_reviewer_through_the_api(
     assert 'action="/labeling/projects"' not in page.text  # an annotator makes no project
 
     # ------------------------------------------------------------------ closing
-    assert "only the owner of labeling project 'wrists'" in _problem(
+    assert "only the owner of labeling project 'wrists'" in problem_detail(
         rita.post("/api/v1/labeling/projects/wrists/close"), 403
     )
     left = rita.get("/api/v1/labeling/tasks/next").json()["id"]
     closed = owner.post("/api/v1/labeling/projects/wrists/close")
     assert closed.status_code == 200 and closed.json()["state"] == "closed"
     assert rita.get("/api/v1/labeling/tasks/next").status_code == 204
-    assert "labeling project 'wrists' is closed" in _problem(
+    assert "labeling project 'wrists' is closed" in problem_detail(
         rita.post(f"/api/v1/labeling/tasks/{left}/submit"), 409
     )
 

@@ -16,6 +16,7 @@ import pytest
 from radstack.security.audit import AuditOutcomeValues
 from tests.ai.tiny_models import CONTRACT, bundle_metadata, bundle_zip, metrics, tiny_onnx
 from tests.conftest import RunningServer, server_settings, start_server
+from tests.helpers import problem_detail
 
 HTML = {"Accept": "text/html"}
 CARD = {
@@ -69,13 +70,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield Registry(server, tokens, tiny_onnx())
 
 
-def _problem(response: httpx.Response, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    detail: str = response.json()["detail"]
-    return detail
-
-
 def test_import_review_promote_and_rollback(registry: Registry) -> None:
     created = registry.register_onnx("alice", "wrist")
     assert created.status_code == 201, created.text
@@ -91,19 +85,19 @@ def test_import_review_promote_and_rollback(registry: Registry) -> None:
     trainer = first["trained_by"]
 
     # Not production before approval; not approved by the trainer; not by a radiologist.
-    detail = _problem(
+    detail = problem_detail(
         registry.call(
             "alice", "POST", "/api/v1/models/wrist/versions/1/promote", json={"stage": "production"}
         ),
         409,
     )
     assert "only approved versions reach production" in detail
-    detail = _problem(
+    detail = problem_detail(
         registry.call("alice", "POST", "/api/v1/models/wrist/versions/1/approve", json={"comment": "mine"}),
         403,
     )
     assert f"'{trainer}' trained wrist v1" in detail and "separation of duties" in detail
-    detail = _problem(
+    detail = problem_detail(
         registry.call("rita", "POST", "/api/v1/models/wrist/versions/1/approve", json={"comment": "ok"}), 403
     )
     assert detail == "the radiologist role may not manage models"
@@ -130,7 +124,9 @@ def test_import_review_promote_and_rollback(registry: Registry) -> None:
     back = registry.call("bob", "POST", "/api/v1/models/wrist/rollback")
     assert back.status_code == 200 and back.json()["version"] == 1
     assert registry.call("bob", "GET", "/api/v1/models/wrist").json()["production_version"] == 1
-    assert "no earlier one" in _problem(registry.call("bob", "POST", "/api/v1/models/wrist/rollback"), 409)
+    assert "no earlier one" in problem_detail(
+        registry.call("bob", "POST", "/api/v1/models/wrist/rollback"), 409
+    )
     history = registry.call("bob", "GET", "/api/v1/models/wrist/history").json()
     assert [(h["version"], h["to_stage"], h["reason"]) for h in history[:2]] == [
         (1, "production", "rollback"),
@@ -189,7 +185,7 @@ def test_radiologist_reads_model_cards_but_changes_nothing(registry: Registry) -
 
 def test_corrupt_onnx_and_bad_contract_are_problems_that_change_nothing(registry: Registry) -> None:
     assert registry.register_onnx("alice", "ankle").status_code == 201
-    detail = _problem(
+    detail = problem_detail(
         registry.register_onnx("alice", "ankle", b"\x08\x07 this is not a protobuf \xff\xff"), 422
     )
     assert detail.startswith("model.onnx is not an ONNX model")
@@ -200,12 +196,12 @@ def test_corrupt_onnx_and_bad_contract_are_problems_that_change_nothing(registry
         "/api/v1/models/ankle/versions",
         files={"onnx": ("m.onnx", registry.onnx), "contract": ("c.json", json.dumps(wrong))},
     )
-    detail = _problem(response, 422)
+    detail = problem_detail(response, 422)
     assert "input 'pixels' is not in the graph of model.onnx" in detail and "'image'" in detail
     missing = registry.call(
         "alice", "POST", "/api/v1/models/ankle/versions", files={"onnx": ("m.onnx", registry.onnx)}
     )
-    assert "needs its 'contract'" in _problem(missing, 400)
+    assert "needs its 'contract'" in problem_detail(missing, 400)
     versions = registry.call("alice", "GET", "/api/v1/models/ankle/versions").json()
     assert [(v["version"], v["status"]) for v in versions] == [(1, "pending")]
 
@@ -224,7 +220,7 @@ def test_monai_bundle_import_and_a_mismatched_bundle(registry: Registry) -> None
     response = registry.call(
         "alice", "POST", "/api/v1/models/squares/versions", files={"bundle": ("b.zip", mismatched)}
     )
-    detail = _problem(response, 422)
+    detail = problem_detail(response, 422)
     assert "configs/metadata.json does not match models/model.pt: output 'pred'" in detail
     assert len(registry.call("alice", "GET", "/api/v1/models/squares/versions").json()) == 1
 
