@@ -591,6 +591,8 @@ def test_the_intake_on_each_backend(backend_settings: Settings) -> None:
         assert _labels(world, "rita", 0, history=True) == labels
         assert sorted(row[0] for row in _objects(world)) == sorted([sr.SOPInstanceUID, mask.SOPInstanceUID])
         assert not _in_qido(world, refused)
+        # Blinding on this backend: rita sees her SR, raj (the other reader) does not.
+        assert _in_qido(world, sr, world.tokens["rita"]) and not _in_qido(world, sr, world.tokens["raj"])
 
 
 def test_a_reviewers_sr_into_a_blinded_cohort_is_refused(world: World) -> None:

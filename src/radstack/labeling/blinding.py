@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import BindParameter, Engine, bindparam, exists, or_, select
 from sqlalchemy.orm import Session
 
 from radstack.errors import Conflict, NotFound
@@ -51,6 +51,22 @@ __all__ = ["AiSeries", "Blinding", "insert_object"]
 AiSeries = Callable[[Sequence[str]], Mapping[str, set[str]]]
 #: Studies (or UIDs) per ``IN (…)`` of one lookup.
 _CHUNK = 500
+_STUDIES: BindParameter[list[str]] = bindparam("studies", expanding=True)
+#: Whether anything of the studies could be hidden from anyone: a label object, or a place in the
+#: cohort of an open blinded project without AI proposals. Built once (its compiled form is cached),
+#: it keeps the common case (nothing to hide) to one indexed query on every WADO-RS request.
+_MAY_HIDE = select(
+    or_(
+        exists().where(LabelObjectRow.study_uid.in_(_STUDIES)),
+        exists().where(
+            ItemRow.study_uid.in_(_STUDIES),
+            ProjectRow.id == ItemRow.project_id,
+            ProjectRow.blinded.is_(True),
+            ProjectRow.show_ai.is_(False),
+            ProjectRow.state == ProjectState.OPEN.value,
+        ),
+    )
+)
 
 
 def insert_object(
@@ -146,7 +162,9 @@ class Blinding:
         studies = list(dict.fromkeys(study_uids))
         with Session(self.engine) as session:
             for start in range(0, len(studies), _CHUNK):
-                out.update(self._hidden(session, principal, studies[start : start + _CHUNK]))
+                chunk = studies[start : start + _CHUNK]
+                if session.execute(_MAY_HIDE, {"studies": chunk}).scalar():
+                    out.update(self._hidden(session, principal, chunk))
         return out
 
     def _hidden(self, session: Session, principal: Principal, studies: list[str]) -> dict[str, Hidden]:
