@@ -24,6 +24,7 @@ from radstack.errors import Conflict, NotFound
 from radstack.labeling.blinding import Blinding
 from radstack.labeling.models import LabelObjectRow
 from radstack.security.policy import Principal
+from radstack.store.worklist import HIGH_PRIORITY
 from tests import authed
 from tests.ai.results import DEFINITE, SUSPICIOUS, radiograph
 from tests.conftest import RunningServer
@@ -377,6 +378,9 @@ def test_the_worklist_and_the_ai_pages_keep_the_ai_and_the_others_from_a_blinded
     scored = f"AI priority {study.priority}"
     assert '<td class="num">2 / 2</td>' in rita and scored not in rita and "no finding" not in rita
     assert '<td class="num">4 / 5</td>' in reva and scored in reva and "no finding" in reva
+    # The "AI positive" filter (and the AI order) does not tell a blinded reader what the AI found.
+    assert study.priority >= HIGH_PRIORITY
+    assert study.uid not in page("rita", "/?ai_positive=1") and study.uid in page("reva", "/?ai_positive=1")
     api = f"/api/v1/studies/{study.uid}/ai-results"
     assert authed.get(server.url + api, headers={"Authorization": f"Bearer {tokens['rita']}"}).json() == []
     assert (

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
-from sqlalchemy import BindParameter, Engine, bindparam, exists, or_, select
+from sqlalchemy import BindParameter, ColumnElement, Engine, bindparam, exists, or_, select
 from sqlalchemy.orm import Session
 
 from radstack.errors import Conflict, NotFound
@@ -42,7 +42,7 @@ from radstack.labeling.projects import Member, ProjectState, members_of
 from radstack.security.policy import ActionValues, Policy, Principal
 from radstack.security.views import Hidden, HiddenLookup
 from radstack.store.index import write_transaction
-from radstack.store.models import InstanceRow, SeriesRow
+from radstack.store.models import InstanceRow, SeriesRow, StudyRow
 from radstack.store.studies import StudyStore
 
 __all__ = ["AiSeries", "Blinding", "insert_object"]
@@ -152,6 +152,28 @@ class Blinding:
         if self.policy.allows(principal, ActionValues.MANAGE_SYSTEM):
             return None
         return partial(self.hidden, principal)
+
+    def ai_hidden_condition(self, principal: Principal) -> ColumnElement[bool] | None:
+        """The SQL condition on :class:`~radstack.store.models.StudyRow` of the studies whose AI results
+        are hidden from ``principal`` (as :meth:`hidden` says study by study), so that searches that
+        filter or order by the AI priority (the worklist) leave it out; None when there are none."""
+        if self.policy.allows(principal, ActionValues.MANAGE_SYSTEM):
+            return None
+        with Session(self.engine) as session:
+            projects = [
+                project
+                for project, readers in session.execute(
+                    select(ProjectRow.id, ProjectRow.readers).where(
+                        ProjectRow.blinded.is_(True),
+                        ProjectRow.show_ai.is_(False),
+                        ProjectRow.state == ProjectState.OPEN.value,
+                    )
+                )
+                if principal.subject in json.loads(readers)
+            ]
+        if not projects:
+            return None
+        return StudyRow.study_uid.in_(select(ItemRow.study_uid).where(ItemRow.project_id.in_(projects)))
 
     def hidden(self, principal: Principal, study_uids: Sequence[str]) -> dict[str, Hidden]:
         """What ``principal`` may not see of each of ``study_uids`` (only the studies that hide

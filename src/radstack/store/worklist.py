@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, and_, case, not_, null, select
 from sqlalchemy.orm import Session
 
 from radstack.errors import BadRequest
@@ -98,10 +98,16 @@ class RoleView(Protocol):
         ...
 
 
-def worklist_order() -> list[ColumnElement[Any]]:
-    """AI priority (highest first, unscored last), then newest study, then UID (a stable order)."""
+def worklist_order(ai_hidden: ColumnElement[bool] | None = None) -> list[ColumnElement[Any]]:
+    """AI priority (highest first, unscored last), then newest study, then UID (a stable order); the
+    studies of ``ai_hidden`` count as unscored."""
+    priority = (
+        StudyRow.ai_priority.expression
+        if ai_hidden is None
+        else case((ai_hidden, null()), else_=StudyRow.ai_priority)
+    )
     return [
-        StudyRow.ai_priority.desc().nulls_last(),
+        priority.desc().nulls_last(),
         StudyRow.study_date.desc().nulls_last(),
         StudyRow.study_time.desc().nulls_last(),
         StudyRow.study_uid.asc(),
@@ -158,9 +164,13 @@ class WorklistFilters:
             params.append(("StudyDate", f"{low}-{high}"))
         return params
 
-    def ai_condition(self) -> ColumnElement[bool] | None:
-        """The condition of the "AI positive" filter on :class:`StudyRow`; None when it filters nothing."""
-        return StudyRow.ai_priority >= HIGH_PRIORITY if self.ai_positive else None
+    def ai_condition(self, ai_hidden: ColumnElement[bool] | None = None) -> ColumnElement[bool] | None:
+        """The condition of the "AI positive" filter on :class:`StudyRow`, never true of the studies of
+        ``ai_hidden``; None when it filters nothing."""
+        if not self.ai_positive:
+            return None
+        positive = StudyRow.ai_priority >= HIGH_PRIORITY
+        return positive if ai_hidden is None else and_(positive, not_(ai_hidden))
 
     def status_condition(self) -> ColumnElement[bool] | None:
         """The condition of the status filter on :class:`StudyRow`; None when it filters nothing.
@@ -273,6 +283,7 @@ def worklist_page(
     offset: int,
     limit: int,
     scope: ColumnElement[bool] | None,
+    ai_hidden: ColumnElement[bool] | None = None,
 ) -> WorklistPage:
     """One page of the worklist.
 
@@ -288,6 +299,9 @@ def worklist_page(
         The page.
     scope
         The caller's study scope (:meth:`radstack.security.policy.Policy.study_condition`).
+    ai_hidden
+        The studies whose AI results labeling's blinding hides from the caller: neither the "AI
+        positive" filter nor the order uses their AI priority.
 
     Returns
     -------
@@ -301,15 +315,17 @@ def worklist_page(
     """
     params = [*filters.qido_params(), ("limit", str(limit)), ("offset", str(offset))]
     query = parse_query(view.query(params), QueryLevelValues.STUDY)
-    conditions = [c for c in (scope, filters.status_condition(), filters.ai_condition()) if c is not None]
+    conditions = [
+        c for c in (scope, filters.status_condition(), filters.ai_condition(ai_hidden)) if c is not None
+    ]
     where = and_(*conditions) if conditions else None
     result = search.search_studies(
-        store, query, base_url="", max_limit=limit, scope=where, order=worklist_order()
+        store, query, base_url="", max_limit=limit, scope=where, order=worklist_order(ai_hidden)
     )
     # Counts and modalities without what blinding hides (a study match is never dropped).
     matches = view.blind(result.matches, QueryLevelValues.STUDY)
     uids = [str(_first(match, "0020000D")) for match in matches]
-    ai_hidden = view.ai_hidden(uids)
+    no_ai = view.ai_hidden(uids)
     with Session(store.engine) as session:
         extra = {
             uid: (priority, findings, status)
@@ -320,7 +336,7 @@ def worklist_page(
             )
         }
     rows = tuple(
-        _row(view.json(match, uid) if view.shapes else match, *_extra(extra, uid, uid in ai_hidden))
+        _row(view.json(match, uid) if view.shapes else match, *_extra(extra, uid, uid in no_ai))
         for uid, match in zip(uids, matches, strict=True)
     )
     total = search.count_studies(store, query, cap=COUNT_CAP, scope=where)

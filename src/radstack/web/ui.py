@@ -90,6 +90,7 @@ def worklist(
                 offset=max(offset, 0),
                 limit=PAGE_SIZE,
                 scope=platform.policy.study_condition(principal_of(request)),
+                ai_hidden=platform.blinding.ai_hidden_condition(principal_of(request)),
             )
         except RadstackError as error:
             if error.http_status != 400:
